@@ -1,0 +1,1 @@
+"""What goes in: reading, checking, splitting and transforming endoscopy images, masks and labels."""

@@ -1,0 +1,252 @@
+"""Datasets: image folders and manifests, combined from config, yielding the sample contract of DESIGN.md.
+
+A sample is a dict: ``image`` (after the transform: 3 x H x W float tensor, normalised), ``mask`` (1 x H x W float
+in {0, 1}; absent when unlabelled), ``labels`` (dict head -> int, -1 where unknown), ``id`` and ``group``.
+Before the transform, ``image`` is H x W x 3 uint8 RGB and ``mask`` H x W uint8 0/1.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from data.errors import UserError
+from data.io import IMAGE_EXTS, read_image, read_mask
+
+
+@dataclass(frozen=True)
+class Record:
+    """One annotated frame on disk. ``labels`` maps head name -> class index (-1 = unknown)."""
+
+    image: Path
+    mask: Path | None
+    id: str
+    group: str
+    labels: dict[str, int] = field(default_factory=dict)
+    split: str | None = None
+
+
+def _files_by_stem(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
+
+
+def _read_list(path: Path) -> list[str]:
+    if not path.is_file():
+        raise UserError(f"split list not found: {path} (set the source's split_file to an existing file, or null)")
+    return [Path(line.strip()).stem for line in path.read_text().splitlines() if line.strip()]
+
+
+def folder_records(
+    root: str | Path,
+    *,
+    name: str = "",
+    images_dir: str = "images",
+    masks_dir: str | None = "masks",
+    split_file: str | None = None,
+    groups_csv: str | None = None,
+    require_masks: bool = True,
+) -> list[Record]:
+    """Pair ``root/images/*`` with ``root/masks/*`` by file stem.
+
+    split_file: optional list of stems (one a line, relative to root) to keep.
+    groups_csv: optional CSV ``frame,sequence`` mapping a stem to its group (patient / sequence); without it each
+        image is its own group.
+    """
+    root = Path(root)
+    img_dir = root / images_dir
+    if not img_dir.is_dir():
+        raise UserError(f"image folder not found: {img_dir} (set data root to a folder holding '{images_dir}/')")
+    images = _files_by_stem(img_dir)
+    if not images:
+        raise UserError(f"no images ({', '.join(IMAGE_EXTS)}) in {img_dir}")
+    masks: dict[str, Path] = {}
+    if masks_dir is not None:
+        mdir = root / masks_dir
+        if not mdir.is_dir():
+            if require_masks:
+                raise UserError(f"mask folder not found: {mdir} (add masks or set masks_dir: null)")
+        else:
+            masks = _files_by_stem(mdir)
+    stems = sorted(images)
+    if split_file:
+        wanted = _read_list(root / split_file)
+        missing = [s for s in wanted if s not in images]
+        if missing:
+            raise UserError(f"{len(missing)} names in {root / split_file} have no image in {img_dir}, e.g. {missing[0]}")
+        stems = wanted
+    if require_masks and masks_dir is not None:
+        unpaired = [s for s in stems if s not in masks]
+        if unpaired:
+            raise UserError(
+                f"{len(unpaired)} images in {img_dir} have no mask in {root / masks_dir}, e.g. {images[unpaired[0]].name}"
+                " (add the mask, remove the image, or set require_masks: false)"
+            )
+    groups: dict[str, str] = {}
+    if groups_csv:
+        gpath = root / groups_csv
+        if not gpath.is_file():
+            raise UserError(f"groups file not found: {gpath}")
+        with gpath.open(newline="") as f:
+            rows = list(csv.reader(f))
+        groups = {Path(r[0]).stem: r[1] for r in rows[1:] if len(r) >= 2}
+    prefix = f"{name}/" if name else ""
+    return [
+        Record(images[s], masks.get(s), id=f"{prefix}{s}", group=f"{prefix}{groups.get(s, s)}")
+        for s in stems
+    ]
+
+
+def _parse_label(value: Any, head: str, classes: Sequence[str] | None, where: str) -> int:
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        return -1
+    text = str(value).strip()
+    if classes is not None and text in classes:
+        return list(classes).index(text)
+    try:
+        idx = int(float(text))
+    except ValueError:
+        raise UserError(f"{where}: label '{text}' for head '{head}' is not one of {list(classes or [])}") from None
+    n = len(classes) if classes is not None else None
+    if idx < -1 or (n is not None and idx >= n):
+        raise UserError(f"{where}: label {idx} for head '{head}' is outside 0..{(n or 1) - 1} (or -1/empty = unknown)")
+    return idx
+
+
+def manifest_records(
+    path: str | Path, *, name: str = "", heads: dict[str, Sequence[str]] | None = None, split: str | None = None
+) -> list[Record]:
+    """Read a CSV or JSONL manifest. Columns: ``image`` (required), ``mask``, one per head, ``group``, ``split``.
+
+    Paths are relative to the manifest's folder. A head's value is a class name or index; empty means unknown.
+    split: keep only rows whose ``split`` column equals it (rows without a split are kept for any split).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"manifest not found: {path}")
+    if path.suffix.lower() == ".jsonl":
+        rows = []
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    elif path.suffix.lower() == ".csv":
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        raise UserError(f"manifest must be .csv or .jsonl: {path}")
+    if not rows:
+        raise UserError(f"manifest has no rows: {path}")
+    if "image" not in rows[0]:
+        raise UserError(f"manifest has no 'image' column: {path} (columns: {', '.join(rows[0])})")
+    heads = heads or {}
+    prefix = f"{name}/" if name else ""
+    out = []
+    for i, row in enumerate(rows, 2 if path.suffix == ".csv" else 1):
+        row_split = row.get("split") or None
+        if split is not None and row_split is not None and row_split != split:
+            continue
+        where = f"{path}:{i}"
+        image = path.parent / str(row["image"])
+        mask = path.parent / str(row["mask"]) if row.get("mask") else None
+        labels = {h: _parse_label(row.get(h), h, classes, where) for h, classes in heads.items()}
+        stem = Path(str(row["image"])).with_suffix("").as_posix()
+        out.append(Record(image, mask, id=f"{prefix}{stem}", group=f"{prefix}{row.get('group') or stem}",
+                          labels=labels, split=row_split))
+    if not out:
+        raise UserError(f"manifest {path} has no rows with split '{split}'")
+    return out
+
+
+def load_raw(record: Record, heads: Sequence[str] = ()) -> dict[str, Any]:
+    """Read one record into the untransformed sample contract (uint8 image, 0/1 mask), checking sizes agree."""
+    image = read_image(record.image)
+    sample: dict[str, Any] = {"image": image, "id": record.id, "group": record.group,
+                              "labels": {h: record.labels.get(h, -1) for h in heads}}
+    if record.mask is not None:
+        mask = read_mask(record.mask)
+        if mask.shape != image.shape[:2]:
+            raise UserError(
+                f"mask {mask.shape[1]}x{mask.shape[0]} does not match image {image.shape[1]}x{image.shape[0]}: "
+                f"{record.mask} (re-export the mask at the image's size)"
+            )
+        sample["mask"] = mask
+    return sample
+
+
+class RecordDataset(Dataset):
+    """A list of records read lazily, optionally cached in RAM after resizing to ``cache_size`` (square).
+
+    transform: callable(image=HxWx3 uint8, mask=HxW uint8) -> dict with tensors (see data/transforms.py).
+    cache_size: when set, each decoded image/mask is resized to cache_size x cache_size once and kept in memory,
+        which removes JPEG decoding of multi-megapixel frames from every epoch. Use it only when the transform
+        resizes to a fixed square anyway (the PraNet protocol does).
+    """
+
+    def __init__(self, records: Sequence[Record], *, transform: Callable[..., dict] | None = None,
+                 heads: Sequence[str] = (), cache_size: int | None = None) -> None:
+        if not records:
+            raise UserError("dataset is empty (check the data sources and split lists)")
+        self.records = list(records)
+        self.transform = transform
+        self.heads = list(heads)
+        self.cache_size = cache_size
+        self._cache: dict[int, dict[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def raw(self, index: int) -> dict[str, Any]:
+        if index in self._cache:
+            return self._cache[index]
+        sample = load_raw(self.records[index], self.heads)
+        if self.cache_size:
+            s = self.cache_size
+            sample["image"] = cv2.resize(sample["image"], (s, s), interpolation=cv2.INTER_AREA)
+            if "mask" in sample:
+                sample["mask"] = cv2.resize(sample["mask"], (s, s), interpolation=cv2.INTER_NEAREST)
+            self._cache[index] = sample
+        return sample
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = dict(self.raw(index))
+        if self.transform is not None:
+            # unlabelled frames get an all-zero mask and has_mask=False so that mixed batches collate and the loss
+            # can leave them out of the segmentation terms
+            has_mask = "mask" in sample
+            mask = sample["mask"] if has_mask else np.zeros(sample["image"].shape[:2], np.uint8)
+            out = self.transform(image=sample["image"], mask=mask)
+            sample["image"] = out["image"]
+            sample["mask"] = out["mask"].float().unsqueeze(0)
+            sample["has_mask"] = torch.tensor(has_mask)
+        sample["labels"] = {h: torch.tensor(v, dtype=torch.long) for h, v in sample["labels"].items()}
+        return sample
+
+
+def records_from_sources(sources: Sequence[dict[str, Any]], heads: dict[str, Sequence[str]] | None = None,
+                         split: str | None = None) -> list[Record]:
+    """Combine several sources. Each source is a dict with ``kind`` (folder | manifest | synthetic) + its kwargs."""
+    from data.synthetic import ensure_synthetic_dataset
+
+    out: list[Record] = []
+    for i, src in enumerate(sources):
+        src = dict(src)
+        kind = src.pop("kind", "folder")
+        if kind == "folder":
+            out += folder_records(**src)
+        elif kind == "manifest":
+            out += manifest_records(src.pop("path"), heads=heads, split=src.pop("split", split), **src)
+        elif kind == "synthetic":
+            manifest = ensure_synthetic_dataset(**{k: v for k, v in src.items() if k != "name"})
+            out += manifest_records(manifest, name=src.get("name", "synthetic"), heads=heads, split=split)
+        else:
+            raise UserError(f"data source {i}: unknown kind '{kind}' (use folder, manifest or synthetic)")
+    return out

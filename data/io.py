@@ -1,0 +1,64 @@
+"""Reading images and masks from disk with checks that name the file and the fix."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from data.errors import UserError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as H x W x 3 uint8 RGB. Grey and RGBA inputs are converted."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"image not found: {path} (check the path)")
+    if path.stat().st_size == 0:
+        raise UserError(f"image file is empty: {path} (re-export or remove it)")
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.size == 0:
+        raise UserError(f"cannot decode image: {path} (is it a valid {', '.join(IMAGE_EXTS)} file?)")
+    if arr.dtype != np.uint8:  # 16-bit PNG/TIFF: scale to 8 bits
+        arr = (arr.astype(np.float32) / max(float(arr.max()), 1.0) * 255.0).round().astype(np.uint8)
+    if arr.ndim == 2:
+        return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
+    if arr.shape[2] == 4:
+        arr = arr[:, :, :3]
+    return np.ascontiguousarray(arr[:, :, ::-1])
+
+
+def read_mask(path: str | Path, threshold: int = 128) -> np.ndarray:
+    """Read a mask as H x W uint8 in {0, 1}: pixels >= threshold are lesion.
+
+    Thresholding (not `> 0`) matters: Kvasir-SEG's masks are JPEGs whose values scatter around 0 and 255.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"mask not found: {path} (check the path)")
+    if path.stat().st_size == 0:
+        raise UserError(f"mask file is empty: {path} (re-export or remove it)")
+    arr = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if arr is None or arr.size == 0:
+        raise UserError(f"cannot decode mask: {path} (is it a valid image file?)")
+    return (arr >= threshold).astype(np.uint8)
+
+
+def write_png_atomic(path: str | Path, array: np.ndarray) -> None:
+    """Write a PNG so that a crash never leaves a half-written file under the final name.
+
+    array: H x W (grey) or H x W x 3 RGB uint8.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if array.ndim == 3:
+        array = array[:, :, ::-1]
+    ok, buf = cv2.imencode(".png", array)
+    if not ok:
+        raise RuntimeError(f"PNG encoding failed for {path}")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(buf.tobytes())
+    tmp.replace(path)

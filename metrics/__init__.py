@@ -1,0 +1,1 @@
+"""How good it is: segmentation and grading metrics as update / compute / reset objects."""

@@ -1,0 +1,1 @@
+"""What a model is: encoder -> decoder -> named heads, its losses, weights and checkpoints."""

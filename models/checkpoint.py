@@ -1,0 +1,150 @@
+"""Checkpoints: ``NAME.safetensors`` (weights only) + ``NAME.json`` (the card). Loading never unpickles code.
+
+Training state for resume (optimiser moments, EMA weights, RNG) goes to ``NAME.state.safetensors`` with its
+non-tensor parts in the card's ``resume`` entry. Every file is written to a temporary name and renamed, so a crash
+mid-save leaves the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from data.errors import UserError
+
+FORMAT = "endolift-checkpoint/1"
+
+
+def _stem(path: str | Path) -> Path:
+    p = Path(path)
+    for suffix in (".safetensors", ".json"):
+        if p.name.endswith(suffix):
+            return p.with_name(p.name[: -len(suffix)])
+    return p
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None):
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    tmp.replace(path)
+
+
+def _atomic_write_json(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str))
+    tmp.replace(path)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, card: dict[str, Any], *,
+                    dtype: torch.dtype | None = None, train_state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write weights (optionally cast to ``dtype``, e.g. fp16 for shipping) and the card; return the weights path.
+
+    The weights are written before the card, so a card always describes complete weights.
+    """
+    stem = _stem(path)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
+             for k, v in model.state_dict().items()}
+    weights = stem.with_name(stem.name + ".safetensors")
+    if train_state is not None:
+        _atomic_save_tensors(train_state, stem.with_name(stem.name + ".state.safetensors"))
+    _atomic_save_tensors(state, weights, metadata={"format": FORMAT})
+    card = {"format": FORMAT, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "git_commit": git_commit(), **card}
+    _atomic_write_json(card, stem.with_name(stem.name + ".json"))
+    return weights
+
+
+def read_card(path: str | Path) -> dict[str, Any]:
+    stem = _stem(path)
+    card_path = stem.with_name(stem.name + ".json")
+    if not card_path.is_file():
+        raise UserError(f"checkpoint card not found: {card_path} (a checkpoint is NAME.safetensors + NAME.json)")
+    try:
+        card = json.loads(card_path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"checkpoint card is not valid JSON: {card_path} ({e.msg})") from None
+    if card.get("format") != FORMAT:
+        raise UserError(f"{card_path} is not an endolift checkpoint card (format {card.get('format')!r})")
+    return card
+
+
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model from the card's resolved config and load its weights (cast back to fp32)."""
+    from models.build import build_model
+
+    stem = _stem(path)
+    card = read_card(stem)
+    weights = stem.with_name(stem.name + ".safetensors")
+    if not weights.is_file():
+        raise UserError(f"checkpoint weights not found: {weights}")
+    try:
+        state = load_file(str(weights), device="cpu")
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+        raise UserError(f"checkpoint weights are unreadable: {weights} ({e})") from None
+    model_cfg = dict(card["model"])
+    model_cfg["weights"] = None  # the checkpoint holds every weight; no ImageNet file is needed
+    model = build_model(**model_cfg)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{weights} does not match its card's model config: missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]}")
+    return model.to(device).eval(), card
+
+
+def load_train_state(path: str | Path) -> dict[str, torch.Tensor]:
+    stem = _stem(path)
+    p = stem.with_name(stem.name + ".state.safetensors")
+    if not p.is_file():
+        raise UserError(f"resume state not found: {p} (resume from a 'last' checkpoint written by train.py)")
+    return load_file(str(p))
+
+
+def head_is_clinical(card: dict[str, Any], head: str) -> bool:
+    """True only when the card says the head was trained AND validated on real (not synthetic/proxy) labels.
+
+    This is the gate for showing a head's estimate to a clinician (overlay, report).
+    """
+    info = card.get("heads", {}).get(head, {})
+    return bool(info.get("trained")) and info.get("label_source") == "real" and bool(info.get("validated_on_real"))
+
+
+def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimiser state dict into tensors (for safetensors) and a JSON-able rest."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim/{pid}/{k}"] = v
+            else:
+                scalars.setdefault(str(pid), {})[k] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], rest: dict[str, Any]):
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim/"):
+            _, pid, k = key.split("/", 2)
+            state.setdefault(int(pid), {})[k] = v
+    for pid, d in rest.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(d)
+    opt.load_state_dict({"state": state, "param_groups": rest["param_groups"]})

@@ -1,0 +1,218 @@
+"""Train a lesion-segmentation model (+ optional attribute heads).  python train.py experiment=polyp_pranet
+
+Seeds, builds data/model/loss/optimiser from the Hydra config, runs the visible loop below, validates each epoch
+(mean Dice at 0.5), and writes best/last checkpoints (safetensors + JSON card) under the Hydra run directory.
+Multi-process: torchrun --nproc_per_node=N train.py ...  (or srun under SLURM, see README).
+"""
+from __future__ import annotations
+
+import csv
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import hydra  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from data.datasets import records_from_sources  # noqa: E402
+from data.errors import UserError, guard_task, run_cli  # noqa: E402
+from data.loaders import make_loader  # noqa: E402
+from data.splits import group_split  # noqa: E402
+from metrics.basic import dice_iou_per_image  # noqa: E402
+from models import checkpoint as ckpt  # noqa: E402
+from models.build import build_model  # noqa: E402
+from models.runtime import ModelEMA, autocast, init_distributed, pick_device, seed_everything  # noqa: E402
+
+
+def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return {"image": batch["image"].to(device, memory_format=fmt), "mask": batch["mask"].to(device),
+            "has_mask": batch["has_mask"].to(device), "labels": {k: v.to(device) for k, v in batch["labels"].items()}}
+
+
+def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, ema, *, device, cfg, epoch, rank) -> dict:
+    model.train()
+    sums: dict[str, float] = {}
+    n_images, t0 = 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch}", disable=rank != 0 or not cfg.trainer.progress, leave=False)
+    for step, batch in enumerate(bar):
+        if cfg.trainer.max_steps_per_epoch and step >= cfg.trainer.max_steps_per_epoch:
+            break
+        b = to_device(batch, device, cfg.trainer.channels_last)
+        if cfg.trainer.multiscale:  # one random scale per batch, kept a multiple of 32
+            rate = float(cfg.trainer.multiscale[torch.randint(len(cfg.trainer.multiscale), ()).item()])
+            side = max(32, int(round(cfg.data.size * rate / 32)) * 32)
+            if side != b["image"].shape[-1]:
+                b["image"] = F.interpolate(b["image"], size=(side, side), mode="bilinear", align_corners=False)
+                b["mask"] = (F.interpolate(b["mask"], size=(side, side), mode="bilinear") > 0.5).float()
+        with autocast(device, cfg.trainer.precision):
+            out = model(b["image"])
+        terms = loss_fn(out, b)
+        optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        if cfg.trainer.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update(unwrap(model))
+        n_images += b["image"].shape[0]
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        rate_s = n_images / (time.perf_counter() - t0)
+        bar.set_postfix(loss=f"{sums['total'] / (step + 1):.4f}", img_s=f"{rate_s:.1f}")
+    n_steps = max(1, step + 1 if n_images else 1)
+    stats = {f"train/{k}": v / n_steps for k, v in sums.items()}
+    stats["train/images_per_s"] = n_images / max(1e-9, time.perf_counter() - t0)
+    stats["lr"] = optimizer.param_groups[0]["lr"]
+    return stats
+
+
+@torch.no_grad()
+def validate(model, loader, *, device, cfg, heads) -> dict:
+    model.eval()
+    dices, correct, counted = [], {h: 0 for h in heads}, {h: 0 for h in heads}
+    for batch in loader:
+        b = to_device(batch, device, cfg.trainer.channels_last)
+        with autocast(device, cfg.trainer.precision):
+            out = model(b["image"])
+        keep = b["has_mask"].bool()
+        if keep.any():
+            dices.append(dice_iou_per_image(out["mask"][keep] > 0, b["mask"][keep] > 0.5)[0])
+        for h in heads:
+            known = b["labels"][h] >= 0
+            correct[h] += int((out[h].argmax(1)[known] == b["labels"][h][known]).sum())
+            counted[h] += int(known.sum())
+    stats = {"val/dice": float(torch.cat(dices).mean()) if dices else float("nan")}
+    stats.update({f"val/acc_{h}": correct[h] / counted[h] for h in heads if counted[h]})
+    return stats
+
+
+def unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def make_card(cfg: DictConfig, *, epoch: int, metrics: dict, n_train: int, n_val: int, val_counts: dict) -> dict:
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg["weights_dirs"] = []
+    sources = OmegaConf.to_container(cfg.data.label_source, resolve=True)
+    heads = {h: {"classes": list(c), "trained": True, "label_source": sources.get(h, "unknown"),
+                 "validated_on_real": sources.get(h) == "real" and val_counts.get(h, 0) > 0,
+                 "n_val_labels": val_counts.get(h, 0)} for h, c in model_cfg["heads"].items()}
+    return {"name": cfg.name, "model": model_cfg, "heads": heads, "epoch": epoch, "metrics": metrics,
+            "input": {"size": cfg.data.size, "resize": cfg.data.resize, "mean": list(cfg.data.mean),
+                      "std": list(cfg.data.std)},
+            "data": {"train_sources": OmegaConf.to_container(cfg.data.train_sources, resolve=True),
+                     "n_train": n_train, "n_val": n_val},
+            "training": {"device": str(pick_device(cfg.trainer.device)), "precision": cfg.trainer.precision,
+                         "config": OmegaConf.to_container(cfg, resolve=True)}}
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+@guard_task
+def main(cfg: DictConfig) -> float:
+    rank, local_rank, world = init_distributed()
+    seed_everything(cfg.seed + rank)
+    device = pick_device(cfg.trainer.device)
+    if cfg.trainer.threads:
+        torch.set_num_threads(int(cfg.trainer.threads))
+    heads = OmegaConf.to_container(cfg.model.heads, resolve=True)
+    records = records_from_sources(OmegaConf.to_container(cfg.data.train_sources, resolve=True), heads)
+    if cfg.data.val_sources:
+        train_recs, val_recs = records, records_from_sources(OmegaConf.to_container(cfg.data.val_sources), heads)
+    else:
+        train_recs, val_recs = group_split(records, val_fraction=cfg.data.val_fraction, seed=cfg.data.split_seed)
+    common = dict(size=cfg.data.size, mean=cfg.data.mean, std=cfg.data.std, resize=cfg.data.resize,
+                  heads=list(heads), num_workers=cfg.data.num_workers, cache=cfg.data.cache)
+    train_loader = make_loader(train_recs, augment=[instantiate(t) for t in cfg.augment.train], train=True,
+                               batch_size=cfg.data.batch_size, world_size=world, rank=rank, seed=cfg.seed, **common)
+    val_loader = make_loader(val_recs, augment=[instantiate(t) for t in cfg.augment.eval], train=False,
+                             batch_size=cfg.data.batch_size, **common) if val_recs else None
+    val_counts = {h: sum(r.labels.get(h, -1) >= 0 for r in val_recs) for h in heads}
+
+    model = build_model(**OmegaConf.to_container(cfg.model, resolve=True)).to(device)
+    if cfg.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = instantiate(cfg.loss)
+    optimizer = instantiate(cfg.optim.optimizer)(params=model.parameters())
+    steps = len(train_loader) if not cfg.trainer.max_steps_per_epoch else min(len(train_loader),
+                                                                                cfg.trainer.max_steps_per_epoch)
+    scheduler = instantiate(cfg.optim.scheduler)(optimizer, total_steps=steps * cfg.trainer.max_epochs,
+                                                 warmup_steps=steps * cfg.optim.warmup_epochs)
+    ema = ModelEMA(model, cfg.trainer.ema.decay) if cfg.trainer.ema.enabled else None
+    start_epoch, best = 1, -1.0
+    if cfg.trainer.resume:
+        resumed, card = ckpt.load_checkpoint(cfg.trainer.resume)
+        model.load_state_dict(resumed.state_dict())
+        state = ckpt.load_train_state(cfg.trainer.resume)
+        ckpt.optimizer_from_tensors(optimizer, state, card["resume"]["optimizer"])
+        scheduler.load_state_dict(card["resume"]["scheduler"])
+        if ema is not None:
+            ema.shadow = {k[4:]: v.float() for k, v in state.items() if k.startswith("ema/")} or ema.shadow
+        torch.set_rng_state(state["rng/torch"])
+        start_epoch, best = card["resume"]["epoch"] + 1, card["resume"]["best"]
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda"
+                                                          else None)
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    writer = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(out_dir / "tb"))
+        print(f"train {len(train_recs)} / val {len(val_recs)} images, {steps} steps/epoch, device {device}, "
+              f"precision {cfg.trainer.precision}, run dir {out_dir}", flush=True)
+    for epoch in range(start_epoch, cfg.trainer.max_epochs + 1):
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        stats = train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler, ema, device=device, cfg=cfg,
+                                epoch=epoch, rank=rank)
+        eval_model = unwrap(model)
+        backup = ema.copy_to(eval_model) if ema is not None else None
+        if val_loader is not None and rank == 0:
+            stats.update(validate(eval_model, val_loader, device=device, cfg=cfg, heads=list(heads)))
+        if rank == 0:
+            score = stats.get("val/dice", -stats["train/total"])
+            card = make_card(cfg, epoch=epoch, metrics=stats, n_train=len(train_recs), n_val=len(val_recs),
+                             val_counts=val_counts)
+            if score > best:
+                best = score
+                ckpt.save_checkpoint(ckpt_dir / "best", eval_model, card)
+            if backup is not None:
+                eval_model.load_state_dict(backup)
+            opt_t, opt_rest = ckpt.optimizer_to_tensors(optimizer)
+            ema_t = {f"ema/{k}": v for k, v in ema.shadow.items()} if ema is not None else {}
+            card["resume"] = {"epoch": epoch, "best": best, "optimizer": opt_rest, "scheduler": scheduler.state_dict()}
+            ckpt.save_checkpoint(ckpt_dir / "last", eval_model, card,
+                                 train_state={**opt_t, **ema_t, "rng/torch": torch.get_rng_state()})
+            log_epoch(out_dir / "metrics.csv", writer, epoch, stats)
+        elif backup is not None:
+            eval_model.load_state_dict(backup)
+    if writer is not None:
+        writer.close()
+    return best
+
+
+def log_epoch(csv_path: Path, writer, epoch: int, stats: dict) -> None:
+    row = {"epoch": epoch, **{k: round(v, 6) for k, v in stats.items()}}
+    new = not csv_path.exists()
+    with csv_path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+    for k, v in stats.items():
+        writer.add_scalar(k, v, epoch)
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+
+
+if __name__ == "__main__":
+    run_cli(main)
