@@ -52,13 +52,18 @@ def write_png_atomic(path: str | Path, array: np.ndarray) -> None:
 
     array: H x W (grey) or H x W x 3 RGB uint8.
     """
+    write_image_atomic(path, array)
+
+
+def write_image_atomic(path: str | Path, array: np.ndarray) -> None:
+    """Write an image (format from the suffix: .png, .jpg) to a temporary name, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if array.ndim == 3:
         array = array[:, :, ::-1]
-    ok, buf = cv2.imencode(".png", array)
+    ok, buf = cv2.imencode(path.suffix, array)
     if not ok:
-        raise RuntimeError(f"PNG encoding failed for {path}")
+        raise RuntimeError(f"image encoding failed for {path}")
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(buf.tobytes())
     tmp.replace(path)

@@ -1,0 +1,112 @@
+"""Video in and out with PyAV: reading is a generator, writing is a context manager (DESIGN.md rule 12).
+
+OpenCV's wheel cannot write H.264; PyAV encodes with libx264 so overlays play in browsers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+
+from data.errors import UserError
+
+
+@dataclass
+class Frame:
+    index: int          # 0-based decode order
+    time: float         # presentation time in seconds (from the stream's timestamps, else index / fps)
+    image: np.ndarray   # H x W x 3 uint8 RGB
+
+
+@dataclass
+class VideoInfo:
+    fps: float
+    width: int
+    height: int
+    n_frames: int       # as the container declares it (0 when unknown)
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Open a video and read its stream header; UserError if it is not a decodable video."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"video not found: {path}")
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                raise UserError(f"no video stream in {path}")
+            s = c.streams.video[0]
+            fps = float(s.average_rate or s.guessed_rate or 25)
+            return VideoInfo(fps=fps, width=s.codec_context.width, height=s.codec_context.height, n_frames=s.frames)
+    except av.error.FFmpegError as e:
+        raise UserError(f"cannot open video {path}: {e} (is it a complete mp4/avi/mov/mkv/webm file?)") from None
+
+
+def read_frames(path: str | Path, errors: list[str] | None = None) -> Iterator[Frame]:
+    """Yield decoded frames in order. A decoding error mid-stream (a truncated file) ends the iteration and is
+    appended to ``errors`` (when given) instead of raising, so the decodable frames are still processed."""
+    info = probe(path)
+    index = 0
+    try:
+        with av.open(str(path)) as c:
+            stream = c.streams.video[0]
+            stream.thread_type = "AUTO"
+            for frame in c.decode(stream):
+                t = float(frame.pts * stream.time_base) if frame.pts is not None else index / info.fps
+                yield Frame(index, t, frame.to_ndarray(format="rgb24"))
+                index += 1
+    except av.error.FFmpegError as e:
+        msg = f"{path}: decoding stopped after {index} frames ({e}); the rest of the file is unreadable"
+        if errors is None:
+            raise UserError(msg) from None
+        errors.append(msg)
+
+
+class VideoWriter:
+    """H.264 (libx264, yuv420p) mp4 writer. Frames are written to ``PATH.partial.mp4`` and renamed on a clean
+    exit, so an interrupted run never leaves a half-written file under the final name.
+
+    with VideoWriter(path, fps=25, width=W, height=H) as w: w.write(rgb)
+    """
+
+    def __init__(self, path: str | Path, *, fps: float, width: int, height: int, crf: int = 23,
+                 preset: str = "veryfast") -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.stem + ".partial.mp4")
+        self.fps, self.crf, self.preset = fps, crf, preset
+        self.width, self.height = width - width % 2, height - height % 2  # yuv420p needs even sides
+        self._container = None
+        self.frames_written = 0
+
+    def __enter__(self) -> "VideoWriter":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._container = av.open(str(self.tmp), mode="w", format="mp4")
+        rate = Fraction(self.fps).limit_denominator(1001)
+        self._stream = self._container.add_stream("libx264", rate=rate)
+        self._stream.width, self._stream.height = self.width, self.height
+        self._stream.pix_fmt = "yuv420p"
+        self._stream.options = {"crf": str(self.crf), "preset": self.preset, "movflags": "+faststart"}
+        return self
+
+    def write(self, image: np.ndarray) -> None:
+        """image: H x W x 3 uint8 RGB at the writer's size (odd sides are cropped by one pixel)."""
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[: self.height, : self.width]), format="rgb24")
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        self.frames_written += 1
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                for packet in self._stream.encode():
+                    self._container.mux(packet)
+        finally:
+            self._container.close()
+        if exc_type is None and self.frames_written > 0:
+            self.tmp.replace(self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)

@@ -1,0 +1,156 @@
+"""Score a checkpoint on test sets, or a folder of probability maps against a folder of masks.
+
+python evaluate.py                                    # shipped model on the PraNet-protocol test sets
+python evaluate.py checkpoint=outputs/x/checkpoints/best sets=[kvasir] tta=true
+python evaluate.py pred_dir=../shared/data/pranet-predictions/kvasir gt_dir=../shared/data/kvasir-seg/masks
+Writes metrics.json, results.md and per set: per_image.csv, table.md, dice_hist.png, threshold_dice.png, worst.png.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import hydra  # noqa: E402
+import numpy as np  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from data.datasets import Record, load_raw, records_from_sources  # noqa: E402
+from data.errors import UserError, guard_task, run_cli  # noqa: E402
+from data.io import IMAGE_EXTS, read_image, read_mask  # noqa: E402
+from metrics.grading import GradingMetrics  # noqa: E402
+from metrics.plots import dice_histogram, threshold_curve, worst_gallery  # noqa: E402
+from metrics.segmentation import SegmentationMetrics  # noqa: E402
+
+TABLE_KEYS = ("mean_dice", "mean_iou", "weighted_f", "s_measure", "max_e_measure", "mae", "dice@0.5", "hd95")
+
+
+def score_checkpoint(cfg: DictConfig, records: list[Record], set_dir: Path) -> tuple[dict, dict, Any]:
+    from models.predictor import Predictor
+
+    pred = Predictor.from_checkpoint(cfg.checkpoint, device=cfg.device, precision=cfg.precision, tta=cfg.tta)
+    heads = list(pred.card.get("heads", {}))
+    seg = SegmentationMetrics(nsd_tolerance=cfg.nsd_tolerance)
+    grading = {h: GradingMetrics(pred.card["heads"][h]["classes"]) for h in heads}
+    probs: dict[str, np.ndarray] = {}
+    for i in tqdm(range(0, len(records), cfg.batch_size), desc=set_dir.name, leave=False):
+        batch = [load_raw(r, heads) for r in records[i: i + cfg.batch_size]]
+        for sample, p in zip(batch, pred.predict([s["image"] for s in batch])):
+            prob = np.clip(np.round(p.prob * 255), 0, 255).astype(np.uint8)
+            probs[sample["id"]] = prob
+            if "mask" in sample:
+                seg.update(prob, sample["mask"], sample["id"])
+            for h in heads:
+                grading[h].update(p.heads[h][None], np.array([sample["labels"][h]]))
+    by_id = {r.id: r for r in records}
+
+    def load(name: str):
+        raw = load_raw(by_id[name])
+        return raw["image"], raw["mask"].astype(bool), probs[name]
+
+    head_results = {h: g.compute() for h, g in grading.items() if g.compute()["n"] > 0}
+    return seg.compute(), head_results, (seg.per_image, load)
+
+
+def score_folders(cfg: DictConfig) -> tuple[dict, dict, Any]:
+    pred_dir, gt_dir = Path(cfg.pred_dir), Path(cfg.gt_dir or "")
+    for d, key in ((pred_dir, "pred_dir"), (gt_dir, "gt_dir")):
+        if not d.is_dir():
+            raise UserError(f"{key} is not a folder: {d}")
+    gts = {p.stem: p for p in sorted(gt_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
+    preds = {p.stem: p for p in sorted(pred_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
+    if not gts:
+        raise UserError(f"no masks in gt_dir {gt_dir}")
+    if not preds:
+        raise UserError(f"no probability maps in pred_dir {pred_dir}")
+    if cfg.gt_list:  # every listed mask must have a prediction
+        listed = [Path(x.strip()).stem for x in Path(cfg.gt_list).read_text().splitlines() if x.strip()]
+        for s in listed:
+            if s not in gts:
+                raise UserError(f"{s} is listed in gt_list {cfg.gt_list} but has no mask in {gt_dir}")
+            if s not in preds:
+                raise UserError(f"mask {gts[s]} has no prediction in {pred_dir} (expected {s}.png)")
+        common = listed
+    else:
+        common = [s for s in gts if s in preds]
+        if not common:
+            raise UserError(f"no prediction in {pred_dir} is named like a mask in {gt_dir}")
+        if len(common) < len(gts):
+            print(f"note: scoring the {len(common)} masks that have a prediction; {len(gts) - len(common)} masks in "
+                  f"{gt_dir} have none (set gt_list=FILE to require a prediction for each listed mask)")
+    seg = SegmentationMetrics(nsd_tolerance=cfg.nsd_tolerance)
+    import cv2
+
+    for s in tqdm(common, desc=cfg.name, leave=False):
+        prob = cv2.imread(str(preds[s]), cv2.IMREAD_GRAYSCALE)
+        if prob is None:
+            raise UserError(f"cannot decode prediction {preds[s]}")
+        seg.update(prob, read_mask(gts[s]), s)
+    if seg.n_resized:
+        print(f"note: {seg.n_resized} maps differed in size from their mask and were resized (bilinear) to it, "
+              "as PraNet's toolbox does")
+
+    def load(name: str):
+        image_dir = gt_dir.parent / "images"
+        image = next((read_image(p) for p in image_dir.glob(f"{name}.*")), None) if image_dir.is_dir() else None
+        gt = read_mask(gts[name]).astype(bool)
+        prob = cv2.resize(cv2.imread(str(preds[name]), cv2.IMREAD_GRAYSCALE), (gt.shape[1], gt.shape[0]))
+        return (image if image is not None else np.repeat(prob[:, :, None], 3, 2)), gt, prob
+
+    return seg.compute(), {}, (seg.per_image, load)
+
+
+def write_set(set_dir: Path, name: str, seg: dict, heads: dict, per_image: list[dict], load, gallery: int) -> None:
+    set_dir.mkdir(parents=True, exist_ok=True)
+    with (set_dir / "per_image.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(per_image[0]))
+        w.writeheader()
+        w.writerows(per_image)
+    (set_dir / "table.md").write_text(markdown_table({name: seg}))
+    dice_histogram(set_dir / "dice_hist.png", per_image, name)
+    threshold_curve(set_dir / "threshold_dice.png", seg["dice_curve"], name)
+    if gallery:
+        worst_gallery(set_dir / "worst.png", per_image, load, n=gallery, title=name)
+
+
+def markdown_table(results: dict[str, dict]) -> str:
+    head = "| set | n | " + " | ".join(TABLE_KEYS) + " |\n|" + "---|" * (len(TABLE_KEYS) + 2) + "\n"
+    return head + "".join(f"| {k} | {v['n_images']} | " + " | ".join(f"{v[m]:.3f}" for m in TABLE_KEYS) + " |\n"
+                          for k, v in results.items())
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
+@guard_task
+def main(cfg: DictConfig) -> dict:
+    out_dir = Path(cfg.out_dir)
+    results: dict[str, Any] = {}
+    if cfg.pred_dir:
+        seg, heads, (per_image, load) = score_folders(cfg)
+        write_set(out_dir / cfg.name, cfg.name, seg, heads, per_image, load, cfg.gallery)
+        results[cfg.name] = {"segmentation": seg, "heads": heads}
+    else:
+        test_sets = OmegaConf.to_container(cfg.data.test_sets, resolve=True)
+        wanted = list(cfg.sets) if cfg.sets else list(test_sets)
+        unknown = [s for s in wanted if s not in test_sets]
+        if unknown:
+            raise UserError(f"sets {unknown} are not in data.test_sets ({list(test_sets)})")
+        for name in wanted:
+            records = records_from_sources(test_sets[name])
+            seg, heads, (per_image, load) = score_checkpoint(cfg, records, out_dir / name)
+            write_set(out_dir / name, name, seg, heads, per_image, load, cfg.gallery)
+            results[name] = {"segmentation": seg, "heads": heads}
+    (out_dir / "metrics.json").write_text(json.dumps({"config": OmegaConf.to_container(cfg, resolve=True),
+                                                      "results": results}, indent=2))
+    table = markdown_table({k: v["segmentation"] for k, v in results.items()})
+    (out_dir / "results.md").write_text(table)
+    print(table + f"\nwritten to {out_dir}")
+    return results
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,74 @@
+"""Run a checkpoint on images, folders and videos; write masks, probabilities, JSONL, overlays and a report.
+
+python infer.py                                   # the shipped model on the bundled clip -> outputs/infer/
+python infer.py input=path/to/video.mp4 out_dir=review/case12
+python infer.py 'input=[a.jpg,frames/,clip.mp4]' out_dir=out    # one subfolder of out per input
+Exit codes: 0 all inputs processed; 2 a user error (bad path/file/setting) or some inputs/frames failed (the rest
+were still written); 1 a bug.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from data.errors import UserError, guard_task, run_cli  # noqa: E402
+from models.predictor import Predictor  # noqa: E402
+from review.pipeline import ReviewOptions, process_input  # noqa: E402
+
+
+def unique_names(paths: list[Path]) -> list[str]:
+    """Output subfolder per input: its stem, made unique when two inputs share one."""
+    names, seen = [], {}
+    for p in paths:
+        stem = p.stem or p.name
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    return names
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="infer")
+@guard_task
+def main(cfg: DictConfig) -> None:
+    inputs = cfg.input if OmegaConf.is_list(cfg.input) else [cfg.input]
+    if not inputs or any(i is None or str(i) == "" for i in inputs):
+        raise UserError("input is empty: give input=PATH (image, folder or video) or input=[A,B]")
+    paths = [Path(str(i)) for i in inputs]
+    missing = [p for p in paths if not p.exists()]
+    if len(missing) == len(paths):
+        raise UserError(f"input not found: {missing[0]} (give an image, a folder of images, or a video)")
+    try:
+        opts = ReviewOptions(**OmegaConf.to_container(cfg.review, resolve=True))
+    except TypeError as e:
+        raise UserError(f"unknown review setting: {e}") from None
+    predictor = Predictor.from_checkpoint(cfg.checkpoint, device=cfg.device, precision=cfg.precision, tta=cfg.tta)
+    out_root = Path(cfg.out_dir)
+    failures: list[str] = []
+    for path, name in zip(paths, unique_names(paths)):
+        out_dir = out_root if len(paths) == 1 else out_root / name
+        t0 = time.perf_counter()
+        try:
+            summary = process_input(path, predictor=predictor, out_dir=out_dir, opts=opts,
+                                    frames_as_video=cfg.frames_as_video)
+        except UserError as e:  # one bad input never stops the others
+            failures.append(str(e))
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        dt = time.perf_counter() - t0
+        print(f"{path}: {summary['frames']} frames in {dt:.1f}s ({summary['frames'] / max(dt, 1e-9):.1f} frames/s), "
+              f"lesion in {summary['frames_with_lesion']} -> {out_dir}")
+        for err in summary["errors"]:
+            failures.append(err["error"])
+            print(f"error: {err['error']}", file=sys.stderr)
+    if failures:
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    run_cli(main)

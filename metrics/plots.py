@@ -1,0 +1,75 @@
+"""Evaluation figures: Dice histogram, threshold-vs-Dice curve, gallery of the worst images with contours."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import cv2
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(path.stem + ".partial" + path.suffix)
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    tmp.replace(path)
+
+
+def dice_histogram(path: Path, per_image: Sequence[dict[str, Any]], title: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.hist([r["dice"] for r in per_image], bins=20, range=(0, 1), color="tab:blue", edgecolor="white")
+    ax.set_xlabel("Dice at threshold 0.5")
+    ax.set_ylabel("images")
+    ax.set_title(title)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def threshold_curve(path: Path, dice_curve: Sequence[float], title: str) -> None:
+    """dice_curve: mean Dice at thresholds 0/255 .. 255/255 (ascending)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    t = np.linspace(0, 1, len(dice_curve))
+    ax.plot(t, dice_curve)
+    ax.set_xlabel("threshold on the min-max normalised map")
+    ax.set_ylabel("mean Dice")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def worst_gallery(path: Path, per_image: Sequence[dict[str, Any]], load: Callable[[str], tuple], n: int = 8,
+                  title: str = "") -> None:
+    """The n lowest-Dice images; truth contour green, prediction (p >= 0.5) contour magenta.
+
+    load(name) -> (image H x W x 3 uint8 RGB, gt H x W bool, prob H x W uint8).
+    """
+    plt = _plt()
+    worst = sorted(per_image, key=lambda r: r["dice"])[:n]
+    cols = 4
+    rows = max(1, (len(worst) + cols - 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows))
+    for ax in np.atleast_1d(axes).ravel():
+        ax.axis("off")
+    for ax, r in zip(np.atleast_1d(axes).ravel(), worst):
+        image, gt, prob = load(r["name"])
+        canvas = image.copy()
+        for mask, colour in ((gt, (0, 255, 0)), (prob >= 128, (255, 0, 255))):
+            cs, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            cv2.drawContours(canvas, cs, -1, colour, max(2, image.shape[0] // 150))
+        ax.imshow(canvas)
+        ax.set_title(f"{r['name'].split('/')[-1][:18]}  Dice {r['dice']:.2f}", fontsize=8)
+    fig.suptitle(f"{title}: worst {len(worst)} (green truth, magenta prediction)", fontsize=10)
+    _save(fig, path)
+    plt.close(fig)

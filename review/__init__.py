@@ -1,0 +1,1 @@
+"""What a clinician sees: per-frame descriptions, temporal smoothing, overlays, the case report."""

@@ -1,0 +1,235 @@
+"""From inputs to a reviewer's folder: frames -> model -> smoothing -> masks, JSONL, overlay video, report.
+
+Every file is written under a temporary name and renamed when complete, so a crash never leaves a half-written
+output. Bad frames or files are skipped, listed in ``errors.jsonl`` and reported; the rest is still processed.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from data.errors import UserError
+from data.io import IMAGE_EXTS, VIDEO_EXTS, read_image, write_image_atomic, write_png_atomic
+from data.scope import content_area, deidentify
+from data.video import Frame, VideoWriter, probe, read_frames
+from models.checkpoint import head_is_clinical
+from models.predictor import Predictor
+from review.describe import clean_mask, frame_quality, lesions
+from review.overlay import render_overlay
+from review.smoothing import TemporalSmoother
+
+
+@dataclass
+class ReviewOptions:
+    batch_size: int = 8
+    threshold: float = 0.5
+    smoothing: float = 0.6            # EMA weight of the newest frame in videos; 1.0 = off
+    min_area_fraction: float = 0.002  # drop predicted specks smaller than this fraction of the field of view
+    scope_mask: bool = True           # ignore predictions outside the endoscope's field of view
+    scope_every: int = 30             # re-detect the field of view every N video frames
+    deidentify: bool = False          # blur outside the field of view in every written image/video
+    overlay: bool = True
+    write_probs: bool = True
+    report: bool = True
+    frames_fps: float = 25.0          # frame rate given to a folder of frames treated as a video
+    crf: int = 23
+    key_frames: int = 6
+
+
+class AtomicJsonl:
+    """Append JSON lines to ``PATH.partial``; renamed to PATH on a clean exit."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.tmp = path, path.with_name(path.name + ".partial")
+
+    def __enter__(self) -> "AtomicJsonl":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = self.tmp.open("w")
+        return self
+
+    def write(self, obj: dict[str, Any]) -> None:
+        self.f.write(json.dumps(obj) + "\n")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.f.close()
+        if exc_type is None:
+            self.tmp.replace(self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
+
+
+def head_estimates(card: dict, probs: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for h, p in probs.items():
+        classes = card["heads"][h]["classes"]
+        k = int(np.argmax(p))
+        out[h] = {"estimate": classes[k], "confidence": round(float(p[k]), 4),
+                  "probs": {c: round(float(v), 4) for c, v in zip(classes, p)},
+                  "clinically_validated": head_is_clinical(card, h)}
+    return out
+
+
+def frames_from_folder(files: list[Path], fps: float, errors: list[dict]) -> Iterator[Frame]:
+    for i, f in enumerate(files):
+        try:
+            yield Frame(i, i / fps, read_image(f))
+        except UserError as e:
+            errors.append({"file": str(f), "error": str(e)})
+
+
+def batched(frames: Iterable[Frame], n: int) -> Iterator[list[Frame]]:
+    batch: list[Frame] = []
+    for f in frames:
+        batch.append(f)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def process_sequence(frames: Iterable[Frame], *, stem: str, names: list[str] | None, predictor: Predictor,
+                     out_dir: Path, opts: ReviewOptions, video: dict[str, Any] | None, errors: list[dict]
+                     ) -> dict[str, Any]:
+    """Run the model on a stream of frames. ``video`` (fps, width, height) turns on smoothing and the overlay
+    video; ``names`` gives each frame's output stem (images), else ``<stem>_<index:06d>`` (video frames)."""
+    smoother = TemporalSmoother(opts.smoothing if video else 1.0)
+    records: list[dict[str, Any]] = []
+    keep: dict[int, tuple[float, int, np.ndarray]] = {}  # time bin -> best (score, index, overlay) for key frames
+    bin_s = max(1.0, (video or {}).get("duration", 60.0) / max(1, opts.key_frames))
+    writer = None
+    area = None
+    with AtomicJsonl(out_dir / "predictions.jsonl") as jl:
+        try:
+            for batch in batched(frames, opts.batch_size):
+                preds = predictor.predict([f.image for f in batch])
+                for f, p in zip(batch, preds):
+                    if area is None or area.shape != f.image.shape[:2] or not video or f.index % opts.scope_every == 0:
+                        area = content_area(f.image) if opts.scope_mask else np.ones(f.image.shape[:2], np.uint8)
+                    prob, heads = smoother(p.prob * area, p.heads)
+                    mask = clean_mask(prob, area, threshold=opts.threshold, min_area_fraction=opts.min_area_fraction)
+                    name = names[f.index] if names else f"{stem}_{f.index:06d}"
+                    write_png_atomic(out_dir / "masks" / f"{name}.png", mask * 255)
+                    if opts.write_probs:
+                        write_png_atomic(out_dir / "probs" / f"{name}.png", (prob * 255).round().astype(np.uint8))
+                    lesion_p = float(prob.max()) if prob.size else 0.0
+                    est = head_estimates(predictor.card, heads)
+                    rec = {"name": name, "index": f.index, "time": round(f.time, 4), "lesion_probability":
+                           round(lesion_p, 4), "area_fraction": round(float(mask.sum()) / max(1, int(area.sum())), 5),
+                           "lesions": lesions(prob, mask), "heads": est, "quality": frame_quality(f.image, area)}
+                    jl.write(rec)
+                    records.append({k: v for k, v in rec.items() if k != "lesions"} | {"n_lesions": len(rec["lesions"]),
+                                   "largest_px": rec["lesions"][0]["area_px"] if rec["lesions"] else 0})
+                    if not opts.overlay and not opts.report:
+                        continue
+                    shown = f.image if not opts.deidentify else deidentify(f.image, area)
+                    lines = [f"{h}: {e['estimate']} ({e['confidence']:.2f})" for h, e in est.items()
+                             if e["clinically_validated"]]
+                    ov = render_overlay(shown, mask, lesion_prob=lesion_p, time_s=f.time if video else None,
+                                        head_lines=lines)
+                    if video:
+                        if writer is None and opts.overlay:
+                            writer = VideoWriter(out_dir / f"{stem}_overlay.mp4", fps=video["fps"],
+                                                 width=ov.shape[1], height=ov.shape[0], crf=opts.crf).__enter__()
+                        if writer is not None:
+                            writer.write(ov)
+                        b = int(f.time // bin_s)
+                        if b not in keep or lesion_p > keep[b][0]:
+                            keep[b] = (lesion_p, f.index, ov)
+                    elif opts.overlay:
+                        write_image_atomic(out_dir / "overlays" / f"{name}.jpg", ov)
+        except BaseException as e:
+            if writer is not None:
+                writer.__exit__(type(e), e, None)
+            raise
+    if writer is not None:
+        writer.__exit__(None, None, None)
+    summary = summarise(records, predictor.card, video, errors, threshold=opts.threshold)
+    write_json(out_dir / "summary.json", summary)
+    if errors:
+        with AtomicJsonl(out_dir / "errors.jsonl") as ej:
+            for e in errors:
+                ej.write(e)
+    if video and opts.report and records:
+        from review.report import write_report
+
+        write_report(out_dir, stem=stem, records=records, summary=summary, card=predictor.card,
+                     key_frames=sorted(keep.values(), key=lambda t: t[1]),
+                     overlay=f"{stem}_overlay.mp4" if opts.overlay else None)
+    return summary
+
+
+def summarise(records: list[dict], card: dict, video: dict | None, errors: list[dict], *, threshold: float
+              ) -> dict[str, Any]:
+    """Case summary: frames with lesion, largest lesion, and per-head video-level estimate (mean class
+    probabilities over the frames that show a lesion)."""
+    with_lesion = [r for r in records if r["n_lesions"] > 0]
+    largest = max(records, key=lambda r: r["largest_px"], default=None)
+    heads: dict[str, Any] = {}
+    for h in card.get("heads", {}):
+        rows = [r["heads"][h]["probs"] for r in with_lesion if h in r["heads"]]
+        if rows:
+            classes = card["heads"][h]["classes"]
+            mean = np.array([[row[c] for c in classes] for row in rows]).mean(0)
+            k = int(mean.argmax())
+            heads[h] = {"estimate": classes[k], "confidence": round(float(mean[k]), 4), "frames": len(rows),
+                        "clinically_validated": head_is_clinical(card, h)}
+    return {"frames": len(records), "frames_with_lesion": len(with_lesion),
+            "lesion_frame_fraction": round(len(with_lesion) / max(1, len(records)), 4),
+            "max_lesion_probability": max((r["lesion_probability"] for r in records), default=0.0),
+            "largest_lesion": {"name": largest["name"], "time": largest["time"], "area_px": largest["largest_px"]}
+            if largest and largest["largest_px"] else None,
+            "heads": heads, "video": video, "threshold": threshold, "errors": errors,
+            "model": {"name": card.get("name"), "date": card.get("date"), "git_commit": card.get("git_commit")}}
+
+
+def process_input(path: Path, *, predictor: Predictor, out_dir: Path, opts: ReviewOptions,
+                  frames_as_video: bool = False) -> dict[str, Any]:
+    """One input: an image, a folder of images (or of frames, with frames_as_video), or a video file."""
+    errors: list[dict] = []
+    if not path.exists():
+        raise UserError(f"input not found: {path} (give an image, a folder of images, or a video)")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        if not files:
+            raise UserError(f"no images ({', '.join(IMAGE_EXTS)}) in folder {path}")
+        if frames_as_video:
+            first = read_image(files[0])
+            video = {"fps": opts.frames_fps, "width": first.shape[1], "height": first.shape[0],
+                     "duration": len(files) / opts.frames_fps}
+            return process_sequence(frames_from_folder(files, opts.frames_fps, errors), stem=path.name, names=None,
+                                    predictor=predictor, out_dir=out_dir, opts=opts, video=video, errors=errors)
+        return process_sequence(frames_from_folder(files, 1.0, errors), stem=path.name, names=[f.stem for f in files],
+                                predictor=predictor, out_dir=out_dir, opts=opts, video=None, errors=errors)
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_EXTS:
+        info = probe(path)
+        video = {"fps": info.fps, "width": info.width, "height": info.height,
+                 "duration": info.n_frames / info.fps if info.n_frames else 60.0, "declared_frames": info.n_frames}
+        return process_sequence(read_frames(path, errors=_VideoErrors(errors, path)), stem=path.stem, names=None,
+                                predictor=predictor, out_dir=out_dir, opts=opts, video=video, errors=errors)
+    if suffix in IMAGE_EXTS:
+        return process_sequence(frames_from_folder([path], 1.0, errors), stem=path.stem, names=[path.stem],
+                                predictor=predictor, out_dir=out_dir, opts=opts, video=None, errors=errors)
+    raise UserError(f"unsupported input type: {path} (images: {', '.join(IMAGE_EXTS)}; videos: {', '.join(VIDEO_EXTS)})")
+
+
+class _VideoErrors(list):
+    """Adapter: read_frames appends plain strings; errors.jsonl wants {file, error} objects."""
+
+    def __init__(self, sink: list[dict], path: Path) -> None:
+        super().__init__()
+        self.sink, self.path = sink, path
+
+    def append(self, msg: str) -> None:  # type: ignore[override]
+        self.sink.append({"file": str(self.path), "error": msg})

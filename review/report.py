@@ -1,0 +1,106 @@
+"""The case report: one self-contained folder (report.html + overlay video + plots + key frames), opens offline."""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from data.io import write_image_atomic
+from review.overlay import timecode
+
+DEFAULT_USE = ("Research use only. Not a medical device; estimates must not drive clinical decisions. "
+               "Lesion outlines are from a polyp-segmentation model trained on public colonoscopy data.")
+
+
+def timeline_plot(path: Path, records: Sequence[dict[str, Any]], card: dict[str, Any]) -> None:
+    """Lesion probability and area over time; head estimates only for clinically validated heads."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = np.array([r["time"] for r in records])
+    shown = [h for h, info in card.get("heads", {}).items()
+             if records and records[0]["heads"].get(h, {}).get("clinically_validated")]
+    fig, axes = plt.subplots(2 + len(shown), 1, figsize=(9, 2.2 * (2 + len(shown))), sharex=True)
+    axes[0].plot(t, [r["lesion_probability"] for r in records], color="tab:green")
+    axes[0].set_ylabel("lesion prob.")
+    axes[0].set_ylim(0, 1.02)
+    axes[1].plot(t, [100 * r["area_fraction"] for r in records], color="tab:orange")
+    axes[1].set_ylabel("area (% of view)")
+    for ax, h in zip(axes[2:], shown):
+        for c in card["heads"][h]["classes"]:
+            ax.plot(t, [r["heads"][h]["probs"][c] for r in records], label=c)
+        ax.set_ylabel(h)
+        ax.set_ylim(0, 1.02)
+        ax.legend(loc="upper right", fontsize=7)
+    axes[-1].set_xlabel("time (s)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".partial.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_report(out_dir: Path, *, stem: str, records: Sequence[dict[str, Any]], summary: dict[str, Any],
+                 card: dict[str, Any], key_frames: Sequence[tuple[float, int, np.ndarray]], overlay: str | None
+                 ) -> Path:
+    timeline_plot(out_dir / "timeline.png", records, card)
+    kf_html = []
+    for score, index, image in key_frames:
+        name = f"keyframes/{stem}_{index:06d}.jpg"
+        write_image_atomic(out_dir / name, image)
+        rec = next(r for r in records if r["index"] == index)
+        kf_html.append(f'<figure><img src="{name}" alt="frame {index}"><figcaption>frame {index} at '
+                       f'{timecode(rec["time"])}, lesion {score:.2f}</figcaption></figure>')
+    e = html.escape
+    heads_rows = "".join(
+        f"<tr><td>{e(h)}</td><td>{e(v['estimate'])}</td><td>{v['confidence']:.2f}</td><td>{v['frames']}</td></tr>"
+        for h, v in summary["heads"].items() if v["clinically_validated"])
+    hidden = [h for h, v in summary["heads"].items() if not v["clinically_validated"]]
+    hidden_note = (f"<p class=note>Not shown: {e(', '.join(hidden))} (the model card does not say these heads were "
+                   "trained and validated on real clinical labels).</p>") if hidden else ""
+    largest = summary.get("largest_lesion")
+    video_html = (f'<video id="overlay" controls preload="auto" muted src="{e(overlay)}" '
+                  f'type="video/mp4"></video>') if overlay else ""
+    errors_html = "".join(f"<li>{e(x['error'])}</li>" for x in summary.get("errors", []))
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>endolift review: {e(stem)}</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:980px;color:#222}}
+video{{width:100%;max-width:960px;background:#000}} img{{max-width:100%}}
+table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}
+.kf{{display:grid;grid-template-columns:repeat(3,1fr);gap:.6em}} figure{{margin:0}} figcaption{{font-size:.85em}}
+.note{{color:#8a5a00}} .use{{background:#fff4e0;padding:.5em;border-left:4px solid #e0a000}}
+</style></head><body>
+<h1>Case review: {e(stem)}</h1>
+<p class=use><b>Intended use.</b> {e(card.get('intended_use', DEFAULT_USE))}</p>
+{video_html}
+<h2>Summary</h2>
+<table>
+<tr><th>frames</th><td>{summary['frames']}</td></tr>
+<tr><th>frames with a lesion</th><td>{summary['frames_with_lesion']} ({100 * summary['lesion_frame_fraction']:.0f}%)</td></tr>
+<tr><th>max lesion probability</th><td>{summary['max_lesion_probability']:.2f}</td></tr>
+<tr><th>largest lesion</th><td>{f"{largest['area_px']} px at {timecode(largest['time'])} ({e(largest['name'])})"
+                                 if largest else "none"}</td></tr>
+</table>
+{"<h2>Head estimates (video level)</h2><table><tr><th>head</th><th>estimate</th><th>confidence</th><th>frames</th></tr>"
+ + heads_rows + "</table>" if heads_rows else ""}
+{hidden_note}
+{"<h2>Problems with the input</h2><ul>" + errors_html + "</ul>" if errors_html else ""}
+<h2>Timeline</h2><img src="timeline.png" alt="lesion probability and area over time">
+<h2>Key frames</h2><div class=kf>{''.join(kf_html)}</div>
+<h2>Model</h2>
+<p>{e(str(card.get('name')))}, trained {e(str(card.get('date')))}, commit {e(str(card.get('git_commit'))[:12])}.
+Per-frame details: <code>predictions.jsonl</code>; summary: <code>summary.json</code>.</p>
+</body></html>
+"""
+    path = out_dir / "report.html"
+    tmp = path.with_name("report.partial.html")
+    tmp.write_text(page)
+    tmp.replace(path)
+    return path
