@@ -60,10 +60,17 @@ def read_frames(path: str | Path, errors: list[str] | None = None) -> Iterator[F
                 yield Frame(index, t, frame.to_ndarray(format="rgb24"))
                 index += 1
     except av.error.FFmpegError as e:
-        msg = f"{path}: decoding stopped after {index} frames ({e}); the rest of the file is unreadable"
-        if errors is None:
-            raise UserError(msg) from None
-        errors.append(msg)
+        _report(f"{path}: decoding stopped after {index} frames ({e}); the rest of the file is unreadable", errors)
+        return
+    if info.n_frames and index < info.n_frames:  # FFmpeg stops quietly at the end of a cut-off file
+        _report(f"{path}: decoding stopped after {index} of {info.n_frames} declared frames; the file looks "
+                "truncated (the decodable frames were processed)", errors)
+
+
+def _report(msg: str, errors: list[str] | None) -> None:
+    if errors is None:
+        raise UserError(msg)
+    errors.append(msg)
 
 
 class VideoWriter:
@@ -84,12 +91,13 @@ class VideoWriter:
 
     def __enter__(self) -> "VideoWriter":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._container = av.open(str(self.tmp), mode="w", format="mp4")
+        # faststart puts the index (moov) first: browsers start playing at once, and a cut-off file stays decodable
+        self._container = av.open(str(self.tmp), mode="w", format="mp4", options={"movflags": "+faststart"})
         rate = Fraction(self.fps).limit_denominator(1001)
         self._stream = self._container.add_stream("libx264", rate=rate)
         self._stream.width, self._stream.height = self.width, self.height
         self._stream.pix_fmt = "yuv420p"
-        self._stream.options = {"crf": str(self.crf), "preset": self.preset, "movflags": "+faststart"}
+        self._stream.options = {"crf": str(self.crf), "preset": self.preset}
         return self
 
     def write(self, image: np.ndarray) -> None:

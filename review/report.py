@@ -10,6 +10,21 @@ import numpy as np
 from data.io import write_image_atomic
 from review.overlay import timecode
 
+STATE_SCRIPT = """<script>
+// Records the video's state for automated checks (tests/test_report_browser.py); does nothing visible.
+(function () {
+  var b = document.body, v = document.getElementById("overlay");
+  b.dataset.video = v ? "loading" : "none";
+  if (v) {
+    v.addEventListener("canplay", function () { b.dataset.video = "canplay"; });
+    v.addEventListener("error", function () { b.dataset.video = "error"; });
+    if (v.readyState >= 3) { b.dataset.video = "canplay"; }
+  }
+  window.addEventListener("error", function (e) { b.dataset.jsError = String(e.message); });
+})();
+</script>
+"""
+
 DEFAULT_USE = ("Research use only. Not a medical device; estimates must not drive clinical decisions. "
                "Lesion outlines are from a polyp-segmentation model trained on public colonoscopy data.")
 
@@ -97,7 +112,7 @@ table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:.25em .6e
 <h2>Model</h2>
 <p>{e(str(card.get('name')))}, trained {e(str(card.get('date')))}, commit {e(str(card.get('git_commit'))[:12])}.
 Per-frame details: <code>predictions.jsonl</code>; summary: <code>summary.json</code>.</p>
-</body></html>
+{STATE_SCRIPT}</body></html>
 """
     path = out_dir / "report.html"
     tmp = path.with_name("report.partial.html")

@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny models and synthetic data on CPU; real data only when ../shared/data is present."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+SHARED_DATA = SHARED / "data"
+
+torch.set_num_threads(1)
+
+
+def needs_shared_data():
+    return pytest.mark.skipif(not (SHARED_DATA / "kvasir-seg").is_dir(),
+                              reason=f"public datasets not found at {SHARED_DATA} (see ../shared/data/README.md)")
+
+
+def run_script(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run an entry script as a user would, in a subprocess; returns the completed process."""
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": ""}
+    env.pop("HYDRA_FULL_ERROR")
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="session")
+def synthetic_manifest(tmp_path_factory) -> Path:
+    from data.synthetic import ensure_synthetic_dataset
+
+    return ensure_synthetic_dataset(tmp_path_factory.mktemp("synth"), n=16, size=(64, 96), seed=3, n_groups=4)
+
+
+def tiny_card(heads: dict | None = None, label_source: str = "synthetic", validated: bool = False) -> dict:
+    heads = heads or {}
+    return {"name": "tiny-test", "model": {"arch": "unet", "encoder": "mobilenet_v2", "weights": None,
+                                           "heads": heads, "decoder": {"decoder_channels": [16, 16, 16, 8, 8]}},
+            "heads": {h: {"classes": list(c), "trained": True, "label_source": label_source,
+                          "validated_on_real": validated} for h, c in heads.items()},
+            "input": {"size": 64, "resize": "stretch", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """An untrained tiny checkpoint with both heads (labelled synthetic, so never shown clinically)."""
+    from models.build import build_model
+    from models.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    card = tiny_card({"fibrosis": ["F0", "F1", "F2"], "lift": ["adequate", "partial", "non-lifting"]})
+    model = build_model(**card["model"])
+    stem = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_checkpoint(stem, model, card)
+    return stem
+
+
+@pytest.fixture()
+def synthetic_video(tmp_path) -> Path:
+    from data.synthetic import synthetic_frame
+    from data.video import VideoWriter
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "clip.mp4"
+    with VideoWriter(path, fps=10, width=96, height=64) as w:
+        for _ in range(12):
+            w.write(synthetic_frame(rng, (64, 96))["image"])
+    return path

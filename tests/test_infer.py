@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import json
+import shutil
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from data.synthetic import synthetic_frame
+from models.checkpoint import load_checkpoint, save_checkpoint
+from review.overlay import render_overlay
+from review.smoothing import TemporalSmoother
+from tests.conftest import run_script, tiny_card
+
+
+def test_video_outputs_follow_the_contract(tmp_path, tiny_checkpoint, synthetic_video):
+    out = tmp_path / "out"
+    p = run_script("infer.py", f"input={synthetic_video}", f"out_dir={out}", f"checkpoint={tiny_checkpoint}")
+    assert p.returncode == 0, p.stderr[-2000:]
+    masks = sorted((out / "masks").iterdir())
+    assert [m.name for m in masks[:2]] == ["clip_000000.png", "clip_000001.png"] and len(masks) == 12
+    assert len(list((out / "probs").iterdir())) == 12
+    m = cv2.imread(str(masks[0]), cv2.IMREAD_UNCHANGED)
+    assert m.shape == (64, 96) and set(np.unique(m)) <= {0, 255}
+    lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == 12 and [x["index"] for x in lines] == list(range(12))
+    assert lines[1]["time"] == pytest.approx(0.1)
+    assert {"lesion_probability", "area_fraction", "lesions", "heads", "quality"} <= set(lines[0])
+    assert lines[0]["heads"]["fibrosis"]["clinically_validated"] is False
+    with av.open(str(out / "clip_overlay.mp4")) as c:
+        s = c.streams.video[0]
+        assert s.codec_context.name == "h264" and (s.codec_context.width, s.codec_context.height) == (96, 64)
+        assert float(s.average_rate) == 10.0 and sum(1 for _ in c.decode(s)) == 12
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == 12 and summary["video"]["fps"] == 10.0
+    html = (out / "report.html").read_text()
+    assert 'src="clip_overlay.mp4"' in html and "timeline.png" in html and "Research use only" in html
+    # heads trained on synthetic labels are never shown to a clinician
+    assert "Head estimates" not in html and "Not shown: fibrosis, lift" in html
+    assert not list(out.rglob("*.partial*"))
+
+
+def test_validated_heads_are_drawn_and_reported(tmp_path, tiny_checkpoint, synthetic_video):
+    model, card = load_checkpoint(tiny_checkpoint)
+    real = tiny_card({h: v["classes"] for h, v in card["heads"].items()}, label_source="real", validated=True)
+    save_checkpoint(tmp_path / "real", model, real)
+    out = tmp_path / "out"
+    p = run_script("infer.py", f"input={synthetic_video}", f"out_dir={out}", f"checkpoint={tmp_path / 'real'}",
+                   "review.threshold=0.0")
+    assert p.returncode == 0, p.stderr[-2000:]
+    html = (out / "report.html").read_text()
+    assert "Head estimates" in html and "Not shown" not in html
+
+
+def test_overlay_draws_heads_only_when_given():
+    rng = np.random.default_rng(0)
+    s = synthetic_frame(rng, (96, 128))
+    a = render_overlay(s["image"], s["mask"], lesion_prob=0.9, time_s=1.0)
+    b = render_overlay(s["image"], s["mask"], lesion_prob=0.9, time_s=1.0, head_lines=["fibrosis: F2 (0.80)"])
+    assert not np.array_equal(a, b)
+    assert not np.array_equal(a, s["image"])  # fill and contour are drawn
+    c = render_overlay(s["image"], np.zeros_like(s["mask"]), lesion_prob=0.1, legend=False)
+    outside = s["image"].copy()
+    assert (c[60:, 40:] == outside[60:, 40:]).all()  # nothing drawn away from the text when there is no lesion
+
+
+def test_smoothing_damps_flicker():
+    sm = TemporalSmoother(alpha=0.5)
+    on, off = np.ones((4, 4), np.float32), np.zeros((4, 4), np.float32)
+    values = [sm(x)[0][0, 0] for x in (on, off, on, off)]
+    assert values == pytest.approx([1.0, 0.5, 0.75, 0.375])
+    assert TemporalSmoother(1.0)(off)[0][0, 0] == 0.0
+
+
+def test_images_folder_with_a_corrupt_file_processes_the_rest(tmp_path, tiny_checkpoint):
+    src = tmp_path / "frames"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        cv2.imwrite(str(src / f"f{i}.png"), synthetic_frame(rng, (64, 64))["image"][:, :, ::-1])
+    (src / "f1.png").write_bytes(b"broken")
+    out = tmp_path / "out"
+    p = run_script("infer.py", f"input={src}", f"out_dir={out}", f"checkpoint={tiny_checkpoint}")
+    assert p.returncode == 2
+    assert "f1.png" in p.stderr and "Traceback" not in p.stderr
+    assert sorted(x.name for x in (out / "masks").iterdir()) == ["f0.png", "f2.png"]
+    errors = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
+    assert len(errors) == 1 and errors[0]["file"].endswith("f1.png")
+
+
+def test_several_inputs_one_subfolder_each_and_bad_ones_reported(tmp_path, tiny_checkpoint, synthetic_video):
+    img = tmp_path / "one.png"
+    cv2.imwrite(str(img), synthetic_frame(np.random.default_rng(2), (64, 64))["image"])
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00" * 100)
+    out = tmp_path / "out"
+    p = run_script("infer.py", f"input=[{img},{bad},{synthetic_video}]", f"out_dir={out}",
+                   f"checkpoint={tiny_checkpoint}")
+    assert p.returncode == 2 and "bad.mp4" in p.stderr and "Traceback" not in p.stderr
+    assert (out / "one" / "masks" / "one.png").is_file() and (out / "one" / "overlays" / "one.jpg").is_file()
+    assert (out / "clip" / "clip_overlay.mp4").is_file()
+    assert not (out / "bad").exists() or not any((out / "bad").rglob("*.mp4"))
+
+
+def test_truncated_video_keeps_decodable_frames(tmp_path, tiny_checkpoint, synthetic_video):
+    data = synthetic_video.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    out = tmp_path / "out"
+    p = run_script("infer.py", f"input={cut}", f"out_dir={out}", f"checkpoint={tiny_checkpoint}")
+    assert p.returncode == 2 and "truncated" in p.stderr
+    n = len((out / "predictions.jsonl").read_text().splitlines())
+    assert 0 < n < 12 and len(list((out / "masks").iterdir())) == n
+    assert (out / "cut_overlay.mp4").is_file() and (out / "errors.jsonl").is_file()
+
+
+def test_missing_checkpoint_is_a_user_error(tmp_path, synthetic_video):
+    p = run_script("infer.py", f"input={synthetic_video}", f"out_dir={tmp_path}", "checkpoint=/nonexistent/ckpt")
+    assert p.returncode == 2 and "/nonexistent/ckpt.json" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_frame_folder_as_video(tmp_path, tiny_checkpoint):
+    src = tmp_path / "seq"
+    src.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(5):
+        cv2.imwrite(str(src / f"{i:03d}.png"), synthetic_frame(rng, (64, 64))["image"])
+    out = tmp_path / "out"
+    p = run_script("infer.py", f"input={src}", f"out_dir={out}", f"checkpoint={tiny_checkpoint}",
+                   "frames_as_video=true", "review.frames_fps=5")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (out / "seq_overlay.mp4").is_file() and (out / "masks" / "seq_000004.png").is_file()
+    shutil.rmtree(out)

@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from data.errors import UserError
+from models.build import build_model
+from models.checkpoint import (head_is_clinical, load_checkpoint, optimizer_from_tensors, optimizer_to_tensors,
+                               read_card, save_checkpoint)
+from models.losses import EndoLoss, dice_bce_loss, structure_loss
+from models.weights import resolve_weights
+from tests.conftest import SHARED, tiny_card
+
+HEADS = {"fibrosis": ["F0", "F1", "F2"], "lift": ["adequate", "partial", "non-lifting"]}
+
+
+@pytest.mark.parametrize("encoder", ["mobilenet_v2", "resnet34", "efficientnet-b0"])
+def test_output_shapes_per_encoder(encoder):
+    model = build_model(arch="unet", encoder=encoder, heads=HEADS).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 96))
+    assert out["mask"].shape == (2, 1, 64, 96)
+    assert out["fibrosis"].shape == (2, 3) and out["lift"].shape == (2, 3)
+
+
+@pytest.mark.parametrize("arch", ["fpn", "deeplabv3plus", "unetplusplus"])
+def test_output_shapes_per_architecture(arch):
+    model = build_model(arch=arch, encoder="mobilenet_v2").eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 64))
+    assert set(out) == {"mask"} and out["mask"].shape == (1, 1, 64, 64)
+
+
+def test_bad_model_settings_are_user_errors():
+    with pytest.raises(UserError, match="model.arch 'nope'"):
+        build_model(arch="nope")
+    with pytest.raises(UserError, match="model.encoder 'nonet'"):
+        build_model(encoder="nonet")
+    with pytest.raises(ValueError, match="multiple of 32"):
+        build_model()(torch.randn(1, 3, 50, 64))
+
+
+def test_imagenet_weights_never_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv("ENDOLIFT_WEIGHTS", raising=False)
+    with pytest.raises(UserError, match="mobilenet_v2-b0353104.pth"):
+        resolve_weights("mobilenet_v2", "imagenet", weights_dirs=[tmp_path / "none"])
+
+
+@pytest.mark.skipif(not (SHARED / "weights" / "mobilenet_v2-b0353104.pth").is_file(), reason="shared weights absent")
+def test_imagenet_file_loads_into_mobilenet_encoder():
+    model = build_model(weights="imagenet", weights_dirs=[str(SHARED / "weights")])
+    state = torch.load(SHARED / "weights" / "mobilenet_v2-b0353104.pth", weights_only=True)
+    enc = model.seg.encoder.state_dict()
+    assert torch.equal(enc["features.0.0.weight"], state["features.0.0.weight"])
+    assert torch.equal(enc["features.18.1.running_var"], state["features.18.1.running_var"])
+
+
+def test_dice_bce_against_hand_computed_values():
+    logits = torch.zeros(1, 1, 2, 2)  # p = 0.5 everywhere
+    target = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    terms = dice_bce_loss(logits, target)
+    assert terms["bce"].item() == pytest.approx(math.log(2), abs=1e-6)
+    # dice = (2 * 0.5 + 1) / (2.0 + 1 + 1) = 0.5
+    assert terms["dice"].item() == pytest.approx(0.5, abs=1e-6)
+
+
+def test_structure_loss_against_hand_computed_values():
+    logits = torch.zeros(1, 1, 4, 4)
+    target = torch.zeros(1, 1, 4, 4)  # no boundary: every weight is 1
+    terms = structure_loss(logits, target)
+    assert terms["wbce"].item() == pytest.approx(math.log(2), abs=1e-6)
+    # inter = 0, union = sum(p) = 8 -> wiou = 1 - 1 / (8 + 1)
+    assert terms["wiou"].item() == pytest.approx(1 - 1 / 9, abs=1e-6)
+    # near a boundary the weight rises: a confident wrong pixel there costs more than the same far away
+    target = torch.zeros(1, 1, 40, 40)
+    target[..., 10:30, 10:30] = 1
+    near, far = torch.full_like(target, 8.0) * (2 * target - 1), torch.full_like(target, 8.0) * (2 * target - 1)
+    near[..., 10, 20] = -8.0  # wrong, on the edge
+    far[..., 20, 20] = -8.0   # wrong, in the middle
+    assert structure_loss(near, target)["wbce"] > structure_loss(far, target)["wbce"]
+
+
+def test_endoloss_ignores_unknown_labels_and_unmasked_images():
+    loss = EndoLoss("dice_bce", head_weight=1.0)
+    out = {"mask": torch.zeros(2, 1, 4, 4, requires_grad=True), "fibrosis": torch.zeros(2, 3, requires_grad=True)}
+    batch = {"mask": torch.ones(2, 1, 4, 4), "has_mask": torch.tensor([True, False]),
+             "labels": {"fibrosis": torch.tensor([-1, -1])}}
+    terms = loss(out, batch)
+    assert terms["ce_fibrosis"].item() == 0.0
+    assert terms["total"].item() == pytest.approx((terms["bce"] + terms["dice"]).item())
+    batch["labels"]["fibrosis"] = torch.tensor([2, -1])
+    assert loss(out, batch)["ce_fibrosis"].item() == pytest.approx(math.log(3), abs=1e-6)
+
+
+def test_two_optimiser_steps_reduce_the_loss():
+    torch.manual_seed(0)
+    model = build_model(heads={"fibrosis": HEADS["fibrosis"]}).train()
+    x = torch.randn(4, 3, 64, 64)
+    batch = {"mask": (torch.rand(4, 1, 64, 64) > 0.6).float(), "labels": {"fibrosis": torch.tensor([0, 1, 2, 1])}}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss_fn = EndoLoss("structure")
+    losses = []
+    for _ in range(3):
+        total = loss_fn(model(x), batch)["total"]
+        losses.append(total.item())
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+    assert losses[2] < losses[0]
+
+
+def test_checkpoint_round_trip_is_bitwise_equal(tmp_path):
+    card = tiny_card(HEADS)
+    model = build_model(**card["model"])
+    save_checkpoint(tmp_path / "m", model, card)
+    loaded, loaded_card = load_checkpoint(tmp_path / "m.safetensors")
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert loaded_card["heads"]["fibrosis"]["classes"] == ["F0", "F1", "F2"] and loaded_card["git_commit"] != "HEAD"
+    save_checkpoint(tmp_path / "half", model, card, dtype=torch.float16)
+    half, _ = load_checkpoint(tmp_path / "half")
+    k = "seg.encoder.features.0.0.weight"
+    assert torch.equal(half.state_dict()[k], a[k].half().float())
+    assert (tmp_path / "half.safetensors").stat().st_size < 0.6 * (tmp_path / "m.safetensors").stat().st_size
+
+
+def test_corrupt_or_foreign_checkpoint_is_a_user_error(tmp_path):
+    card = tiny_card()
+    save_checkpoint(tmp_path / "m", build_model(**card["model"]), card)
+    data = (tmp_path / "m.safetensors").read_bytes()
+    (tmp_path / "m.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="unreadable"):
+        load_checkpoint(tmp_path / "m")
+    (tmp_path / "x.json").write_text('{"format": "something-else"}')
+    with pytest.raises(UserError, match="not an endolift checkpoint"):
+        read_card(tmp_path / "x")
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_heads_are_clinical_only_when_trained_and_validated_on_real_labels():
+    assert not head_is_clinical(tiny_card(HEADS, "synthetic"), "fibrosis")
+    assert not head_is_clinical(tiny_card(HEADS, "proxy", validated=True), "fibrosis")
+    assert not head_is_clinical(tiny_card(HEADS, "real", validated=False), "fibrosis")
+    assert head_is_clinical(tiny_card(HEADS, "real", validated=True), "fibrosis")
+    assert not head_is_clinical(tiny_card(HEADS, "real", validated=True), "absent_head")
+
+
+def test_optimizer_state_survives_safetensors_round_trip():
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(5, 3)).sum().backward()
+    opt.step()
+    tensors, rest = optimizer_to_tensors(opt)
+    opt2 = torch.optim.AdamW(model.parameters(), lr=0.5)
+    optimizer_from_tensors(opt2, tensors, rest)
+    s1, s2 = opt.state_dict(), opt2.state_dict()
+    assert s2["param_groups"][0]["lr"] == 0.1
+    for pid in s1["state"]:
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(torch.as_tensor(s1["state"][pid][key]), torch.as_tensor(s2["state"][pid][key]))

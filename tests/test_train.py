@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from models.build import build_model
+from models.checkpoint import load_train_state
+from tests.conftest import ROOT, run_script
+
+CONFIGS = ROOT / "configs"
+
+
+def _epochs(run_dir):
+    with (run_dir / "metrics.csv").open() as f:
+        return [int(r["epoch"]) for r in csv.DictReader(f)]
+
+
+def test_smoke_training_then_resume(tmp_path):
+    run1 = tmp_path / "run1"
+    p = run_script("train.py", "experiment=smoke", f"hydra.run.dir={run1}", f"paths.cache_dir={tmp_path / 'cache'}",
+                   "trainer.progress=false")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert _epochs(run1) == [1, 2]
+    for f in ("best.safetensors", "best.json", "last.safetensors", "last.json", "last.state.safetensors"):
+        assert (run1 / "checkpoints" / f).is_file()
+    card = json.loads((run1 / "checkpoints" / "last.json").read_text())
+    assert card["heads"]["fibrosis"]["label_source"] == "synthetic"
+    assert card["heads"]["fibrosis"]["validated_on_real"] is False
+    assert card["resume"]["epoch"] == 2 and card["input"]["size"] == 64
+    saved_state = load_train_state(run1 / "checkpoints" / "last")
+    assert any(k.startswith("optim/") for k in saved_state)
+
+    run2 = tmp_path / "run2"
+    p = run_script("train.py", "experiment=smoke", f"hydra.run.dir={run2}", f"paths.cache_dir={tmp_path / 'cache'}",
+                   "trainer.max_epochs=3", f"trainer.resume={run1 / 'checkpoints' / 'last'}", "trainer.progress=false")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert _epochs(run2) == [3]  # continues the epoch count instead of starting over
+    card2 = json.loads((run2 / "checkpoints" / "last.json").read_text())
+    assert card2["resume"]["epoch"] == 3
+    # the optimiser's step count continued from the saved state (3 steps/epoch in the smoke config)
+    step_before = saved_state[next(k for k in saved_state if k.endswith("/step"))]
+    new_state = load_train_state(run2 / "checkpoints" / "last")
+    assert float(new_state[next(k for k in new_state if k.endswith("/step"))]) == float(step_before) + 3
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", ["model", "augment", "loss", "optim", "data", "experiment", "debug"])
+def test_every_config_option_composes_and_instantiates(group, tmp_path):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        for option in _options(group):
+            overrides = [f"{group}={option}", f"paths.cache_dir={tmp_path}"]
+            if group == "data" and option == "manifest":
+                overrides.append("data.manifest=x.csv")
+            cfg = compose(config_name="train", overrides=overrides)
+            OmegaConf.resolve(cfg)
+            model_cfg = OmegaConf.to_container(cfg.model)
+            model_cfg["weights"] = None
+            model = build_model(**model_cfg)
+            [instantiate(t) for t in cfg.augment.train]
+            loss = instantiate(cfg.loss)
+            opt = instantiate(cfg.optim.optimizer)(params=model.parameters())
+            sched = instantiate(cfg.optim.scheduler)(opt, total_steps=10, warmup_steps=2)
+            assert isinstance(opt, torch.optim.Optimizer) and sched.get_last_lr()
+            assert callable(loss)
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        for name in ("infer", "evaluate"):
+            assert compose(config_name=name).out_dir
+
+
+def test_warmup_cosine_schedule_shape():
+    from models.runtime import warmup_cosine
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_cosine(opt, total_steps=10, warmup_steps=2, min_lr_ratio=0.1)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0) and lrs[2] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] > 0.1
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train.py", "no_such_key=1"], "no_such_key"),
+    (["train.py", "model=nope"], "model"),
+    (["train.py", "experiment=smoke", "model.arch=nope", "hydra.run.dir=/tmp/endolift-bad"], "model.arch 'nope'"),
+    (["train.py", "paths.shared_data=/nonexistent", "hydra.run.dir=/tmp/endolift-bad"], "/nonexistent"),
+    (["infer.py", "input=/nonexistent/clip.mp4", "out_dir=/tmp/endolift-bad"], "/nonexistent/clip.mp4"),
+])
+def test_bad_settings_exit_2_without_traceback(args, needle):
+    p = run_script(*args)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert needle in p.stderr
+    assert "Traceback" not in p.stderr
