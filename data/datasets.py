@@ -51,6 +51,7 @@ def folder_records(
     masks_dir: str | None = "masks",
     split_file: str | None = None,
     groups_csv: str | None = None,
+    groups_keep: Sequence[str | int] | None = None,
     require_masks: bool = True,
 ) -> list[Record]:
     """Pair ``root/images/*`` with ``root/masks/*`` by file stem.
@@ -58,6 +59,7 @@ def folder_records(
     split_file: optional list of stems (one a line, relative to root) to keep.
     groups_csv: optional CSV ``frame,sequence`` mapping a stem to its group (patient / sequence); without it each
         image is its own group.
+    groups_keep: keep only images whose group (from groups_csv) is listed, e.g. held-out sequences.
     """
     root = Path(root)
     img_dir = root / images_dir
@@ -96,6 +98,13 @@ def folder_records(
         with gpath.open(newline="") as f:
             rows = list(csv.reader(f))
         groups = {Path(r[0]).stem: r[1] for r in rows[1:] if len(r) >= 2}
+    if groups_keep is not None:
+        if not groups:
+            raise UserError(f"groups_keep needs groups_csv (source {name or root})")
+        keep = {str(g) for g in groups_keep}
+        stems = [s for s in stems if groups.get(s) in keep]
+        if not stems:
+            raise UserError(f"no image of {root} is in groups {sorted(keep)}")
     prefix = f"{name}/" if name else ""
     return [
         Record(images[s], masks.get(s), id=f"{prefix}{s}", group=f"{prefix}{groups.get(s, s)}")

@@ -1,0 +1,91 @@
+"""Inference speed on this machine: model-only images/s, and end-to-end video frames/s with the model's share.
+
+python benchmarks/infer_speed.py [--checkpoint checkpoints/endolift_polyp_unet_mnv2] [--frames 46]
+1. model only, 352x352: batch 1 and 8, fp32 vs bf16 (+ channels_last); ratios against fp32 batch 1.
+2. end to end (decode + model + smoothing + masks/JSONL + overlay + H.264 encode, report off) on the bundled
+   384x288 clip and on a 1920x1080 clip made by upscaling it; the model's share is the time inside predict().
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from data.video import VideoWriter, read_frames  # noqa: E402
+from models.predictor import Predictor  # noqa: E402
+from models.runtime import autocast  # noqa: E402
+from review.pipeline import ReviewOptions, process_input  # noqa: E402
+
+
+def model_only(pred: Predictor, batch: int, precision: str, reps: int = 5) -> float:
+    x = torch.randn(batch, 3, pred.size, pred.size).contiguous(memory_format=torch.channels_last)
+    model = pred.model
+    with torch.no_grad():
+        for i in range(reps + 1):
+            if i == 1:
+                t0 = time.perf_counter()
+            with autocast(torch.device("cpu"), precision):
+                model(x)
+    return batch * reps / (time.perf_counter() - t0)
+
+
+def end_to_end(pred: Predictor, video: Path, out: Path) -> tuple[float, float, int]:
+    spent = [0.0]
+    original = pred.predict
+
+    def timed(images):
+        t = time.perf_counter()
+        r = original(images)
+        spent[0] += time.perf_counter() - t
+        return r
+
+    pred.predict = timed
+    t0 = time.perf_counter()
+    summary = process_input(video, predictor=pred, out_dir=out, opts=ReviewOptions(report=False))
+    total = time.perf_counter() - t0
+    pred.predict = original
+    return summary["frames"] / total, spent[0] / total, summary["frames"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "endolift_polyp_unet_mnv2"))
+    ap.add_argument("--clip", default=str(ROOT / "samples" / "clinicdb_seq6.mp4"))
+    ap.add_argument("--loops", type=int, default=2, help="repeat the clip this many times for the timing")
+    a = ap.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    pred = Predictor.from_checkpoint(a.checkpoint, device="cpu", precision="bf16")
+    base = None
+    for batch in (1, 8):
+        for precision in ("fp32", "bf16"):
+            ips = model_only(pred, batch, precision)
+            base = base or ips
+            print(f"model only  {pred.size}px batch {batch} {precision}: {ips:6.1f} images/s  (x{ips / base:.2f})")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        frames = [f.image for f in read_frames(a.clip)] * a.loops
+        clips = {}
+        for name, size in (("384x288", None), ("1920x1080", (1920, 1080))):
+            path = tmp / f"clip_{name}.mp4"
+            h, w = frames[0].shape[:2]
+            ww, hh = size or (w, h)
+            with VideoWriter(path, fps=25, width=ww, height=hh, crf=18) as vw:
+                for f in frames:
+                    vw.write(f if size is None else cv2.resize(f, size, interpolation=cv2.INTER_CUBIC))
+            clips[name] = path
+        for precision in ("fp32", "bf16"):
+            pred.precision = precision
+            for name, path in clips.items():
+                fps, share, n = end_to_end(pred, path, tmp / f"out_{name}_{precision}")
+                print(f"end to end  {name:9s} {precision}: {fps:6.1f} frames/s over {n} frames, model {100 * share:.0f}%")
+
+
+if __name__ == "__main__":
+    main()
