@@ -139,8 +139,11 @@ def main(cfg: DictConfig) -> dict:
         unknown = [s for s in wanted if s not in test_sets]
         if unknown:
             raise UserError(f"sets {unknown} are not in data.test_sets ({list(test_sets)})")
+        from models.checkpoint import read_card
+
+        heads = {h: v["classes"] for h, v in read_card(cfg.checkpoint).get("heads", {}).items()}
         for name in wanted:
-            records = records_from_sources(test_sets[name])
+            records = records_from_sources(test_sets[name], heads=heads)
             seg, heads, (per_image, load) = score_checkpoint(cfg, records, out_dir / name)
             write_set(out_dir / name, name, seg, heads, per_image, load, cfg.gallery)
             results[name] = {"segmentation": seg, "heads": heads}

@@ -110,3 +110,34 @@ def test_parity_with_pranet_published_table(dataset, masks, tmp_path):
     for key, ref in PUBLISHED[dataset].items():
         assert abs(got[key] - ref) <= 0.005, f"{dataset} {key}: {got[key]:.4f} vs published {ref}"
     assert (tmp_path / dataset / "per_image.csv").is_file() and (tmp_path / dataset / "threshold_dice.png").is_file()
+
+
+def test_evaluate_folder_mode_errors(tmp_path):
+    preds, gts = tmp_path / "preds", tmp_path / "gts"
+    preds.mkdir()
+    gts.mkdir()
+    p = run_script("evaluate.py", f"pred_dir={preds}", f"gt_dir={gts}", f"out_dir={tmp_path / 'o'}")
+    assert p.returncode == 2 and "no masks in gt_dir" in p.stderr and "Traceback" not in p.stderr
+    for name in ("a", "b"):
+        cv2.imwrite(str(gts / f"{name}.png"), (square() * 255).astype(np.uint8))
+    cv2.imwrite(str(preds / "a.png"), (square() * 255).astype(np.uint8))
+    (tmp_path / "list.txt").write_text("a\nb\n")
+    p = run_script("evaluate.py", f"pred_dir={preds}", f"gt_dir={gts}", f"gt_list={tmp_path / 'list.txt'}",
+                   f"out_dir={tmp_path / 'o'}")
+    assert p.returncode == 2 and "b.png has no prediction" in p.stderr
+    p = run_script("evaluate.py", f"pred_dir={preds}", f"gt_dir={gts}", f"out_dir={tmp_path / 'o'}", "gallery=2")
+    assert p.returncode == 0 and "1 masks" in p.stdout
+    got = json.loads((tmp_path / "o" / "metrics.json").read_text())["results"]["predictions"]["segmentation"]
+    assert got["n_images"] == 1 and got["dice@0.5"] == 1.0
+    assert (tmp_path / "o" / "predictions" / "worst.png").is_file()
+
+
+def test_evaluate_checkpoint_mode_scores_heads(tmp_path, tiny_checkpoint):
+    p = run_script("evaluate.py", f"checkpoint={tiny_checkpoint}", "data=synthetic", f"paths.cache_dir={tmp_path}",
+                   f"out_dir={tmp_path / 'o'}")
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads((tmp_path / "o" / "metrics.json").read_text())["results"]["synthetic"]
+    assert res["segmentation"]["n_images"] == 16
+    fib = res["heads"]["fibrosis"]
+    assert fib["n"] == 16 and len(fib["confusion"]) == 3 and 0.0 <= fib["ece"] <= 1.0
+    assert "| synthetic | 16 |" in (tmp_path / "o" / "results.md").read_text()
