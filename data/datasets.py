@@ -259,3 +259,21 @@ def records_from_sources(sources: Sequence[dict[str, Any]], heads: dict[str, Seq
         else:
             raise UserError(f"data source {i}: unknown kind '{kind}' (use folder, manifest or synthetic)")
     return out
+
+
+class FolderDataset(RecordDataset):
+    """``root/images/*`` + ``root/masks/*`` paired by stem; see folder_records for the options."""
+
+    def __init__(self, root: str | Path, *, transform: Callable[..., dict] | None = None, heads: Sequence[str] = (),
+                 cache_size: int | None = None, **folder_kwargs: Any) -> None:
+        super().__init__(folder_records(root, **folder_kwargs), transform=transform, heads=heads,
+                         cache_size=cache_size)
+
+
+class ManifestDataset(RecordDataset):
+    """A CSV/JSONL manifest (README "Data formats"); ``heads`` maps head name -> class names."""
+
+    def __init__(self, path: str | Path, *, heads: dict[str, Sequence[str]] | None = None, split: str | None = None,
+                 transform: Callable[..., dict] | None = None, cache_size: int | None = None) -> None:
+        super().__init__(manifest_records(path, heads=heads, split=split), transform=transform,
+                         heads=list(heads or {}), cache_size=cache_size)

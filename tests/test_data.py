@@ -167,3 +167,15 @@ def test_synthetic_dataset_is_written_once_with_labels(tmp_path):
     assert len(recs) == 6 and all(r.labels["fibrosis"] in (0, 1, 2) for r in recs)
     with pytest.raises(UserError, match="unknown kind"):
         records_from_sources([{"kind": "zip"}])
+
+
+def test_folder_and_manifest_dataset_classes(tmp_path, synthetic_manifest):
+    from data.datasets import FolderDataset, ManifestDataset
+
+    make_folder(tmp_path / "f")
+    ds = FolderDataset(tmp_path / "f", transform=build_transform([], size=32))
+    s = ds[1]
+    assert tuple(s["image"].shape) == (3, 32, 32) and tuple(s["mask"].shape) == (1, 32, 32) and s["id"] == "b"
+    heads = {"fibrosis": ["F0", "F1", "F2"]}
+    ms = ManifestDataset(synthetic_manifest, heads=heads, transform=build_transform([], size=32))
+    assert len(ms) == 16 and int(ms[0]["labels"]["fibrosis"]) in (0, 1, 2)
