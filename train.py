@@ -40,7 +40,7 @@ def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
 def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, ema, *, device, cfg, epoch, rank) -> dict:
     model.train()
     sums: dict[str, float] = {}
-    n_images, t0 = 0, time.perf_counter()
+    n_images, n_steps, t0 = 0, 0, time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=rank != 0 or not cfg.trainer.progress, leave=False)
     for step, batch in enumerate(bar):
         if cfg.trainer.max_steps_per_epoch and step >= cfg.trainer.max_steps_per_epoch:
@@ -64,12 +64,12 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, ema, *, device
         if ema is not None:
             ema.update(unwrap(model))
         n_images += b["image"].shape[0]
+        n_steps += 1
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         rate_s = n_images / (time.perf_counter() - t0)
-        bar.set_postfix(loss=f"{sums['total'] / (step + 1):.4f}", img_s=f"{rate_s:.1f}")
-    n_steps = max(1, step + 1 if n_images else 1)
-    stats = {f"train/{k}": v / n_steps for k, v in sums.items()}
+        bar.set_postfix(loss=f"{sums['total'] / n_steps:.4f}", img_s=f"{rate_s:.1f}")
+    stats = {f"train/{k}": v / max(1, n_steps) for k, v in sums.items()}
     stats["train/images_per_s"] = n_images / max(1e-9, time.perf_counter() - t0)
     stats["lr"] = optimizer.param_groups[0]["lr"]
     return stats
@@ -99,22 +99,6 @@ def unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def make_card(cfg: DictConfig, *, epoch: int, metrics: dict, n_train: int, n_val: int, val_counts: dict) -> dict:
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    model_cfg["weights_dirs"] = []
-    sources = OmegaConf.to_container(cfg.data.label_source, resolve=True)
-    heads = {h: {"classes": list(c), "trained": True, "label_source": sources.get(h, "unknown"),
-                 "validated_on_real": sources.get(h) == "real" and val_counts.get(h, 0) > 0,
-                 "n_val_labels": val_counts.get(h, 0)} for h, c in model_cfg["heads"].items()}
-    return {"name": cfg.name, "model": model_cfg, "heads": heads, "epoch": epoch, "metrics": metrics,
-            "input": {"size": cfg.data.size, "resize": cfg.data.resize, "mean": list(cfg.data.mean),
-                      "std": list(cfg.data.std)},
-            "data": {"train_sources": OmegaConf.to_container(cfg.data.train_sources, resolve=True),
-                     "n_train": n_train, "n_val": n_val},
-            "training": {"device": str(pick_device(cfg.trainer.device)), "precision": cfg.trainer.precision,
-                         "config": OmegaConf.to_container(cfg, resolve=True)}}
-
-
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 @guard_task
 def main(cfg: DictConfig) -> float:
@@ -123,10 +107,11 @@ def main(cfg: DictConfig) -> float:
     device = pick_device(cfg.trainer.device)
     if cfg.trainer.threads:
         torch.set_num_threads(int(cfg.trainer.threads))
-    heads = OmegaConf.to_container(cfg.model.heads, resolve=True)
-    records = records_from_sources(OmegaConf.to_container(cfg.data.train_sources, resolve=True), heads)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    heads = resolved["model"]["heads"]
+    records = records_from_sources(resolved["data"]["train_sources"], heads)
     if cfg.data.val_sources:
-        train_recs, val_recs = records, records_from_sources(OmegaConf.to_container(cfg.data.val_sources), heads)
+        train_recs, val_recs = records, records_from_sources(resolved["data"]["val_sources"], heads)
     else:
         train_recs, val_recs = group_split(records, val_fraction=cfg.data.val_fraction, seed=cfg.data.split_seed)
     common = dict(size=cfg.data.size, mean=cfg.data.mean, std=cfg.data.std, resize=cfg.data.resize,
@@ -137,7 +122,7 @@ def main(cfg: DictConfig) -> float:
                              batch_size=cfg.data.batch_size, **common) if val_recs else None
     val_counts = {h: sum(r.labels.get(h, -1) >= 0 for r in val_recs) for h in heads}
 
-    model = build_model(**OmegaConf.to_container(cfg.model, resolve=True)).to(device)
+    model = build_model(**resolved["model"]).to(device)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = instantiate(cfg.loss)
@@ -181,8 +166,8 @@ def main(cfg: DictConfig) -> float:
             stats.update(validate(eval_model, val_loader, device=device, cfg=cfg, heads=list(heads)))
         if rank == 0:
             score = stats.get("val/dice", -stats["train/total"])
-            card = make_card(cfg, epoch=epoch, metrics=stats, n_train=len(train_recs), n_val=len(val_recs),
-                             val_counts=val_counts)
+            card = ckpt.training_card(resolved, epoch=epoch, metrics=stats, n_train=len(train_recs),
+                                      n_val=len(val_recs), val_counts=val_counts, device=str(device))
             if score > best:
                 best = score
                 ckpt.save_checkpoint(ckpt_dir / "best", eval_model, card)
@@ -198,6 +183,8 @@ def main(cfg: DictConfig) -> float:
             eval_model.load_state_dict(backup)
     if writer is not None:
         writer.close()
+    if world > 1:
+        torch.distributed.destroy_process_group()
     return best
 
 

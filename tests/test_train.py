@@ -102,3 +102,15 @@ def test_bad_settings_exit_2_without_traceback(args, needle):
     assert p.returncode == 2, p.stderr[-2000:]
     assert needle in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_two_process_ddp_smoke_run_on_cpu(tmp_path):
+    """torchrun with 2 CPU processes (gloo): both shard the data, rank 0 alone writes checkpoints and logs."""
+    run = tmp_path / "ddp"
+    p = run_script("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "train.py",
+                   "experiment=smoke", f"hydra.run.dir={run}", f"paths.cache_dir={tmp_path / 'cache'}",
+                   "trainer.max_epochs=1", "trainer.progress=false", "data.batch_size=4")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert _epochs(run) == [1]
+    card = json.loads((run / "checkpoints" / "last.json").read_text())
+    assert card["resume"]["epoch"] == 1
