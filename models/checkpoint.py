@@ -133,7 +133,8 @@ def training_card(config: dict[str, Any], *, epoch: int, metrics: dict[str, floa
             "input": {"size": data["size"], "resize": data["resize"], "mean": list(data["mean"]),
                       "std": list(data["std"])},
             "data": {"train_sources": data["train_sources"], "n_train": n_train, "n_val": n_val},
-            "training": {"device": device, "precision": config["trainer"]["precision"], "config": config}}
+            "training": {"device": device, "threads": torch.get_num_threads(),
+                         "precision": config["trainer"]["precision"], "config": config}}
 
 
 def head_is_clinical(card: dict[str, Any], head: str) -> bool:

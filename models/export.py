@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--metrics", required=True, help="evaluate.py's metrics.json for this checkpoint")
     ap.add_argument("--train-log", required=True, help="train.py's metrics.csv")
     ap.add_argument("--wall-hours", type=float, required=True)
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads training used (default: from the card)")
     ap.add_argument("--notes", default="")
     a = ap.parse_args()
     model, card = load_checkpoint(a.src)
@@ -52,6 +53,8 @@ def main() -> None:
     with open(a.train_log) as f:
         log = list(csv.DictReader(f))
     card.pop("resume", None)
+    card["trained_git_commit"] = card.get("git_commit")
+    threads = a.threads or card["training"].get("threads") or torch.get_num_threads()
     n_params = sum(p.numel() for p in model.parameters())
     card.update({
         "name": Path(a.dst).name, "intended_use": INTENDED_USE, "known_limits": LIMITS,
@@ -61,7 +64,7 @@ def main() -> None:
                                                               "s_measure", "max_e_measure", "mae", "dice@0.5",
                                                               "iou@0.5", "hd95")}
                          for k, v in results.items()},
-        "compute": {"hardware": cpu_name(), "threads": torch.get_num_threads(), "wall_hours": a.wall_hours,
+        "compute": {"hardware": cpu_name(), "threads": threads, "wall_hours": a.wall_hours,
                     "epochs": len(log), "precision": card["training"]["precision"]},
         "parameters": n_params, "weights_dtype": "float16", "source_checkpoint": str(a.src), "notes": a.notes,
     })
@@ -101,7 +104,7 @@ Best epoch by validation mean Dice: epoch {best['epoch']} (val Dice {float(best[
 {a.notes}
 
 ## Compute
-{cpu_name()}, {torch.get_num_threads()} threads, no GPU; {len(log)} epochs in {a.wall_hours:.1f} h wall time.
+{cpu_name()}, {threads} threads, no GPU; {len(log)} epochs in {a.wall_hours:.1f} h wall time.
 
 ## Test results (never used for any choice)
 Mean Dice / IoU etc. per PraNet's toolbox (mean over 256 thresholds); Dice@0.5 at a fixed 0.5 threshold;
