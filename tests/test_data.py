@@ -179,3 +179,16 @@ def test_folder_and_manifest_dataset_classes(tmp_path, synthetic_manifest):
     heads = {"fibrosis": ["F0", "F1", "F2"]}
     ms = ManifestDataset(synthetic_manifest, heads=heads, transform=build_transform([], size=32))
     assert len(ms) == 16 and int(ms[0]["labels"]["fibrosis"]) in (0, 1, 2)
+
+
+def test_dataset_audit_lists_every_problem(tmp_path, capsys):
+    from data.check import main
+
+    make_folder(tmp_path)
+    assert main(["--root", str(tmp_path)]) == 0
+    assert "records: 3" in capsys.readouterr().out
+    (tmp_path / "images" / "c.png").write_bytes(b"junk")
+    _write(tmp_path / "masks" / "a.png", np.zeros((5, 5), np.uint8))
+    assert main(["--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "a.png" in err and "c.png" in err
