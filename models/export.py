@@ -42,14 +42,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--src", required=True)
     ap.add_argument("--dst", required=True)
-    ap.add_argument("--metrics", required=True, help="evaluate.py's metrics.json for this checkpoint")
+    ap.add_argument("--metrics", default=None, help="evaluate.py's metrics.json of the exported checkpoint "
+                    "(export once without it, evaluate the exported weights, export again with it)")
     ap.add_argument("--train-log", required=True, help="train.py's metrics.csv")
     ap.add_argument("--wall-hours", type=float, required=True)
     ap.add_argument("--threads", type=int, default=None, help="CPU threads training used (default: from the card)")
     ap.add_argument("--notes", default="")
     a = ap.parse_args()
     model, card = load_checkpoint(a.src)
-    results = json.loads(Path(a.metrics).read_text())["results"]
+    results = json.loads(Path(a.metrics).read_text())["results"] if a.metrics else {}
     with open(a.train_log) as f:
         log = list(csv.DictReader(f))
     card.pop("resume", None)

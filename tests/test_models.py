@@ -161,3 +161,21 @@ def test_optimizer_state_survives_safetensors_round_trip():
     for pid in s1["state"]:
         for key in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(torch.as_tensor(s1["state"][pid][key]), torch.as_tensor(s2["state"][pid][key]))
+
+
+def test_batchnorm_folding_keeps_outputs():
+    import copy
+
+    from models.predictor import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = build_model(heads={"fibrosis": HEADS["fibrosis"]}).train()
+    model(torch.randn(4, 3, 64, 64))  # give BN non-trivial running statistics
+    model.eval()
+    folded = copy.deepcopy(model)
+    assert fold_batchnorm(folded) > 50
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = model(x), folded(x)
+    assert torch.allclose(a["mask"], b["mask"], atol=1e-4) and torch.allclose(a["fibrosis"], b["fibrosis"], atol=1e-4)
