@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import cv2
 import numpy as np
 
 from data.errors import UserError
@@ -38,6 +39,7 @@ class ReviewOptions:
     frames_fps: float = 25.0          # frame rate given to a folder of frames treated as a video
     crf: int = 23
     key_frames: int = 6
+    overlay_size: tuple[int, int] | list[int] | None = None  # [width, height] of the overlay video; None = input
 
 
 class AtomicJsonl:
@@ -137,6 +139,9 @@ def process_sequence(frames: Iterable[Frame], *, stem: str, names: list[str] | N
                              if e["clinically_validated"]]
                     ov = render_overlay(shown, mask, lesion_prob=lesion_p, time_s=f.time if video else None,
                                         head_lines=lines)
+                    if video and opts.overlay_size:
+                        ov = cv2.resize(ov, (int(opts.overlay_size[0]), int(opts.overlay_size[1])),
+                                        interpolation=cv2.INTER_AREA)
                     if video:
                         if writer is None and opts.overlay:
                             writer = VideoWriter(out_dir / f"{stem}_overlay.mp4", fps=video["fps"],

@@ -133,3 +133,8 @@ def test_frame_folder_as_video(tmp_path, tiny_checkpoint):
     assert p.returncode == 0, p.stderr[-2000:]
     assert (out / "seq_overlay.mp4").is_file() and (out / "masks" / "seq_000004.png").is_file()
     shutil.rmtree(out)
+    p = run_script("infer.py", f"input={src}", f"out_dir={out}", f"checkpoint={tiny_checkpoint}",
+                   "frames_as_video=true", "review.overlay_size=[48,32]", "review.report=false")
+    assert p.returncode == 0, p.stderr[-2000:]
+    with av.open(str(out / "seq_overlay.mp4")) as c:
+        assert (c.streams.video[0].codec_context.width, c.streams.video[0].codec_context.height) == (48, 32)
