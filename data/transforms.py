@@ -5,7 +5,7 @@ Image and mask always go through one ``A.Compose`` call, so every geometric tran
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations otherwise calls out at import
 
@@ -45,7 +45,3 @@ def normalise_batch(images: np.ndarray | Sequence[np.ndarray], *, mean: Sequence
     s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return (arr - m) / s
 
-
-def describe(transform: A.Compose) -> list[dict[str, Any]]:
-    """A JSON-friendly list of the transforms in a pipeline (for the checkpoint card)."""
-    return [{"name": type(t).__name__} for t in transform.transforms]

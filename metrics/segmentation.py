@@ -17,9 +17,6 @@ import py_sod_metrics as sod
 
 from metrics.boundary import hd95, nsd
 
-PRANET_KEYS = ("mean_dice", "mean_iou", "weighted_f", "s_measure", "max_e_measure", "mean_e_measure", "mae")
-
-
 def _binary_scores(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     """Dice/IoU/precision/recall of boolean masks; both empty counts as a perfect 1, see README."""
     tp = float((pred & gt).sum())
