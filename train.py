@@ -107,7 +107,7 @@ def main(cfg: DictConfig) -> float:
     device = pick_device(cfg.trainer.device)
     if cfg.trainer.threads:
         torch.set_num_threads(int(cfg.trainer.threads))
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved, commit = OmegaConf.to_container(cfg, resolve=True), ckpt.git_commit()
     heads = resolved["model"]["heads"]
     records = records_from_sources(resolved["data"]["train_sources"], heads)
     if cfg.data.val_sources:
@@ -167,7 +167,7 @@ def main(cfg: DictConfig) -> float:
         if rank == 0:
             score = stats.get("val/dice", -stats["train/total"])
             card = ckpt.training_card(resolved, epoch=epoch, metrics=stats, n_train=len(train_recs),
-                                      n_val=len(val_recs), val_counts=val_counts, device=str(device))
+                                      n_val=len(val_recs), val_counts=val_counts, device=str(device), commit=commit)
             if score > best:
                 best = score
                 ckpt.save_checkpoint(ckpt_dir / "best", eval_model, card)

@@ -117,11 +117,12 @@ def load_train_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def training_card(config: dict[str, Any], *, epoch: int, metrics: dict[str, float], n_train: int, n_val: int,
-                  val_counts: dict[str, int], device: str) -> dict[str, Any]:
+                  val_counts: dict[str, int], device: str, commit: str | None = None) -> dict[str, Any]:
     """The card train.py writes: resolved model config, input spec, heads with their label provenance, data, metrics.
 
     config: the run's fully resolved config as a plain dict. A head counts as ``validated_on_real`` only when its
     labels are declared ``real`` (data.label_source) and the validation split held labels for it.
+    commit: the code's git commit when training started (HEAD may move while a long run goes on).
     """
     model_cfg = dict(config["model"], weights_dirs=[])
     sources = config["data"].get("label_source") or {}
@@ -129,7 +130,8 @@ def training_card(config: dict[str, Any], *, epoch: int, metrics: dict[str, floa
                  "validated_on_real": sources.get(h) == "real" and val_counts.get(h, 0) > 0,
                  "n_val_labels": val_counts.get(h, 0)} for h, c in model_cfg["heads"].items()}
     data = config["data"]
-    return {"name": config["name"], "model": model_cfg, "heads": heads, "epoch": epoch, "metrics": metrics,
+    return {"name": config["name"], "git_commit": commit, "model": model_cfg, "heads": heads, "epoch": epoch,
+            "metrics": metrics,
             "input": {"size": data["size"], "resize": data["resize"], "mean": list(data["mean"]),
                       "std": list(data["std"])},
             "data": {"train_sources": data["train_sources"], "n_train": n_train, "n_val": n_val},
