@@ -1,7 +1,9 @@
 """Reading images and masks from disk with checks that name the file and the fix."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -47,23 +49,31 @@ def read_mask(path: str | Path, threshold: int = 128) -> np.ndarray:
     return (arr >= threshold).astype(np.uint8)
 
 
-def write_png_atomic(path: str | Path, array: np.ndarray) -> None:
-    """Write a PNG so that a crash never leaves a half-written file under the final name.
+@contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (``NAME.partial.EXT``, same suffix so writers that infer the format
+    from it still work); rename it to ``path`` when the block succeeds, delete it when the block raises.
 
-    array: H x W (grey) or H x W x 3 RGB uint8.
+    Every output of the project goes through this, so a crash never leaves a half-written file under a final name.
     """
-    write_image_atomic(path, array)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.partial{path.suffix}")
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(path)
 
 
 def write_image_atomic(path: str | Path, array: np.ndarray) -> None:
     """Write an image (format from the suffix: .png, .jpg) to a temporary name, then rename it into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if array.ndim == 3:
         array = array[:, :, ::-1]
     ok, buf = cv2.imencode(path.suffix, array)
     if not ok:
         raise RuntimeError(f"image encoding failed for {path}")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.tobytes())
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(buf.tobytes())

@@ -14,7 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from data.io import write_png_atomic
+from data.io import atomic_write, write_image_atomic
 
 FIBROSIS_CLASSES = ("F0", "F1", "F2")
 LIFT_CLASSES = ("adequate", "partial", "non-lifting")
@@ -87,15 +87,13 @@ def ensure_synthetic_dataset(root: str | Path, n: int = 32, size: tuple[int, int
     rows = []
     for i in range(n):
         s = synthetic_frame(rng, size)
-        write_png_atomic(folder / "images" / f"{i:05d}.png", s["image"])
-        write_png_atomic(folder / "masks" / f"{i:05d}.png", s["mask"] * 255)
+        write_image_atomic(folder / "images" / f"{i:05d}.png", s["image"])
+        write_image_atomic(folder / "masks" / f"{i:05d}.png", s["mask"] * 255)
         rows.append({"image": f"images/{i:05d}.png", "mask": f"masks/{i:05d}.png",
                      "fibrosis": FIBROSIS_CLASSES[s["labels"]["fibrosis"]], "lift": LIFT_CLASSES[s["labels"]["lift"]],
                      "group": f"case{i % n_groups:03d}"})
-    tmp = manifest.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_write(manifest) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(manifest)
     return manifest

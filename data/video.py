@@ -46,9 +46,10 @@ def probe(path: str | Path) -> VideoInfo:
         raise UserError(f"cannot open video {path}: {e} (is it a complete mp4/avi/mov/mkv/webm file?)") from None
 
 
-def read_frames(path: str | Path, errors: list[str] | None = None) -> Iterator[Frame]:
+def read_frames(path: str | Path, errors: list[dict[str, str]] | None = None) -> Iterator[Frame]:
     """Yield decoded frames in order. A decoding error mid-stream (a truncated file) ends the iteration and is
-    appended to ``errors`` (when given) instead of raising, so the decodable frames are still processed."""
+    appended to ``errors`` as {"file", "error"} (when given) instead of raising, so the decodable frames are still
+    processed."""
     info = probe(path)
     index = 0
     try:
@@ -60,17 +61,18 @@ def read_frames(path: str | Path, errors: list[str] | None = None) -> Iterator[F
                 yield Frame(index, t, frame.to_ndarray(format="rgb24"))
                 index += 1
     except av.error.FFmpegError as e:
-        _report(f"{path}: decoding stopped after {index} frames ({e}); the rest of the file is unreadable", errors)
+        _report(path, f"{path}: decoding stopped after {index} frames ({e}); the rest of the file is unreadable",
+                errors)
         return
     if info.n_frames and index < info.n_frames:  # FFmpeg stops quietly at the end of a cut-off file
-        _report(f"{path}: decoding stopped after {index} of {info.n_frames} declared frames; the file looks "
+        _report(path, f"{path}: decoding stopped after {index} of {info.n_frames} declared frames; the file looks "
                 "truncated (the decodable frames were processed)", errors)
 
 
-def _report(msg: str, errors: list[str] | None) -> None:
+def _report(path: str | Path, msg: str, errors: list[dict[str, str]] | None) -> None:
     if errors is None:
         raise UserError(msg)
-    errors.append(msg)
+    errors.append({"file": str(path), "error": msg})
 
 
 class VideoWriter:

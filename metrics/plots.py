@@ -7,6 +7,8 @@ from typing import Any, Callable, Sequence
 import cv2
 import numpy as np
 
+from data.io import atomic_write
+
 
 def _plt():
     import matplotlib
@@ -18,9 +20,8 @@ def _plt():
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".partial" + path.suffix)
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
 
 
 def dice_histogram(path: Path, per_image: Sequence[dict[str, Any]], title: str) -> None:

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from data.errors import UserError
+from data.io import atomic_write
 
 FORMAT = "endolift-checkpoint/1"
 
@@ -39,15 +40,8 @@ def git_commit() -> str | None:
 
 
 def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None):
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    tmp.replace(path)
-
-
-def _atomic_write_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str))
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, card: dict[str, Any], *,
@@ -66,7 +60,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, card: dict[str, Any], *,
     _atomic_save_tensors(state, weights, metadata={"format": FORMAT})
     card = {"format": FORMAT, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "git_commit": git_commit(), **card}
-    _atomic_write_json(card, stem.with_name(stem.name + ".json"))
+    with atomic_write(stem.with_name(stem.name + ".json")) as tmp:
+        tmp.write_text(json.dumps(card, indent=2, default=str))
     return weights
 
 

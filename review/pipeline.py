@@ -6,7 +6,8 @@ output. Bad frames or files are skipped, listed in ``errors.jsonl`` and reported
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -14,7 +15,7 @@ import cv2
 import numpy as np
 
 from data.errors import UserError
-from data.io import IMAGE_EXTS, VIDEO_EXTS, read_image, write_image_atomic, write_png_atomic
+from data.io import IMAGE_EXTS, VIDEO_EXTS, atomic_write, read_image, write_image_atomic
 from data.scope import content_area, deidentify
 from data.video import Frame, VideoWriter, probe, read_frames
 from models.checkpoint import head_is_clinical
@@ -42,32 +43,9 @@ class ReviewOptions:
     overlay_size: tuple[int, int] | list[int] | None = None  # [width, height] of the overlay video; None = input
 
 
-class AtomicJsonl:
-    """Append JSON lines to ``PATH.partial``; renamed to PATH on a clean exit."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.tmp = path, path.with_name(path.name + ".partial")
-
-    def __enter__(self) -> "AtomicJsonl":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = self.tmp.open("w")
-        return self
-
-    def write(self, obj: dict[str, Any]) -> None:
-        self.f.write(json.dumps(obj) + "\n")
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.f.close()
-        if exc_type is None:
-            self.tmp.replace(self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def head_estimates(card: dict, probs: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
@@ -111,60 +89,56 @@ def process_sequence(frames: Iterable[Frame], *, stem: str, names: list[str] | N
     bin_s = max(1.0, (video or {}).get("duration", 60.0) / max(1, opts.key_frames))
     writer = None
     area = None
-    with AtomicJsonl(out_dir / "predictions.jsonl") as jl:
-        try:
-            for batch in batched(frames, opts.batch_size):
-                preds = predictor.predict([f.image for f in batch])
-                for f, p in zip(batch, preds):
-                    if area is None or area.shape != f.image.shape[:2] or not video or f.index % opts.scope_every == 0:
-                        area = content_area(f.image) if opts.scope_mask else np.ones(f.image.shape[:2], np.uint8)
-                    prob, heads = smoother(p.prob * area, p.heads)
-                    mask = clean_mask(prob, area, threshold=opts.threshold, min_area_fraction=opts.min_area_fraction)
-                    name = names[f.index] if names else f"{stem}_{f.index:06d}"
-                    write_png_atomic(out_dir / "masks" / f"{name}.png", mask * 255)
-                    if opts.write_probs:
-                        write_png_atomic(out_dir / "probs" / f"{name}.png", (prob * 255).round().astype(np.uint8))
-                    lesion_p = float(prob.max()) if prob.size else 0.0
-                    est = head_estimates(predictor.card, heads)
-                    rec = {"name": name, "index": f.index, "time": round(f.time, 4), "lesion_probability":
-                           round(lesion_p, 4), "area_fraction": round(float(mask.sum()) / max(1, int(area.sum())), 5),
-                           "lesions": lesions(prob, mask), "heads": est, "quality": frame_quality(f.image, area)}
-                    jl.write(rec)
-                    records.append({k: v for k, v in rec.items() if k != "lesions"} | {"n_lesions": len(rec["lesions"]),
-                                   "largest_px": rec["lesions"][0]["area_px"] if rec["lesions"] else 0})
-                    if not opts.overlay and not opts.report:
-                        continue
-                    shown = f.image if not opts.deidentify else deidentify(f.image, area)
-                    lines = [f"{h}: {e['estimate']} ({e['confidence']:.2f})" for h, e in est.items()
-                             if e["clinically_validated"]]
-                    ov = render_overlay(shown, mask, lesion_prob=lesion_p, time_s=f.time if video else None,
-                                        head_lines=lines)
-                    if video and opts.overlay_size:
-                        ov = cv2.resize(ov, (int(opts.overlay_size[0]), int(opts.overlay_size[1])),
-                                        interpolation=cv2.INTER_AREA)
-                    if video:
-                        if writer is None and opts.overlay:
-                            writer = VideoWriter(out_dir / f"{stem}_overlay.mp4", fps=video["fps"],
-                                                 width=ov.shape[1], height=ov.shape[0], crf=opts.crf).__enter__()
-                        if writer is not None:
-                            writer.write(ov)
-                        b = int(f.time // bin_s)
-                        if b not in keep or lesion_p > keep[b][0]:
-                            keep[b] = (lesion_p, f.index, ov)
-                    elif opts.overlay:
-                        write_image_atomic(out_dir / "overlays" / f"{name}.jpg", ov)
-        except BaseException as e:
-            if writer is not None:
-                writer.__exit__(type(e), e, None)
-            raise
-    if writer is not None:
-        writer.__exit__(None, None, None)
+    # ExitStack closes the overlay writer, then the JSONL, then renames the JSONL into place; on an exception each
+    # drops its partial file instead
+    with ExitStack() as stack:
+        jl = stack.enter_context(stack.enter_context(atomic_write(out_dir / "predictions.jsonl")).open("w"))
+        for batch in batched(frames, opts.batch_size):
+            preds = predictor.predict([f.image for f in batch])
+            for f, p in zip(batch, preds):
+                if area is None or area.shape != f.image.shape[:2] or not video or f.index % opts.scope_every == 0:
+                    area = content_area(f.image) if opts.scope_mask else np.ones(f.image.shape[:2], np.uint8)
+                prob, heads = smoother(p.prob * area, p.heads)
+                mask = clean_mask(prob, area, threshold=opts.threshold, min_area_fraction=opts.min_area_fraction)
+                name = names[f.index] if names else f"{stem}_{f.index:06d}"
+                write_image_atomic(out_dir / "masks" / f"{name}.png", mask * 255)
+                if opts.write_probs:
+                    write_image_atomic(out_dir / "probs" / f"{name}.png", (prob * 255).round().astype(np.uint8))
+                lesion_p = float(prob.max()) if prob.size else 0.0
+                est = head_estimates(predictor.card, heads)
+                rec = {"name": name, "index": f.index, "time": round(f.time, 4), "lesion_probability":
+                       round(lesion_p, 4), "area_fraction": round(float(mask.sum()) / max(1, int(area.sum())), 5),
+                       "lesions": lesions(prob, mask), "heads": est, "quality": frame_quality(f.image, area)}
+                jl.write(json.dumps(rec) + "\n")
+                records.append({k: v for k, v in rec.items() if k != "lesions"} | {"n_lesions": len(rec["lesions"]),
+                               "largest_px": rec["lesions"][0]["area_px"] if rec["lesions"] else 0})
+                if not opts.overlay and not opts.report:
+                    continue
+                shown = f.image if not opts.deidentify else deidentify(f.image, area)
+                lines = [f"{h}: {e['estimate']} ({e['confidence']:.2f})" for h, e in est.items()
+                         if e["clinically_validated"]]
+                ov = render_overlay(shown, mask, lesion_prob=lesion_p, time_s=f.time if video else None,
+                                    head_lines=lines)
+                if video and opts.overlay_size:
+                    ov = cv2.resize(ov, (int(opts.overlay_size[0]), int(opts.overlay_size[1])),
+                                    interpolation=cv2.INTER_AREA)
+                if video:
+                    if writer is None and opts.overlay:
+                        writer = stack.enter_context(VideoWriter(
+                            out_dir / f"{stem}_overlay.mp4", fps=video["fps"], width=ov.shape[1],
+                            height=ov.shape[0], crf=opts.crf))
+                    if writer is not None:
+                        writer.write(ov)
+                    b = int(f.time // bin_s)
+                    if b not in keep or lesion_p > keep[b][0]:
+                        keep[b] = (lesion_p, f.index, ov)
+                elif opts.overlay:
+                    write_image_atomic(out_dir / "overlays" / f"{name}.jpg", ov)
     summary = summarise(records, predictor.card, video, errors, threshold=opts.threshold)
-    write_json(out_dir / "summary.json", summary)
+    with atomic_write(out_dir / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
     if errors:
-        with AtomicJsonl(out_dir / "errors.jsonl") as ej:
-            for e in errors:
-                ej.write(e)
+        write_jsonl(out_dir / "errors.jsonl", errors)
     if video and opts.report and records:
         from review.report import write_report
 
@@ -221,20 +195,10 @@ def process_input(path: Path, *, predictor: Predictor, out_dir: Path, opts: Revi
         info = probe(path)
         video = {"fps": info.fps, "width": info.width, "height": info.height,
                  "duration": info.n_frames / info.fps if info.n_frames else 60.0, "declared_frames": info.n_frames}
-        return process_sequence(read_frames(path, errors=_VideoErrors(errors, path)), stem=path.stem, names=None,
+        return process_sequence(read_frames(path, errors=errors), stem=path.stem, names=None,
                                 predictor=predictor, out_dir=out_dir, opts=opts, video=video, errors=errors)
     if suffix in IMAGE_EXTS:
         return process_sequence(frames_from_folder([path], 1.0, errors), stem=path.stem, names=[path.stem],
                                 predictor=predictor, out_dir=out_dir, opts=opts, video=None, errors=errors)
     raise UserError(f"unsupported input type: {path} (images: {', '.join(IMAGE_EXTS)}; videos: {', '.join(VIDEO_EXTS)})")
 
-
-class _VideoErrors(list):
-    """Adapter: read_frames appends plain strings; errors.jsonl wants {file, error} objects."""
-
-    def __init__(self, sink: list[dict], path: Path) -> None:
-        super().__init__()
-        self.sink, self.path = sink, path
-
-    def append(self, msg: str) -> None:  # type: ignore[override]
-        self.sink.append({"file": str(self.path), "error": msg})

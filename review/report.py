@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from data.io import write_image_atomic
+from data.io import atomic_write, write_image_atomic
 from review.overlay import timecode
 
 STATE_SCRIPT = """<script>
@@ -55,10 +55,9 @@ def timeline_plot(path: Path, records: Sequence[dict[str, Any]], card: dict[str,
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".partial.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def write_report(out_dir: Path, *, stem: str, records: Sequence[dict[str, Any]], summary: dict[str, Any],
@@ -115,7 +114,6 @@ Per-frame details: <code>predictions.jsonl</code>; summary: <code>summary.json</
 {STATE_SCRIPT}</body></html>
 """
     path = out_dir / "report.html"
-    tmp = path.with_name("report.partial.html")
-    tmp.write_text(page)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(page)
     return path

@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from data.io import read_image, read_mask, write_png_atomic  # noqa: E402
+from data.io import read_image, read_mask, write_image_atomic  # noqa: E402
 from data.video import VideoWriter  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -36,7 +36,7 @@ def main() -> None:
     with VideoWriter(out / "clinicdb_seq6.mp4", fps=8, width=first.shape[1], height=first.shape[0], crf=18) as w:
         for i, n in enumerate(frames):
             w.write(read_image(clinic / "images" / f"{n}.png"))
-            write_png_atomic(mask_dir / f"clinicdb_seq6_{i:06d}.png", read_mask(clinic / "masks" / f"{n}.png") * 255)
+            write_image_atomic(mask_dir / f"clinicdb_seq6_{i:06d}.png", read_mask(clinic / "masks" / f"{n}.png") * 255)
     kv = SHARED / "kvasir-seg"
     for sub in ("images", "masks"):
         (out / sub).mkdir(parents=True, exist_ok=True)

@@ -137,7 +137,7 @@ def test_corrupt_or_foreign_checkpoint_is_a_user_error(tmp_path):
     (tmp_path / "x.json").write_text('{"format": "something-else"}')
     with pytest.raises(UserError, match="not an endolift checkpoint"):
         read_card(tmp_path / "x")
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.partial*"))
 
 
 def test_heads_are_clinical_only_when_trained_and_validated_on_real_labels():

@@ -47,7 +47,7 @@ def test_unreadable_and_truncated_videos(tmp_path, synthetic_video):
     data = synthetic_video.read_bytes()
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: int(len(data) * 0.6)])
-    errors: list[str] = []
+    errors: list[dict] = []
     frames = list(read_frames(cut, errors=errors))
     assert 0 < len(frames) < 12  # the decodable frames still come out
-    assert errors and "decoding stopped" in errors[0]
+    assert errors and "decoding stopped" in errors[0]["error"] and errors[0]["file"] == str(cut)
