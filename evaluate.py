@@ -22,7 +22,7 @@ from tqdm import tqdm  # noqa: E402
 
 from data.datasets import Record, load_raw, records_from_sources  # noqa: E402
 from data.errors import UserError, guard_task, run_cli  # noqa: E402
-from data.io import IMAGE_EXTS, read_image, read_mask  # noqa: E402
+from data.io import IMAGE_EXTS, atomic_write, read_image, read_mask  # noqa: E402
 from metrics.grading import GradingMetrics  # noqa: E402
 from metrics.plots import dice_histogram, threshold_curve, worst_gallery  # noqa: E402
 from metrics.segmentation import SegmentationMetrics  # noqa: E402
@@ -30,10 +30,8 @@ from metrics.segmentation import SegmentationMetrics  # noqa: E402
 TABLE_KEYS = ("mean_dice", "mean_iou", "weighted_f", "s_measure", "max_e_measure", "mae", "dice@0.5", "hd95")
 
 
-def score_checkpoint(cfg: DictConfig, records: list[Record], set_dir: Path) -> tuple[dict, dict, Any]:
-    from models.predictor import Predictor
-
-    pred = Predictor.from_checkpoint(cfg.checkpoint, device=cfg.device, precision=cfg.precision, tta=cfg.tta)
+def score_checkpoint(cfg: DictConfig, pred, records: list[Record], set_dir: Path) -> tuple[dict, dict, Any]:
+    """pred: a models.predictor.Predictor, loaded once for all sets."""
     heads = list(pred.card.get("heads", {}))
     seg = SegmentationMetrics(nsd_tolerance=cfg.nsd_tolerance)
     grading = {h: GradingMetrics(pred.card["heads"][h]["classes"]) for h in heads}
@@ -53,7 +51,7 @@ def score_checkpoint(cfg: DictConfig, records: list[Record], set_dir: Path) -> t
         raw = load_raw(by_id[name])
         return raw["image"], raw["mask"].astype(bool), probs[name]
 
-    head_results = {h: g.compute() for h, g in grading.items() if g.compute()["n"] > 0}
+    head_results = {h: r for h, r in ((h, g.compute()) for h, g in grading.items()) if r["n"] > 0}
     return seg.compute(), head_results, (seg.per_image, load)
 
 
@@ -105,7 +103,7 @@ def score_folders(cfg: DictConfig) -> tuple[dict, dict, Any]:
     return seg.compute(), {}, (seg.per_image, load)
 
 
-def write_set(set_dir: Path, name: str, seg: dict, heads: dict, per_image: list[dict], load, gallery: int) -> None:
+def write_set(set_dir: Path, name: str, seg: dict, per_image: list[dict], load, gallery: int) -> None:
     set_dir.mkdir(parents=True, exist_ok=True)
     with (set_dir / "per_image.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(per_image[0]))
@@ -130,27 +128,30 @@ def main(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.out_dir)
     results: dict[str, Any] = {}
     if cfg.pred_dir:
-        seg, heads, (per_image, load) = score_folders(cfg)
-        write_set(out_dir / cfg.name, cfg.name, seg, heads, per_image, load, cfg.gallery)
-        results[cfg.name] = {"segmentation": seg, "heads": heads}
+        seg, head_results, (per_image, load) = score_folders(cfg)
+        write_set(out_dir / cfg.name, cfg.name, seg, per_image, load, cfg.gallery)
+        results[cfg.name] = {"segmentation": seg, "heads": head_results}
     else:
         test_sets = OmegaConf.to_container(cfg.data.test_sets, resolve=True)
         wanted = list(cfg.sets) if cfg.sets else list(test_sets)
         unknown = [s for s in wanted if s not in test_sets]
         if unknown:
             raise UserError(f"sets {unknown} are not in data.test_sets ({list(test_sets)})")
-        from models.checkpoint import read_card
+        from models.predictor import Predictor
 
-        heads = {h: v["classes"] for h, v in read_card(cfg.checkpoint).get("heads", {}).items()}
+        pred = Predictor.from_checkpoint(cfg.checkpoint, device=cfg.device, precision=cfg.precision, tta=cfg.tta)
+        classes = {h: v["classes"] for h, v in pred.card.get("heads", {}).items()}
         for name in wanted:
-            records = records_from_sources(test_sets[name], heads=heads)
-            seg, heads, (per_image, load) = score_checkpoint(cfg, records, out_dir / name)
-            write_set(out_dir / name, name, seg, heads, per_image, load, cfg.gallery)
-            results[name] = {"segmentation": seg, "heads": heads}
-    (out_dir / "metrics.json").write_text(json.dumps({"config": OmegaConf.to_container(cfg, resolve=True),
-                                                      "results": results}, indent=2))
+            records = records_from_sources(test_sets[name], heads=classes)
+            seg, head_results, (per_image, load) = score_checkpoint(cfg, pred, records, out_dir / name)
+            write_set(out_dir / name, name, seg, per_image, load, cfg.gallery)
+            results[name] = {"segmentation": seg, "heads": head_results}
+    with atomic_write(out_dir / "metrics.json") as tmp:
+        tmp.write_text(json.dumps({"config": OmegaConf.to_container(cfg, resolve=True), "results": results},
+                                  indent=2))
     table = markdown_table({k: v["segmentation"] for k, v in results.items()})
-    (out_dir / "results.md").write_text(table)
+    with atomic_write(out_dir / "results.md") as tmp:
+        tmp.write_text(table)
     print(table + f"\nwritten to {out_dir}")
     return results
 

@@ -133,10 +133,13 @@ def test_evaluate_folder_mode_errors(tmp_path):
 
 
 def test_evaluate_checkpoint_mode_scores_heads(tmp_path, tiny_checkpoint):
+    # a second test set (the same frames again) checks that each set is read with the card's head classes
     p = run_script("evaluate.py", f"checkpoint={tiny_checkpoint}", "data=synthetic", f"paths.cache_dir={tmp_path}",
-                   f"out_dir={tmp_path / 'o'}")
+                   f"out_dir={tmp_path / 'o'}", "+data.test_sets.again=${data.test_sets.synthetic}")
     assert p.returncode == 0, p.stderr[-2000:]
-    res = json.loads((tmp_path / "o" / "metrics.json").read_text())["results"]["synthetic"]
+    results = json.loads((tmp_path / "o" / "metrics.json").read_text())["results"]
+    assert results["again"]["heads"]["fibrosis"]["n"] == 16
+    res = results["synthetic"]
     assert res["segmentation"]["n_images"] == 16
     fib = res["heads"]["fibrosis"]
     assert fib["n"] == 16 and len(fib["confusion"]) == 3 and 0.0 <= fib["ece"] <= 1.0
