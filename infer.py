@@ -40,9 +40,6 @@ def main(cfg: DictConfig) -> None:
     if not inputs or any(i is None or str(i) == "" for i in inputs):
         raise UserError("input is empty: give input=PATH (image, folder or video) or input=[A,B]")
     paths = [Path(str(i)) for i in inputs]
-    missing = [p for p in paths if not p.exists()]
-    if len(missing) == len(paths):
-        raise UserError(f"input not found: {missing[0]} (give an image, a folder of images, or a video)")
     try:
         opts = ReviewOptions(**OmegaConf.to_container(cfg.review, resolve=True))
     except TypeError as e:

@@ -15,16 +15,18 @@ import cv2
 import numpy as np
 import py_sod_metrics as sod
 
+import torch
+
+from metrics.basic import dice_iou_per_image
 from metrics.boundary import hd95, nsd
 
 def _binary_scores(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
-    """Dice/IoU/precision/recall of boolean masks; both empty counts as a perfect 1, see README."""
+    """Dice/IoU (the one rule of metrics.basic: both empty is a perfect 1) plus precision/recall of boolean masks."""
+    dice, iou = dice_iou_per_image(torch.from_numpy(pred[None]), torch.from_numpy(gt[None]))
     tp = float((pred & gt).sum())
     ps, gs = float(pred.sum()), float(gt.sum())
-    if ps + gs == 0:
-        return {"dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0}
-    return {"dice": 2 * tp / (ps + gs), "iou": tp / (ps + gs - tp),
-            "precision": tp / ps if ps else 0.0, "recall": tp / gs if gs else 1.0}
+    return {"dice": float(dice[0]), "iou": float(iou[0]),
+            "precision": tp / ps if ps else (1.0 if gs == 0 else 0.0), "recall": tp / gs if gs else 1.0}
 
 
 class SegmentationMetrics:
