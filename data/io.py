@@ -1,6 +1,7 @@
 """Reading images and masks from disk with checks that name the file and the fix."""
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -51,14 +52,15 @@ def read_mask(path: str | Path, threshold: int = 128) -> np.ndarray:
 
 @contextmanager
 def atomic_write(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (``NAME.partial.EXT``, same suffix so writers that infer the format
+    """Yield a temporary path beside ``path`` (``NAME.partial-PID.EXT``, same suffix so writers that infer the format
     from it still work); rename it to ``path`` when the block succeeds, delete it when the block raises.
 
     Every output of the project goes through this, so a crash never leaves a half-written file under a final name.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.partial{path.suffix}")
+    # the pid keeps two processes writing the same file (DDP ranks preparing one cache) from sharing a temp name
+    tmp = path.with_name(f"{path.stem}.partial-{os.getpid()}{path.suffix}")
     try:
         yield tmp
     except BaseException:
