@@ -107,7 +107,7 @@ def test_bad_settings_exit_2_without_traceback(args, needle):
 def test_two_process_ddp_smoke_run_on_cpu(tmp_path):
     """torchrun with 2 CPU processes (gloo): both shard the data, rank 0 alone writes checkpoints and logs."""
     run = tmp_path / "ddp"
-    p = run_script("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "train.py",
+    p = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
                    "experiment=smoke", f"hydra.run.dir={run}", f"paths.cache_dir={tmp_path / 'cache'}",
                    "trainer.max_epochs=1", "trainer.progress=false", "data.batch_size=4")
     assert p.returncode == 0, p.stderr[-3000:]
