@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from data.io import atomic_write, write_image_atomic
+from models.checkpoint import head_is_clinical
 from review.overlay import timecode
 
 STATE_SCRIPT = """<script>
@@ -37,8 +38,7 @@ def timeline_plot(path: Path, records: Sequence[dict[str, Any]], card: dict[str,
     import matplotlib.pyplot as plt
 
     t = np.array([r["time"] for r in records])
-    shown = [h for h, info in card.get("heads", {}).items()
-             if records and records[0]["heads"].get(h, {}).get("clinically_validated")]
+    shown = [h for h in card.get("heads", {}) if head_is_clinical(card, h)]
     fig, axes = plt.subplots(2 + len(shown), 1, figsize=(9, 2.2 * (2 + len(shown))), sharex=True)
     axes[0].plot(t, [r["lesion_probability"] for r in records], color="tab:green")
     axes[0].set_ylabel("lesion prob.")
