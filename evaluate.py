@@ -23,36 +23,43 @@ from tqdm import tqdm  # noqa: E402
 from data.datasets import Record, load_raw, records_from_sources  # noqa: E402
 from data.errors import UserError, guard_task, run_cli  # noqa: E402
 from data.io import IMAGE_EXTS, atomic_write, read_image, read_mask  # noqa: E402
-from metrics.grading import GradingMetrics  # noqa: E402
-from metrics.plots import dice_histogram, threshold_curve, worst_gallery  # noqa: E402
+from models.predictor import Predictor, predict_records  # noqa: E402
+from metrics.heads import heads_markdown, score_heads  # noqa: E402
+from metrics.plots import dice_histogram, reliability_diagram, threshold_curve, worst_gallery  # noqa: E402
 from metrics.segmentation import SegmentationMetrics  # noqa: E402
 
 TABLE_KEYS = ("mean_dice", "mean_iou", "weighted_f", "s_measure", "max_e_measure", "mae", "dice@0.5", "hd95")
 
 
 def score_checkpoint(cfg: DictConfig, pred, records: list[Record], set_dir: Path) -> tuple[dict, dict, Any]:
-    """pred: a models.predictor.Predictor, loaded once for all sets."""
-    heads = list(pred.card.get("heads", {}))
+    """pred: a models.predictor.Predictor, loaded once for all sets. Segmentation is scored on frames with a mask,
+    heads on frames with a label (per frame, and per case where a case has several frames)."""
     seg = SegmentationMetrics(nsd_tolerance=cfg.nsd_tolerance)
-    grading = {h: GradingMetrics(pred.card["heads"][h]["classes"]) for h in heads}
     probs: dict[str, np.ndarray] = {}
-    for i in tqdm(range(0, len(records), cfg.batch_size), desc=set_dir.name, leave=False):
-        batch = [load_raw(r, heads) for r in records[i: i + cfg.batch_size]]
-        for sample, p in zip(batch, pred.predict([s["image"] for s in batch])):
-            prob = np.clip(np.round(p.prob * 255), 0, 255).astype(np.uint8)
-            probs[sample["id"]] = prob
-            if "mask" in sample:
-                seg.update(prob, sample["mask"], sample["id"])
-            for h in heads:
-                grading[h].update(p.heads[h][None], np.array([sample["labels"][h]]))
+
+    def on_frame(record: Record, sample: dict, p) -> None:
+        prob = np.clip(np.round(p.prob * 255), 0, 255).astype(np.uint8)
+        probs[record.id] = prob
+        if "mask" in sample:
+            seg.update(prob, sample["mask"], record.id)
+
+    rows = predict_records(pred, records, batch_size=cfg.batch_size, progress=set_dir.name, on_frame=on_frame)
+    head_results = score_heads(rows, pred.card.get("heads", {}), n_boot=cfg.n_boot, min_frames=cfg.case_min_frames,
+                               min_confidence=cfg.case_min_confidence)
+    if head_results:
+        set_dir.mkdir(parents=True, exist_ok=True)
+        for h, r in head_results.items():
+            reliability_diagram(set_dir / f"reliability_{h}.png", {"frames": r["frame"]["reliability"]},
+                                f"{h}: {set_dir.name}")
+        with atomic_write(set_dir / "head_predictions.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     by_id = {r.id: r for r in records}
 
     def load(name: str):
         raw = load_raw(by_id[name])
         return raw["image"], raw["mask"].astype(bool), probs[name]
 
-    head_results = {h: r for h, r in ((h, g.compute()) for h, g in grading.items()) if r["n"] > 0}
-    return seg.compute(), head_results, (seg.per_image, load)
+    return (seg.compute() if seg.per_image else None), head_results, (seg.per_image, load)
 
 
 def score_folders(cfg: DictConfig) -> tuple[dict, dict, Any]:
@@ -137,19 +144,19 @@ def main(cfg: DictConfig) -> dict:
         unknown = [s for s in wanted if s not in test_sets]
         if unknown:
             raise UserError(f"sets {unknown} are not in data.test_sets ({list(test_sets)})")
-        from models.predictor import Predictor
-
         pred = Predictor.from_checkpoint(cfg.checkpoint, device=cfg.device, precision=cfg.precision, tta=cfg.tta)
         classes = {h: v["classes"] for h, v in pred.card.get("heads", {}).items()}
         for name in wanted:
-            records = records_from_sources(test_sets[name], heads=classes)
+            records = records_from_sources(test_sets[name], heads=classes, covariates=pred.covariates)
             seg, head_results, (per_image, load) = score_checkpoint(cfg, pred, records, out_dir / name)
-            write_set(out_dir / name, name, seg, per_image, load, cfg.gallery)
+            if seg is not None:
+                write_set(out_dir / name, name, seg, per_image, load, cfg.gallery)
             results[name] = {"segmentation": seg, "heads": head_results}
     with atomic_write(out_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps({"config": OmegaConf.to_container(cfg, resolve=True), "results": results},
                                   indent=2))
-    table = markdown_table({k: v["segmentation"] for k, v in results.items()})
+    table = markdown_table({k: v["segmentation"] for k, v in results.items() if v["segmentation"]})
+    table += "".join("\n" + heads_markdown(v["heads"], title=f"Heads: {k}") for k, v in results.items() if v["heads"])
     with atomic_write(out_dir / "results.md") as tmp:
         tmp.write_text(table)
     print(table + f"\nwritten to {out_dir}")

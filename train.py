@@ -1,8 +1,10 @@
 """Train a lesion-segmentation model (+ optional attribute heads).  python train.py experiment=polyp_pranet
 
 Seeds, builds data/model/loss/optimiser from the Hydra config, runs the visible loop below, validates each epoch
-(mean Dice at 0.5), and writes best/last checkpoints (safetensors + JSON card) under the Hydra run directory.
-Multi-process: torchrun --nproc_per_node=N train.py ...  (or srun under SLURM, see README).
+(mean Dice at 0.5; head NLL when the segmenter is frozen), and writes best/last checkpoints (safetensors + JSON
+card) under the Hydra run directory. With heads, the best checkpoint's heads are then temperature-scaled on the
+validation split (models/calibration.py); in a cross-validation fold (data.cv) the held-out fold is predicted
+into oof.jsonl for `python -m metrics.cv`. Multi-process: torchrun --nproc_per_node=N train.py ...
 """
 from __future__ import annotations
 
@@ -24,17 +26,19 @@ from tqdm import tqdm  # noqa: E402
 from data.datasets import records_from_sources  # noqa: E402
 from data.errors import UserError, guard_task, run_cli  # noqa: E402
 from data.loaders import make_loader  # noqa: E402
-from data.splits import group_split  # noqa: E402
+from data.splits import cv_split, group_split  # noqa: E402
 from metrics.basic import dice_iou_per_image  # noqa: E402
 from models import checkpoint as ckpt  # noqa: E402
 from models.build import build_model  # noqa: E402
+from models.heads import head_classes, head_probabilities, parse_heads, set_covariate_stats  # noqa: E402
 from models.runtime import ModelEMA, autocast, init_distributed, pick_device, seed_everything  # noqa: E402
 
 
 def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return {"image": batch["image"].to(device, memory_format=fmt), "mask": batch["mask"].to(device),
-            "has_mask": batch["has_mask"].to(device), "labels": {k: v.to(device) for k, v in batch["labels"].items()}}
+    out = {"image": batch["image"].to(device, memory_format=fmt), "mask": batch["mask"].to(device),
+           "has_mask": batch["has_mask"].to(device), "labels": {k: v.to(device) for k, v in batch["labels"].items()}}
+    return out | {k: batch[k].to(device) for k in ("covariates", "poor_quality") if k in batch}
 
 
 def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, ema, *, device, cfg, epoch, rank) -> dict:
@@ -53,12 +57,12 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, ema, *, device
                 b["image"] = F.interpolate(b["image"], size=(side, side), mode="bilinear", align_corners=False)
                 b["mask"] = (F.interpolate(b["mask"], size=(side, side), mode="bilinear") > 0.5).float()
         with autocast(device, cfg.trainer.precision):
-            out = model(b["image"])
+            out = model(b["image"], b.get("covariates"))
         terms = loss_fn(out, b)
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         if cfg.trainer.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.trainer.grad_clip)
         optimizer.step()
         scheduler.step()
         if ema is not None:
@@ -76,22 +80,26 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, ema, *, device
 
 
 @torch.no_grad()
-def validate(model, loader, *, device, cfg, heads) -> dict:
+def validate(model, loader, *, device, cfg, kinds: dict[str, str]) -> dict:
+    """Mean Dice at 0.5 over frames with a mask; per head accuracy and NLL over frames with a known label."""
     model.eval()
-    dices, correct, counted = [], {h: 0 for h in heads}, {h: 0 for h in heads}
+    dices, correct, nll, counted = [], dict.fromkeys(kinds, 0), dict.fromkeys(kinds, 0.0), dict.fromkeys(kinds, 0)
     for batch in loader:
         b = to_device(batch, device, cfg.trainer.channels_last)
         with autocast(device, cfg.trainer.precision):
-            out = model(b["image"])
+            out = model(b["image"], b.get("covariates"))
         keep = b["has_mask"].bool()
         if keep.any():
             dices.append(dice_iou_per_image(out["mask"][keep] > 0, b["mask"][keep] > 0.5)[0])
-        for h in heads:
+        for h, kind in kinds.items():
             known = b["labels"][h] >= 0
-            correct[h] += int((out[h].argmax(1)[known] == b["labels"][h][known]).sum())
+            p, y = head_probabilities(out[h][known], kind), b["labels"][h][known]
+            correct[h] += int((p.argmax(1) == y).sum())
+            nll[h] -= float(torch.log(p.gather(1, y[:, None]).clamp_min(1e-12)).sum())
             counted[h] += int(known.sum())
     stats = {"val/dice": float(torch.cat(dices).mean()) if dices else float("nan")}
-    stats.update({f"val/acc_{h}": correct[h] / counted[h] for h in heads if counted[h]})
+    stats.update({f"val/acc_{h}": correct[h] / counted[h] for h in kinds if counted[h]})
+    stats.update({f"val/nll_{h}": nll[h] / counted[h] for h in kinds if counted[h]})
     return stats
 
 
@@ -108,25 +116,43 @@ def main(cfg: DictConfig) -> float:
     if cfg.trainer.threads:
         torch.set_num_threads(int(cfg.trainer.threads))
     resolved, commit = OmegaConf.to_container(cfg, resolve=True), ckpt.git_commit()
-    heads = resolved["model"]["heads"]
-    records = records_from_sources(resolved["data"]["train_sources"], heads)
+    heads, covs = head_classes(resolved["model"]["heads"]), list(resolved["model"]["covariates"])
+    kinds = {h: spec.kind for h, spec in parse_heads(resolved["model"]["heads"]).items()}
+    records = records_from_sources(resolved["data"]["train_sources"], heads, covariates=covs)
+    heldout, cv = [], resolved["data"]["cv"]
+    if cv["folds"]:  # patient-level k-fold: train (and validate) on the other folds, predict this one
+        records, heldout = cv_split(records, folds=cv["folds"], fold=cv["fold"], seed=cv["seed"],
+                                    stratify_head=cv["stratify"])
     if cfg.data.val_sources:
-        train_recs, val_recs = records, records_from_sources(resolved["data"]["val_sources"], heads)
+        train_recs, val_recs = records, records_from_sources(resolved["data"]["val_sources"], heads, covariates=covs)
     else:
         train_recs, val_recs = group_split(records, val_fraction=cfg.data.val_fraction, seed=cfg.data.split_seed)
+    if cfg.data.labelled_only:  # frames no head has a label for teach a frozen segmenter's heads nothing
+        train_recs, val_recs = ([r for r in rs if any(v >= 0 for v in r.labels.values())]
+                                for rs in (train_recs, val_recs))
     common = dict(size=cfg.data.size, mean=cfg.data.mean, std=cfg.data.std, resize=cfg.data.resize,
-                  heads=list(heads), num_workers=cfg.data.num_workers, cache=cfg.data.cache)
+                  heads=list(heads), num_workers=cfg.data.num_workers, cache=cfg.data.cache, covariates=covs,
+                  quality=cfg.data.frame_quality)
     train_loader = make_loader(train_recs, augment=[instantiate(t) for t in cfg.augment.train], train=True,
                                batch_size=cfg.data.batch_size, world_size=world, rank=rank, seed=cfg.seed, **common)
     val_loader = make_loader(val_recs, augment=[instantiate(t) for t in cfg.augment.eval], train=False,
                              batch_size=cfg.data.batch_size, **common) if val_recs else None
-    val_counts = {h: sum(r.labels.get(h, -1) >= 0 for r in val_recs) for h in heads}
+    counts = {"train": ckpt.label_counts(train_recs, heads), "val": ckpt.label_counts(val_recs, heads)}
 
-    model = build_model(**resolved["model"]).to(device)
+    model = build_model(**resolved["model"])
+    init = ckpt.init_segmenter(model, cfg.trainer.init_from) if cfg.trainer.init_from else None
+    frozen = cfg.trainer.freeze == "segmentation"
+    if frozen:
+        model.freeze_segmentation()
+    elif cfg.trainer.freeze:
+        raise UserError(f"trainer.freeze '{cfg.trainer.freeze}' is unknown: use segmentation or null")
+    if covs:
+        set_covariate_stats(model, [[r.covariates.get(c, float("nan")) for c in covs] for r in train_recs])
+    model = model.to(device)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loss_fn = instantiate(cfg.loss)
-    optimizer = instantiate(cfg.optim.optimizer)(params=model.parameters())
+    loss_fn = instantiate(cfg.loss, heads=resolved["model"]["heads"], segmentation=not frozen)
+    optimizer = instantiate(cfg.optim.optimizer)(params=[p for p in model.parameters() if p.requires_grad])
     steps = len(train_loader) if not cfg.trainer.max_steps_per_epoch else min(len(train_loader),
                                                                                 cfg.trainer.max_steps_per_epoch)
     scheduler = instantiate(cfg.optim.scheduler)(optimizer, total_steps=steps * cfg.trainer.max_epochs,
@@ -153,8 +179,8 @@ def main(cfg: DictConfig) -> float:
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out_dir / "tb"))
-        print(f"train {len(train_recs)} / val {len(val_recs)} images, {steps} steps/epoch, device {device}, "
-              f"precision {cfg.trainer.precision}, run dir {out_dir}", flush=True)
+        print(f"train {len(train_recs)} / val {len(val_recs)} / held-out fold {len(heldout)} images, {steps} "
+              f"steps/epoch, device {device}, precision {cfg.trainer.precision}, run dir {out_dir}", flush=True)
     for epoch in range(start_epoch, cfg.trainer.max_epochs + 1):
         if hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
@@ -163,11 +189,13 @@ def main(cfg: DictConfig) -> float:
         eval_model = unwrap(model)
         backup = ema.copy_to(eval_model) if ema is not None else None
         if val_loader is not None and rank == 0:
-            stats.update(validate(eval_model, val_loader, device=device, cfg=cfg, heads=list(heads)))
+            stats.update(validate(eval_model, val_loader, device=device, cfg=cfg, kinds=kinds))
         if rank == 0:
-            score = stats.get("val/dice", -stats["train/total"])
+            nlls = [v for k, v in stats.items() if k.startswith("val/nll_")]
+            score = -sum(nlls) / len(nlls) if frozen and nlls else stats.get("val/dice", -stats["train/total"])
             card = ckpt.training_card(resolved, epoch=epoch, metrics=stats, n_train=len(train_recs),
-                                      n_val=len(val_recs), val_counts=val_counts, device=str(device), commit=commit)
+                                      n_val=len(val_recs), counts=counts, device=str(device), commit=commit,
+                                      init_from=init)
             if score > best:
                 best = score
                 ckpt.save_checkpoint(ckpt_dir / "best", eval_model, card)
@@ -183,6 +211,16 @@ def main(cfg: DictConfig) -> float:
             eval_model.load_state_dict(backup)
     if writer is not None:
         writer.close()
+    if rank == 0 and heads and val_recs:  # temperature scaling + validation metrics into the best card
+        from models.calibration import calibrate_checkpoint
+
+        calibrate_checkpoint(ckpt_dir / "best", val_recs, device=cfg.trainer.device, n_boot=cfg.trainer.n_boot,
+                             min_frames=cfg.data.case_min_frames, progress=cfg.trainer.progress)
+    if rank == 0 and heldout:
+        from metrics.cv import write_oof
+
+        write_oof(out_dir / "oof.json", ckpt_dir / "best", heldout, fold=cv["fold"], variant=cfg.model.head_inputs,
+                  device=cfg.trainer.device)
     if world > 1:
         torch.distributed.destroy_process_group()
     return best

@@ -1,7 +1,11 @@
 """Datasets: image folders and manifests, combined from config, yielding the sample contract of DESIGN.md.
 
 A sample is a dict: ``image`` (after the transform: 3 x H x W float tensor, normalised), ``mask`` (1 x H x W float
-in {0, 1}; absent when unlabelled), ``labels`` (dict head -> int, -1 where unknown), ``id`` and ``group``.
+in {0, 1}; absent when unlabelled), ``labels`` (dict head -> int, -1 where unknown), ``id`` and ``group``; with
+covariates configured, ``covariates`` (n float, NaN = missing), and with quality flags ``poor_quality`` (bool).
+
+Labels may be given per frame (a column of the manifest) or per case (``cases.csv``: one row per ``group`` with
+head columns and clinical covariates, joined to the frames of that group; a frame's own label wins).
 Before the transform, ``image`` is H x W x 3 uint8 RGB and ``mask`` H x W uint8 0/1.
 """
 from __future__ import annotations
@@ -31,6 +35,7 @@ class Record:
     group: str
     labels: dict[str, int] = field(default_factory=dict)
     split: str | None = None
+    covariates: dict[str, float] = field(default_factory=dict)
 
 
 def _files_by_stem(folder: Path) -> dict[str, Path]:
@@ -53,6 +58,7 @@ def folder_records(
     groups_csv: str | None = None,
     groups_keep: Sequence[str | int] | None = None,
     require_masks: bool = True,
+    binary_labels: dict[str, str] | None = None,
 ) -> list[Record]:
     """Pair ``root/images/*`` with ``root/masks/*`` by file stem.
 
@@ -60,6 +66,8 @@ def folder_records(
     groups_csv: optional CSV ``frame,sequence`` mapping a stem to its group (patient / sequence); without it each
         image is its own group.
     groups_keep: keep only images whose group (from groups_csv) is listed, e.g. held-out sequences.
+    binary_labels: head -> list file (relative to root): listed images get class 1 of the head, every other image
+        class 0 (e.g. Kvasir-SEG's Kvasir-Sessile subset -> small_sessile).
     """
     root = Path(root)
     img_dir = root / images_dir
@@ -105,9 +113,11 @@ def folder_records(
         stems = [s for s in stems if groups.get(s) in keep]
         if not stems:
             raise UserError(f"no image of {root} is in groups {sorted(keep)}")
+    positives = {h: set(_read_list(root / f)) for h, f in (binary_labels or {}).items()}
     prefix = f"{name}/" if name else ""
     return [
-        Record(images[s], masks.get(s), id=f"{prefix}{s}", group=f"{prefix}{groups.get(s, s)}")
+        Record(images[s], masks.get(s), id=f"{prefix}{s}", group=f"{prefix}{groups.get(s, s)}",
+               labels={h: int(s in pos) for h, pos in positives.items()})
         for s in stems
     ]
 
@@ -128,17 +138,24 @@ def _parse_label(value: Any, head: str, classes: Sequence[str] | None, where: st
     return idx
 
 
-def manifest_records(
-    path: str | Path, *, name: str = "", heads: dict[str, Sequence[str]] | None = None, split: str | None = None
-) -> list[Record]:
-    """Read a CSV or JSONL manifest. Columns: ``image`` (required), ``mask``, one per head, ``group``, ``split``.
+def _parse_covariate(value: Any, column: str, where: str) -> float:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "na", "nan", "unknown")):
+        return float("nan")
+    text = str(value).strip().lower()
+    if text in ("yes", "true", "y"):
+        return 1.0
+    if text in ("no", "false", "n"):
+        return 0.0
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"{where}: covariate '{column}' = '{value}' is not a number, yes/no, or empty") from None
 
-    Paths are relative to the manifest's folder. A head's value is a class name or index; empty means unknown.
-    split: keep only rows whose ``split`` column equals it (rows without a split are kept for any split).
-    """
-    path = Path(path)
+
+def read_table(path: Path) -> list[dict[str, Any]]:
+    """Rows of a CSV (header line) or JSONL file, with errors that name the file and line."""
     if not path.is_file():
-        raise UserError(f"manifest not found: {path}")
+        raise UserError(f"file not found: {path}")
     if path.suffix.lower() == ".jsonl":
         rows = []
         for i, line in enumerate(path.read_text().splitlines(), 1):
@@ -151,12 +168,53 @@ def manifest_records(
         with path.open(newline="") as f:
             rows = list(csv.DictReader(f))
     else:
-        raise UserError(f"manifest must be .csv or .jsonl: {path}")
+        raise UserError(f"{path} must be .csv or .jsonl")
+    return rows
+
+
+def case_table(path: Path, *, heads: dict[str, Sequence[str]], covariates: Sequence[str]
+               ) -> dict[str, tuple[dict[str, int], dict[str, float]]]:
+    """``cases.csv``: group -> (head labels, covariates). Columns: ``group`` + any head + any covariate."""
+    rows = read_table(path)
+    if rows and "group" not in rows[0]:
+        raise UserError(f"case table has no 'group' column: {path} (columns: {', '.join(rows[0])})")
+    missing = [c for c in covariates if rows and c not in rows[0]]
+    if missing:
+        raise UserError(f"case table {path} has no column for covariates {missing} (model.covariates)")
+    out = {}
+    for i, row in enumerate(rows, 2 if path.suffix.lower() == ".csv" else 1):
+        where = f"{path}:{i}"
+        g = str(row["group"]).strip()
+        if g in out:
+            raise UserError(f"{where}: case '{g}' appears twice (one row per case)")
+        out[g] = ({h: _parse_label(row.get(h), h, c, where) for h, c in heads.items()},
+                  {c: _parse_covariate(row.get(c), c, where) for c in covariates})
+    return out
+
+
+def manifest_records(
+    path: str | Path, *, name: str = "", heads: dict[str, Sequence[str]] | None = None, split: str | None = None,
+    cases: str | None = None, covariates: Sequence[str] = ()
+) -> list[Record]:
+    """Read a CSV or JSONL manifest. Columns: ``image`` (required), ``mask``, one per head, ``group``, ``split``.
+
+    Paths are relative to the manifest's folder. A head's value is a class name or index; empty means unknown.
+    split: keep only rows whose ``split`` column equals it (rows without a split are kept for any split).
+    cases: a case table (relative to the manifest's folder) with per-case labels and covariates, joined by
+        ``group``; a frame's own label, when given, wins over its case's.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"manifest not found: {path}")
+    rows = read_table(path)
     if not rows:
         raise UserError(f"manifest has no rows: {path}")
     if "image" not in rows[0]:
         raise UserError(f"manifest has no 'image' column: {path} (columns: {', '.join(rows[0])})")
     heads = heads or {}
+    table = case_table(path.parent / cases, heads=heads, covariates=covariates) if cases else {}
+    if covariates and not cases:
+        raise UserError(f"model.covariates {list(covariates)} need a case table: set the source's cases: cases.csv")
     prefix = f"{name}/" if name else ""
     out = []
     for i, row in enumerate(rows, 2 if path.suffix == ".csv" else 1):
@@ -168,8 +226,13 @@ def manifest_records(
         mask = path.parent / str(row["mask"]) if row.get("mask") else None
         labels = {h: _parse_label(row.get(h), h, classes, where) for h, classes in heads.items()}
         stem = Path(str(row["image"])).with_suffix("").as_posix()
-        out.append(Record(image, mask, id=f"{prefix}{stem}", group=f"{prefix}{row.get('group') or stem}",
-                          labels=labels, split=row_split))
+        group = str(row.get("group") or stem)
+        case_labels, case_cov = table.get(group, ({}, {}))
+        if cases and group not in table:
+            case_cov = {c: float("nan") for c in covariates}
+        labels = {h: v if v >= 0 else case_labels.get(h, -1) for h, v in labels.items()}
+        out.append(Record(image, mask, id=f"{prefix}{stem}", group=f"{prefix}{group}", labels=labels,
+                          split=row_split, covariates=dict(case_cov)))
     if not out:
         raise UserError(f"manifest {path} has no rows with split '{split}'")
     return out
@@ -201,13 +264,16 @@ class RecordDataset(Dataset):
     """
 
     def __init__(self, records: Sequence[Record], *, transform: Callable[..., dict] | None = None,
-                 heads: Sequence[str] = (), cache_size: int | None = None) -> None:
+                 heads: Sequence[str] = (), cache_size: int | None = None, covariates: Sequence[str] = (),
+                 quality: bool = False) -> None:
         if not records:
             raise UserError("dataset is empty (check the data sources and split lists)")
         self.records = list(records)
         self.transform = transform
         self.heads = list(heads)
         self.cache_size = cache_size
+        self.covariates = list(covariates)
+        self.quality = quality
         self._cache: dict[int, dict[str, Any]] = {}
 
     def __len__(self) -> int:
@@ -217,6 +283,10 @@ class RecordDataset(Dataset):
         if index in self._cache:
             return self._cache[index]
         sample = load_raw(self.records[index], self.heads)
+        if self.quality:
+            from data.quality import poor_quality
+
+            sample["poor_quality"] = poor_quality(sample["image"])
         if self.cache_size:
             s = self.cache_size
             sample["image"] = cv2.resize(sample["image"], (s, s), interpolation=cv2.INTER_AREA)
@@ -237,11 +307,17 @@ class RecordDataset(Dataset):
             sample["mask"] = out["mask"].float().unsqueeze(0)
             sample["has_mask"] = torch.tensor(has_mask)
         sample["labels"] = {h: torch.tensor(v, dtype=torch.long) for h, v in sample["labels"].items()}
+        if self.covariates:
+            cov = self.records[index].covariates
+            sample["covariates"] = torch.tensor([cov.get(c, float("nan")) for c in self.covariates],
+                                                dtype=torch.float32)
+        if self.quality:
+            sample["poor_quality"] = torch.tensor(sample["poor_quality"])
         return sample
 
 
 def records_from_sources(sources: Sequence[dict[str, Any]], heads: dict[str, Sequence[str]] | None = None,
-                         split: str | None = None) -> list[Record]:
+                         split: str | None = None, covariates: Sequence[str] = ()) -> list[Record]:
     """Combine several sources. Each source is a dict with ``kind`` (folder | manifest | synthetic) + its kwargs."""
     from data.synthetic import ensure_synthetic_dataset
 
@@ -252,10 +328,13 @@ def records_from_sources(sources: Sequence[dict[str, Any]], heads: dict[str, Seq
         if kind == "folder":
             out += folder_records(**src)
         elif kind == "manifest":
-            out += manifest_records(src.pop("path"), heads=heads, split=src.pop("split", split), **src)
+            out += manifest_records(src.pop("path"), heads=heads, split=src.pop("split", split),
+                                    covariates=covariates, **src)
         elif kind == "synthetic":
             manifest = ensure_synthetic_dataset(**{k: v for k, v in src.items() if k != "name"})
-            out += manifest_records(manifest, name=src.get("name", "synthetic"), heads=heads, split=split)
+            out += manifest_records(manifest, name=src.get("name", "synthetic"), heads=heads, split=split,
+                                    cases="cases.csv" if (manifest.parent / "cases.csv").is_file() else None,
+                                    covariates=covariates)
         else:
             raise UserError(f"data source {i}: unknown kind '{kind}' (use folder, manifest or synthetic)")
     return out

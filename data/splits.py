@@ -39,3 +39,49 @@ def group_split(records: Sequence[T], *, val_fraction: float, seed: int = 0,
     train = [r for r in records if group_of(r) not in val_groups]
     val = [r for r in records if group_of(r) in val_groups]
     return train, val
+
+
+def group_kfold(records: Sequence[T], *, k: int, seed: int = 0, group_of=lambda r: r.group,
+                stratify_of=None) -> list[int]:
+    """Assign each record a fold 0..k-1 with whole groups (patients) in one fold, stratified when possible.
+
+    stratify_of(record) -> a label or None. A group's stratum is its most frequent known label ('unknown' when it
+    has none); within each stratum the groups are shuffled with ``seed`` and dealt round-robin, starting each
+    stratum at the fold that is currently smallest, so every fold gets a similar share of each label.
+    Returns one fold index per record, in order.
+    """
+    if k < 2:
+        raise UserError(f"data.cv.folds must be >= 2, got {k}")
+    by_group: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        by_group[group_of(r)].append(i)
+    if len(by_group) < k:
+        raise UserError(f"cannot make {k} folds from {len(by_group)} groups (patients); lower data.cv.folds")
+    strata: dict[str, list[str]] = defaultdict(list)
+    for g, idx in sorted(by_group.items()):
+        labels = [stratify_of(records[i]) for i in idx] if stratify_of else []
+        labels = [x for x in labels if x is not None]
+        strata["unknown" if not labels else str(max(set(labels), key=labels.count))].append(g)
+    rng = random.Random(seed)
+    fold_of_group: dict[str, int] = {}
+    sizes = [0] * k
+    for key in sorted(strata):
+        groups = strata[key]
+        rng.shuffle(groups)
+        start = min(range(k), key=lambda f: (sizes[f], f))
+        for j, g in enumerate(groups):
+            f = (start + j) % k
+            fold_of_group[g] = f
+            sizes[f] += len(by_group[g])
+    return [fold_of_group[group_of(r)] for r in records]
+
+
+def cv_split(records: Sequence[T], *, folds: int, fold: int, seed: int = 0, stratify_head: str | None = None
+             ) -> tuple[list[T], list[T]]:
+    """(records outside fold ``fold``, records in it) of a patient-level, label-stratified k-fold split."""
+    if not 0 <= fold < folds:
+        raise UserError(f"data.cv.fold must be in 0..{folds - 1}, got {fold}")
+    strat = (lambda r: r.labels.get(stratify_head, -1) if r.labels.get(stratify_head, -1) >= 0 else None) \
+        if stratify_head else None
+    assigned = group_kfold(records, k=folds, seed=seed, stratify_of=strat)
+    return ([r for r, f in zip(records, assigned) if f != fold], [r for r, f in zip(records, assigned) if f == fold])

@@ -1,68 +1,155 @@
-"""Metrics for attribute heads (fibrosis grade F0/F1/F2, lift quality): ordinal classes with calibrated
-confidence. One stateful object; torchmetrics does the arithmetic.
+"""Metrics for attribute heads (fibrosis grade F0/F1/F2, lift quality, binary proxies): ordinal classes with
+calibrated confidence, and bootstrap intervals resampled by case.
 
-accuracy, macro-F1, quadratic weighted kappa (ordinal agreement), one-vs-rest macro AUROC, expected calibration
-error (15 equal-width bins of top-1 confidence, L1), the confusion matrix (rows = truth), and the reliability
-diagram's bins. Samples with label -1 (unknown) are skipped and counted.
+accuracy, balanced accuracy (mean recall over classes), macro-F1, quadratic weighted kappa (ordinal agreement),
+AUROC (binary: of the positive class's probability; more classes: one-vs-rest macro), expected calibration error
+(15 equal-width bins of top-1 confidence, L1), the confusion matrix (rows = truth) and the reliability diagram's
+bins. Samples with label -1 (unknown) are skipped and counted. The arithmetic is plain numpy so that a bootstrap of
+1000 resamples takes about a second; tests/test_metrics.py checks it against torchmetrics.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
-from torchmetrics.functional import classification as C
+from scipy.stats import rankdata
+
+POINT_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "qwk", "auroc", "ece")
+
+
+def confusion(labels: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    return np.bincount(labels * k + pred, minlength=k * k).reshape(k, k)
+
+
+def binary_auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+    """Mann-Whitney AUROC (ties count half); None when only one class is present."""
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def auroc(probs: np.ndarray, labels: np.ndarray) -> float | None:
+    """Binary: AUROC of P(class 1). K > 2: macro one-vs-rest over classes; None unless every class occurs."""
+    k = probs.shape[1]
+    if k == 2:
+        return binary_auroc(probs[:, 1], labels == 1)
+    per = [binary_auroc(probs[:, c], labels == c) for c in range(k)]
+    return None if any(v is None for v in per) else float(np.mean(per))
+
+
+def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    conf, pred = probs.max(axis=1), probs.argmax(axis=1)
+    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)  # (lo, hi] bins
+    total = 0.0
+    for b in np.unique(bins):
+        sel = bins == b
+        total += sel.sum() * abs(float((pred[sel] == labels[sel]).mean()) - float(conf[sel].mean()))
+    return total / max(1, len(labels))
+
+
+def scores(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict[str, Any]:
+    """Every point metric for N x K probabilities and N labels in 0..K-1 (no unknowns)."""
+    k = probs.shape[1]
+    pred = probs.argmax(axis=1)
+    cm = confusion(labels, pred, k).astype(np.float64)
+    support, predicted, tp = cm.sum(1), cm.sum(0), np.diag(cm)
+    present = support > 0
+    recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
+    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
+    idx = np.arange(k)
+    w = (idx[:, None] - idx[None, :]) ** 2 / max(1, (k - 1) ** 2)
+    expected = np.outer(support, predicted) / max(1.0, cm.sum())
+    denom = (w * expected).sum()
+    return {"accuracy": float(tp.sum() / max(1.0, cm.sum())),
+            "balanced_accuracy": float(recall[present].mean()) if present.any() else None,
+            "macro_f1": float(f1[present | (predicted > 0)].mean()),
+            "qwk": float(1 - (w * cm).sum() / denom) if denom > 0 else None,
+            "auroc": auroc(probs, labels), "ece": ece(probs, labels, n_bins),
+            "confusion": cm.astype(int).tolist()}
+
+
+def bootstrap(probs: np.ndarray, labels: np.ndarray, groups: Sequence[str], *, n_boot: int = 1000, seed: int = 0,
+              level: float = 0.95) -> dict[str, list[float] | None]:
+    """Percentile intervals of every point metric, resampling whole cases (groups) with replacement, so that
+    frames of one patient move together. A resample where a metric is undefined (e.g. AUROC with one class) is
+    left out of that metric's interval."""
+    groups = np.asarray(groups)
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {m: [] for m in POINT_METRICS}
+    for _ in range(n_boot):
+        pick = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
+        s = scores(probs[pick], labels[pick])
+        for m in POINT_METRICS:
+            if s[m] is not None:
+                samples[m].append(s[m])
+    a = (1 - level) / 2
+    return {m: ([float(np.quantile(v, a)), float(np.quantile(v, 1 - a))] if len(v) >= n_boot // 2 else None)
+            for m, v in samples.items()}
+
+
+def paired_bootstrap(metric: Callable[[np.ndarray], float | None], n: int, groups: Sequence[str], *,
+                     n_boot: int = 1000, seed: int = 0) -> list[float] | None:
+    """Interval of ``metric(indices)`` over case-resampled index sets (e.g. a difference of two AUROCs)."""
+    groups = np.asarray(groups)
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(n_boot):
+        v = metric(np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))]))
+        if v is not None:
+            vals.append(v)
+    return [float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975))] if len(vals) >= n_boot // 2 else None
 
 
 class GradingMetrics:
+    """update / compute / reset over batches of (probabilities, labels); see the module doc."""
+
     def __init__(self, classes: Sequence[str], *, n_bins: int = 15) -> None:
         self.classes = list(classes)
         self.n_bins = n_bins
         self.reset()
 
     def reset(self) -> None:
-        self._probs: list[torch.Tensor] = []
-        self._labels: list[torch.Tensor] = []
+        self._probs: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
         self.n_unknown = 0
 
-    def update(self, probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> None:
+    def update(self, probs: np.ndarray, labels: np.ndarray) -> None:
         """probs: N x K class probabilities (rows sum to 1); labels: N ints in 0..K-1, or -1 for unknown."""
-        p = torch.as_tensor(np.asarray(probs), dtype=torch.float32).reshape(-1, len(self.classes))
-        y = torch.as_tensor(np.asarray(labels), dtype=torch.long).reshape(-1)
+        p = np.asarray(probs, dtype=np.float64).reshape(-1, len(self.classes))
+        y = np.asarray(labels, dtype=np.int64).reshape(-1)
         known = y >= 0
         self.n_unknown += int((~known).sum())
         self._probs.append(p[known])
         self._labels.append(y[known])
 
     def compute(self) -> dict[str, Any]:
-        p = torch.cat(self._probs) if self._probs else torch.zeros(0, len(self.classes))
-        y = torch.cat(self._labels) if self._labels else torch.zeros(0, dtype=torch.long)
-        k = len(self.classes)
+        p = np.concatenate(self._probs) if self._probs else np.zeros((0, len(self.classes)))
+        y = np.concatenate(self._labels) if self._labels else np.zeros(0, dtype=np.int64)
         out: dict[str, Any] = {"n": int(len(y)), "n_unknown": self.n_unknown, "classes": self.classes}
         if len(y) == 0:
             return out
-        out["accuracy"] = float(C.multiclass_accuracy(p, y, num_classes=k, average="micro"))
-        out["macro_f1"] = float(C.multiclass_f1_score(p, y, num_classes=k, average="macro"))
-        out["qwk"] = float(C.multiclass_cohen_kappa(p, y, num_classes=k, weights="quadratic"))
-        present = torch.unique(y)
-        # AUROC is undefined for a class with no positives; report it only when every class occurs
-        out["auroc_ovr"] = float(C.multiclass_auroc(p, y, num_classes=k, average="macro")) \
-            if len(present) == k else None
-        out["ece"] = float(C.multiclass_calibration_error(p, y, num_classes=k, n_bins=self.n_bins, norm="l1"))
-        out["confusion"] = C.multiclass_confusion_matrix(p, y, num_classes=k).tolist()
+        out.update(scores(p, y, self.n_bins))
         out["reliability"] = reliability_bins(p, y, self.n_bins)
         return out
 
 
-def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> list[dict[str, float]]:
+def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> list[dict[str, Any]]:
     """Per equal-width confidence bin: count, mean top-1 confidence, accuracy (the reliability diagram)."""
-    conf, pred = probs.max(dim=1)
-    edges = torch.linspace(0, 1, n_bins + 1)
+    conf, pred = probs.max(axis=1), probs.argmax(axis=1)
+    edges = np.linspace(0, 1, n_bins + 1)
     rows = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         sel = (conf > lo) & (conf <= hi)
         n = int(sel.sum())
         rows.append({"lo": float(lo), "hi": float(hi), "n": n,
                      "confidence": float(conf[sel].mean()) if n else None,
-                     "accuracy": float((pred[sel] == labels[sel]).float().mean()) if n else None})
+                     "accuracy": float((pred[sel] == labels[sel]).mean()) if n else None})
     return rows

@@ -74,3 +74,25 @@ def worst_gallery(path: Path, per_image: Sequence[dict[str, Any]], load: Callabl
     fig.suptitle(f"{title}: worst {len(worst)} (green truth, magenta prediction)", fontsize=10)
     _save(fig, path)
     plt.close(fig)
+
+
+def reliability_diagram(path: Path, curves: dict[str, Sequence[dict[str, Any]]], title: str) -> None:
+    """curves: label -> reliability bins (metrics.grading.reliability_bins). Accuracy vs confidence per bin, the
+    diagonal is perfect calibration; marker size grows with the bin's count."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect calibration")
+    for label, bins in curves.items():
+        pts = [(b["confidence"], b["accuracy"], b["n"]) for b in bins if b["n"]]
+        if pts:
+            c, a, n = zip(*pts)
+            ax.plot(c, a, marker="o", lw=1.2, label=label, markersize=3)
+            ax.scatter(c, a, s=[8 + 60 * x / max(n) for x in n], alpha=0.4)
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence (top class probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    _save(fig, path)
+    plt.close(fig)

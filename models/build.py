@@ -6,7 +6,7 @@ from typing import Any, Sequence
 import segmentation_models_pytorch as smp
 
 from data.errors import UserError
-from models.heads import AttributeHead
+from models.heads import AttributeHead, parse_heads
 from models.net import EndoNet
 from models.weights import load_encoder_weights, resolve_weights
 
@@ -20,13 +20,17 @@ ARCHITECTURES = {
 
 def build_model(*, arch: str = "unet", encoder: str = "mobilenet_v2", weights: str | None = None,
                 weights_path: str | None = None, weights_dirs: Sequence[str] = (),
-                heads: dict[str, Sequence[str]] | None = None, head_hidden: int = 128, head_dropout: float = 0.2,
-                decoder: dict[str, Any] | None = None) -> EndoNet:
+                heads: dict[str, Any] | None = None, head_hidden: int = 128, head_dropout: float = 0.2,
+                head_levels: int = 2, head_inputs: str = "image", covariates: Sequence[str] = (),
+                ring_fraction: float = 0.08, decoder: dict[str, Any] | None = None) -> EndoNet:
     """Build encoder -> decoder -> heads.
 
     arch: one of ARCHITECTURES. encoder: any smp encoder name (mobilenet_v2, resnet34, efficientnet-b0,
     tu-<timm name>, ...). weights: 'imagenet' (resolved to a local file), a file path, or None.
-    heads: head name -> class names, e.g. {"fibrosis": ["F0", "F1", "F2"]}. decoder: extra kwargs for the smp class.
+    heads: head name -> class names or {classes, kind, class_weights} (models/heads.py), e.g.
+        {"fibrosis": ["F0", "F1", "F2"]}. head_levels: how many of the deepest encoder levels the heads pool.
+    head_inputs: image | covariates | fused; covariates: names of the clinical covariate columns heads may read.
+    ring_fraction: width of the peri-lesional ring, as a fraction of the input side. decoder: smp class kwargs.
     """
     if arch not in ARCHITECTURES:
         raise UserError(f"model.arch '{arch}' is unknown: use one of {sorted(ARCHITECTURES)}")
@@ -39,7 +43,10 @@ def build_model(*, arch: str = "unet", encoder: str = "mobilenet_v2", weights: s
     path = resolve_weights(encoder, weights, weights_path=weights_path, weights_dirs=weights_dirs)
     if path is not None:
         load_encoder_weights(seg.encoder, path)
-    in_ch = seg.encoder.out_channels[-1]
-    built = {name: AttributeHead(in_ch, len(classes), hidden=head_hidden, dropout=head_dropout)
-             for name, classes in (heads or {}).items()}
+    if not 1 <= head_levels <= len(seg.encoder.out_channels) - 1:
+        raise UserError(f"model.head_levels must be 1..{len(seg.encoder.out_channels) - 1}, got {head_levels}")
+    in_ch = list(seg.encoder.out_channels[-head_levels:])
+    built = {name: AttributeHead(in_ch, spec.n_outputs, n_covariates=len(covariates), inputs=head_inputs,
+                                 hidden=head_hidden, dropout=head_dropout, ring_fraction=ring_fraction)
+             for name, spec in parse_heads(heads).items()}
     return EndoNet(seg, built)

@@ -60,9 +60,15 @@ def save_checkpoint(path: str | Path, model: nn.Module, card: dict[str, Any], *,
     _atomic_save_tensors(state, weights, metadata={"format": FORMAT})
     card = {"format": FORMAT, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "git_commit": git_commit(), **card}
+    write_card(stem, card)
+    return weights
+
+
+def write_card(path: str | Path, card: dict[str, Any]) -> None:
+    """Rewrite a checkpoint's card in place (atomically), e.g. after calibration; the weights are untouched."""
+    stem = _stem(path)
     with atomic_write(stem.with_name(stem.name + ".json")) as tmp:
         tmp.write_text(json.dumps(card, indent=2, default=str))
-    return weights
 
 
 def read_card(path: str | Path) -> dict[str, Any]:
@@ -77,6 +83,20 @@ def read_card(path: str | Path) -> dict[str, Any]:
     if card.get("format") != FORMAT:
         raise UserError(f"{card_path} is not an endolift checkpoint card (format {card.get('format')!r})")
     return card
+
+
+def init_segmenter(model: nn.Module, path: str | Path) -> dict[str, Any]:
+    """Copy the segmenter (encoder, decoder, mask head) of the checkpoint at ``path`` into ``model`` (an EndoNet
+    with the same architecture); heads are left as built. Returns the source card's name, date and commit."""
+    src, card = load_checkpoint(path)
+    seg_state = {k: v for k, v in src.state_dict().items() if k.startswith("seg.")}
+    mine = {k for k in model.state_dict() if k.startswith("seg.")}
+    if set(seg_state) != mine:
+        raise UserError(f"trainer.init_from={path}: its segmenter ({card['model'].get('arch')}/"
+                        f"{card['model'].get('encoder')}) differs from model config; use the same model settings")
+    model.load_state_dict(seg_state, strict=False)
+    return {"name": card.get("name"), "date": card.get("date"), "git_commit": card.get("git_commit"),
+            "path": str(path)}
 
 
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -111,25 +131,53 @@ def load_train_state(path: str | Path) -> dict[str, torch.Tensor]:
     return load_file(str(p))
 
 
+def label_counts(records: Any, heads: dict[str, list[str]]) -> dict[str, dict[str, int]]:
+    """head -> class name -> number of records with that label (plus 'unknown')."""
+    out = {}
+    for h, classes in heads.items():
+        counts = {c: 0 for c in classes}
+        counts["unknown"] = 0
+        for r in records:
+            k = r.labels.get(h, -1)
+            counts[classes[k] if k >= 0 else "unknown"] += 1
+        out[h] = counts
+    return out
+
+
 def training_card(config: dict[str, Any], *, epoch: int, metrics: dict[str, float], n_train: int, n_val: int,
-                  val_counts: dict[str, int], device: str, commit: str | None = None) -> dict[str, Any]:
+                  counts: dict[str, dict[str, dict[str, int]]], device: str, commit: str | None = None,
+                  init_from: dict[str, Any] | None = None) -> dict[str, Any]:
     """The card train.py writes: resolved model config, input spec, heads with their label provenance, data, metrics.
 
-    config: the run's fully resolved config as a plain dict. A head counts as ``validated_on_real`` only when its
-    labels are declared ``real`` (data.label_source) and the validation split held labels for it.
+    config: the run's fully resolved config as a plain dict. counts: split -> head -> class -> n (label_counts).
+    A head counts as ``validated_on_real`` only when its labels are declared ``real`` (data.label_source) and the
+    validation split held labels for it; calibration (models/calibration.py) then adds its validation metrics.
     commit: the code's git commit when training started (HEAD may move while a long run goes on).
+    init_from: name, date and commit of the checkpoint whose (frozen) segmenter the heads were trained on.
     """
+    from models.heads import parse_heads
+
     model_cfg = dict(config["model"], weights_dirs=[])
     sources = config["data"].get("label_source") or {}
-    heads = {h: {"classes": list(c), "trained": True, "label_source": sources.get(h, "unknown"),
-                 "validated_on_real": sources.get(h) == "real" and val_counts.get(h, 0) > 0,
-                 "n_val_labels": val_counts.get(h, 0)} for h, c in model_cfg["heads"].items()}
+    definitions = config["data"].get("label_definition") or {}
+
+    def n_known(split: str, h: str) -> int:
+        c = counts.get(split, {}).get(h, {})
+        return sum(v for k, v in c.items() if k != "unknown")
+
+    heads = {h: {"classes": list(s.classes), "kind": s.kind, "trained": True,
+                 "label_source": sources.get(h, "unknown"), "label_definition": definitions.get(h),
+                 "validated_on_real": sources.get(h) == "real" and n_known("val", h) > 0,
+                 "n_train_labels": n_known("train", h), "n_val_labels": n_known("val", h),
+                 "counts": {split: c[h] for split, c in counts.items() if h in c}, "temperature": 1.0}
+             for h, s in parse_heads(model_cfg["heads"]).items()}
     data = config["data"]
     return {"name": config["name"], "git_commit": commit, "model": model_cfg, "heads": heads, "epoch": epoch,
             "metrics": metrics,
             "input": {"size": data["size"], "resize": data["resize"], "mean": list(data["mean"]),
                       "std": list(data["std"])},
             "data": {"train_sources": data["train_sources"], "n_train": n_train, "n_val": n_val},
+            "segmentation": ({"trained": False, "frozen_from": init_from} if init_from else {"trained": True}),
             "training": {"device": device, "threads": torch.get_num_threads(),
                          "precision": config["trainer"]["precision"], "config": config}}
 

@@ -1,7 +1,13 @@
 """Ship a trained checkpoint: fp16 weights + card with provenance, test results and intended use, + MODEL_CARD.md.
 
-python -m models.export --src outputs/polyp_pranet/checkpoints/best --dst checkpoints/endolift_polyp_unet_mnv2 \
-    --metrics outputs/evaluate/shipped/metrics.json --train-log outputs/polyp_pranet/metrics.csv --wall-hours 2.1
+Segmenter (a full training run):
+    python -m models.export --src outputs/polyp_pranet/checkpoints/best --dst checkpoints/endolift_polyp_unet_mnv2 \
+        --metrics outputs/evaluate/shipped/metrics.json --train-log outputs/polyp_pranet/metrics.csv --wall-hours 2.1
+Heads trained on a shipped segmenter (trainer.freeze=segmentation), added to it in place:
+    python -m models.export --add-heads outputs/small_sessile/<time>/checkpoints/best \
+        --dst checkpoints/endolift_polyp_unet_mnv2 --metrics outputs/evaluate/heads/metrics.json --wall-hours 0.3
+The segmenter's weights must be bit-identical to the shipped ones (checked), so its test results still hold.
+MODEL_CARD.md is rendered from the card alone (render_model_card), so it can only describe the model it ships with.
 """
 from __future__ import annotations
 
@@ -10,9 +16,12 @@ import csv
 import json
 import platform
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from data.errors import UserError
+from data.io import atomic_write
 from models.checkpoint import load_checkpoint, save_checkpoint
 
 INTENDED_USE = ("Research use only; not a medical device and not for clinical decisions. Outlines polyps/lesions "
@@ -26,6 +35,8 @@ LIMITS = [
     "frames), which flatters ClinicDB scores; see the held-out-sequence row.",
     "Kvasir-SEG and CVC-ClinicDB come from a few centres and scopes; expect lower scores on other equipment.",
 ]
+SEG_KEYS = ("n_images", "mean_dice", "mean_iou", "weighted_f", "s_measure", "max_e_measure", "mae", "dice@0.5",
+            "iou@0.5", "hd95")
 
 
 def cpu_name() -> str:
@@ -38,76 +49,82 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--src", required=True)
-    ap.add_argument("--dst", required=True)
-    ap.add_argument("--metrics", default=None, help="evaluate.py's metrics.json of the exported checkpoint "
-                    "(export once without it, evaluate the exported weights, export again with it)")
-    ap.add_argument("--train-log", required=True, help="train.py's metrics.csv")
-    ap.add_argument("--wall-hours", type=float, required=True)
-    ap.add_argument("--threads", type=int, default=None, help="CPU threads training used (default: from the card)")
-    ap.add_argument("--notes", default="")
-    a = ap.parse_args()
-    model, card = load_checkpoint(a.src)
-    results = json.loads(Path(a.metrics).read_text())["results"] if a.metrics else {}
-    with open(a.train_log) as f:
-        log = list(csv.DictReader(f))
-    card.pop("resume", None)
-    card["trained_git_commit"] = card.get("git_commit")
-    threads = a.threads or card["training"].get("threads") or torch.get_num_threads()
-    n_params = sum(p.numel() for p in model.parameters())
-    card.update({
-        "name": Path(a.dst).name, "intended_use": INTENDED_USE, "known_limits": LIMITS,
-        "licence": {"weights": "research and education only (inherits Kvasir-SEG and CVC-ClinicDB terms)",
-                    "code": "Apache-2.0"},
-        "test_results": {k: {m: v["segmentation"][m] for m in ("n_images", "mean_dice", "mean_iou", "weighted_f",
-                                                              "s_measure", "max_e_measure", "mae", "dice@0.5",
-                                                              "iou@0.5", "hd95")}
-                         for k, v in results.items()},
-        "compute": {"hardware": cpu_name(), "threads": threads, "wall_hours": a.wall_hours,
-                    "epochs": len(log), "precision": card["training"]["precision"]},
-        "parameters": n_params, "weights_dtype": "float16", "source_checkpoint": str(a.src), "notes": a.notes,
-    })
-    weights = save_checkpoint(a.dst, model, card, dtype=torch.float16)
-    size_mb = weights.stat().st_size / 1e6
+def _ci(v: Any, ci: Any) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{v:.3f}"
+
+
+def head_section(name: str, info: dict[str, Any]) -> str:
+    """One head's part of MODEL_CARD.md, from its card entry only."""
+    lines = [f"### `{name}` ({info.get('kind', 'nominal')}: {', '.join(info['classes'])})", "",
+             f"- Label source: **{info.get('label_source')}**"
+             + (" - trained and validated on real labels, so infer.py shows it" if info.get("validated_on_real")
+                else " - not validated on real labels, never shown"),
+             f"- Label definition: {info.get('label_definition') or 'not given'}",
+             f"- Labelled frames: train {info.get('counts', {}).get('train')}, validation "
+             f"{info.get('counts', {}).get('val')}",
+             f"- Temperature (fitted on validation): {info.get('temperature', 1.0):.3f}"]
+    tr = info.get("training")
+    if tr:
+        lines.append(f"- Trained: `{tr.get('command')}`, epoch {tr.get('epoch')} chosen by validation NLL, "
+                     f"segmenter frozen from `{(tr.get('frozen_from') or {}).get('name')}`")
+    rows = [("validation", info.get("validation"))] + list((info.get("test") or {}).items())
+    lines += ["", "| set | frames | AUROC [95% CI] | ECE before / after temperature | area-only baseline AUROC |",
+              "| --- | --- | --- | --- | --- |"]
+    for set_name, r in rows:
+        if not r:
+            continue
+        f, b = r["frame"], r.get("area_baseline") or {}
+        lines.append(f"| {set_name} | {f['n']} | {_ci(f.get('auroc'), f['ci95'].get('auroc'))} | "
+                     f"{f.get('ece_before_temperature', float('nan')):.3f} / {f['ece']:.3f} | "
+                     f"{_ci(b.get('auroc'), b.get('ci95')) if b else 'n/a'} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_model_card(card: dict[str, Any], size_mb: float) -> str:
+    """MODEL_CARD.md from the card: every statement comes from a field of it."""
+    m, data, comp, inp = card["model"], card["data"], card.get("compute", {}), card["input"]
+    cfg = card.get("training", {}).get("config", {})
+    opt = cfg.get("optim", {}).get("optimizer", {})
     rows = "\n".join(
         f"| {k} | {v['n_images']} | {v['mean_dice']:.3f} | {v['dice@0.5']:.3f} | {v['mean_iou']:.3f} | "
         f"{v['weighted_f']:.3f} | {v['s_measure']:.3f} | {v['max_e_measure']:.3f} | {v['mae']:.3f} | {v['hd95']:.1f} |"
-        for k, v in card["test_results"].items())
-    best = max(log, key=lambda r: float(r.get("val/dice") or 0))
-    md = f"""# Model card: {card['name']}
+        for k, v in card.get("test_results", {}).items())
+    heads = card.get("heads", {})
+    sources = ", ".join(f"{s.get('name')} ({s.get('split_file') or 'all'})" for s in data.get("train_sources", []))
+    return f"""# Model card: {card['name']}
 
-Generated by `python -m models.export` from `{a.src}`; every number below comes from `train.py` and
-`evaluate.py` runs that anyone can repeat (README, "Results").
+Generated by `python -m models.export` from the card `{card['name']}.json`; every number below comes from `train.py`
+and `evaluate.py` runs that anyone can repeat (README, "Results").
 
 ## Intended use
-{INTENDED_USE}
+{card.get('intended_use', INTENDED_USE)}
 
 ## Model
-U-Net (segmentation_models_pytorch) with a MobileNetV2 encoder initialised from torchvision's ImageNet weights,
-decoder channels {card['model']['decoder'].get('decoder_channels')}; {n_params / 1e6:.2f} M parameters;
-weights stored as float16 safetensors ({size_mb:.1f} MB), computed in fp32 or bf16. Input: RGB resized to
-{card['input']['size']}x{card['input']['size']}, ImageNet normalisation; output: lesion probability per pixel.
-No attribute heads.
+{m['arch']} (segmentation_models_pytorch) with a {m['encoder']} encoder (initialisation: {m.get('weights')}),
+decoder {m.get('decoder') or 'smp default'}; {card.get('parameters', 0) / 1e6:.2f} M parameters; weights stored as
+{card.get('weights_dtype', 'float32')} safetensors ({size_mb:.1f} MB). Input: RGB resized to {inp['size']}x{inp['size']}
+({inp['resize']}), normalised with mean {inp['mean']} / std {inp['std']}; outputs: lesion probability per pixel
+{"and the heads below" if heads else "(no attribute heads)"}.
 
-## Training data
-PraNet protocol: Kvasir-SEG train list (900 images) + CVC-ClinicDB train list (550 frames); {card['data']['n_val']}
-of them held out for validation by group (whole ClinicDB sequences), {card['data']['n_train']} trained on.
+## Training data (segmenter)
+Sources: {sources}; {data['n_train']} images trained on, {data['n_val']} held out for validation by group.
 Licences: Kvasir-SEG (Jha et al., MMM 2020) and CVC-ClinicDB (Bernal et al., CMIG 2015) are free for research and
 education with citation; commercial use needs the owners' permission. These weights inherit those terms.
 
-## Recipe
-`python train.py experiment=polyp_pranet` (configs/experiment/polyp_pranet.yaml): structure loss (weighted BCE +
-weighted IoU), AdamW lr 5e-4, weight decay 1e-4, 1-epoch warm-up then cosine decay, batch 16, multi-scale
-(0.75/1/1.25), flips, affine, colour and blur jitter, coarse dropout, EMA of weights, bf16 autocast + channels_last.
-Best epoch by validation mean Dice: epoch {best['epoch']} (val Dice {float(best['val/dice']):.3f}).
-{a.notes}
+## Recipe (segmenter)
+`python train.py experiment={card.get('training', {}).get('config', {}).get('name', '?')}`: loss
+{cfg.get('loss', {}).get('kind')}, {opt.get('_target_', '?').split('.')[-1]} lr {opt.get('lr')}, weight decay
+{opt.get('weight_decay')}, batch {cfg.get('data', {}).get('batch_size')}, {comp.get('epochs')} epochs, multi-scale
+{cfg.get('trainer', {}).get('multiscale')}, EMA {cfg.get('trainer', {}).get('ema')}, precision {comp.get('precision')}.
+Best epoch by validation mean Dice: epoch {card.get('epoch')} (val Dice {card.get('metrics', {}).get('val/dice', float('nan')):.3f}).
+{card.get('notes', '')}
 
 ## Compute
-{cpu_name()}, {threads} threads, no GPU; {len(log)} epochs in {a.wall_hours:.1f} h wall time.
+{comp.get('hardware')}, {comp.get('threads')} threads, no GPU; {comp.get('epochs')} epochs in {comp.get('wall_hours', 0):.1f} h.
 
-## Test results (never used for any choice)
+## Test results, segmentation (never used for any choice)
 Mean Dice / IoU etc. per PraNet's toolbox (mean over 256 thresholds); Dice@0.5 at a fixed 0.5 threshold;
 HD95 in pixels at the mask's resolution.
 
@@ -119,10 +136,95 @@ HD95 in pixels at the mask's resolution.
 formed the ClinicDB part of the validation split, so they did pick the best epoch). The standard `clinicdb`
 list instead shares every sequence with the training list.
 
+## Attribute heads
+{chr(10).join(head_section(h, v) for h, v in heads.items()) if heads else "None."}
+Fibrosis (Matsumoto F0/F1/F2) and lift (adequate / partial / non-lifting): {"" if {"fibrosis", "lift"} & set(heads)
+else "no head: no public dataset labels them, so the report says 'not available: no validated model'."}
+
 ## Known limits
-""" + "\n".join(f"- {x}" for x in LIMITS) + "\n"
-    Path(a.dst).parent.joinpath("MODEL_CARD.md").write_text(md)
-    print(f"wrote {weights} ({size_mb:.1f} MB) and {Path(a.dst).parent / 'MODEL_CARD.md'}")
+""" + "\n".join(f"- {x}" for x in card.get("known_limits", LIMITS)) + "\n"
+
+
+def write_outputs(dst: str, model: torch.nn.Module, card: dict[str, Any]) -> None:
+    weights = save_checkpoint(dst, model, card, dtype=torch.float16)
+    size_mb = weights.stat().st_size / 1e6
+    md_path = Path(dst).parent / "MODEL_CARD.md"
+    with atomic_write(md_path) as tmp:
+        tmp.write_text(render_model_card(card, size_mb))
+    print(f"wrote {weights} ({size_mb:.1f} MB) and {md_path}")
+
+
+def add_heads(a: argparse.Namespace) -> None:
+    """Put the heads of ``a.add_heads`` (trained on the frozen segmenter of ``a.dst``) into ``a.dst``."""
+    base_model, base = load_checkpoint(a.dst)
+    model, head_card = load_checkpoint(a.add_heads)
+    ref = base_model.state_dict()
+    new = model.state_dict()
+    changed = [k for k in ref if not torch.equal(ref[k].half().float(), new[k].half().float())]
+    if changed or set(ref) - set(new):
+        raise UserError(f"{a.add_heads}: its segmenter differs from {a.dst}'s ({(changed or ['missing keys'])[0]}); "
+                        "train the heads with trainer.init_from=<the shipped checkpoint> trainer.freeze=segmentation")
+    results = json.loads(Path(a.metrics).read_text())["results"] if a.metrics else {}
+    card = dict(base)
+    card["model"] = dict(base["model"], **{k: v for k, v in head_card["model"].items() if k != "weights"})
+    card["heads"] = head_card["heads"]
+    for h, info in card["heads"].items():
+        info["training"] = {"command": f"python train.py experiment={head_card['training']['config']['name']}",
+                            "epoch": head_card["epoch"], "git_commit": head_card.get("git_commit"),
+                            "frozen_from": head_card.get("segmentation", {}).get("frozen_from"),
+                            "wall_hours": a.wall_hours, "config": head_card["training"]["config"]}
+        info["test"] = {name: {k: v for k, v in r["heads"][h].items() if k not in ("classes", "kind")}
+                        | {"frame": {k: v for k, v in r["heads"][h]["frame"].items() if k != "reliability"}}
+                        for name, r in results.items() if h in (r.get("heads") or {})}
+        for name, r in results.items():  # the segmentation must still score as shipped
+            seg = r.get("segmentation")
+            old = base.get("test_results", {}).get(name)
+            if seg and old and abs(seg["dice@0.5"] - old["dice@0.5"]) > 1e-9:
+                raise UserError(f"{a.metrics}: {name} Dice@0.5 {seg['dice@0.5']:.4f} differs from the shipped "
+                                f"{old['dice@0.5']:.4f}: evaluate the exported checkpoint with the same settings")
+    card["parameters"] = sum(p.numel() for p in model.parameters())
+    card["known_limits"] = [x for x in base.get("known_limits", LIMITS) if not x.startswith("No fibrosis or lift")] + [
+        "No fibrosis or lift head: no public dataset labels them. Train them on your own labels (README).",
+        "small_sessile is a real label of a proxy task (Kvasir-Sessile morphology), trained and tested on Kvasir-SEG "
+        "images only: it says nothing about fibrosis or lift, and CVC-ClinicDB frames were never labelled for it."]
+    write_outputs(a.dst, model, card)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--src", default=None, help="a full training run's checkpoint (segmenter export)")
+    ap.add_argument("--add-heads", default=None, help="a heads-only run's checkpoint, trained on --dst's segmenter")
+    ap.add_argument("--dst", required=True)
+    ap.add_argument("--metrics", default=None, help="evaluate.py's metrics.json of the exported checkpoint "
+                    "(export once without it, evaluate the exported weights, export again with it)")
+    ap.add_argument("--train-log", default=None, help="train.py's metrics.csv (segmenter export)")
+    ap.add_argument("--wall-hours", type=float, required=True)
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads training used (default: from the card)")
+    ap.add_argument("--notes", default="")
+    a = ap.parse_args()
+    if a.add_heads:
+        return add_heads(a)
+    if not (a.src and a.train_log):
+        ap.error("--src and --train-log are required unless --add-heads is given")
+    model, card = load_checkpoint(a.src)
+    results = json.loads(Path(a.metrics).read_text())["results"] if a.metrics else {}
+    with open(a.train_log) as f:
+        log = list(csv.DictReader(f))
+    card.pop("resume", None)
+    card["trained_git_commit"] = card.get("git_commit")
+    threads = a.threads or card["training"].get("threads") or torch.get_num_threads()
+    card.update({
+        "name": Path(a.dst).name, "intended_use": INTENDED_USE, "known_limits": LIMITS,
+        "licence": {"weights": "research and education only (inherits Kvasir-SEG and CVC-ClinicDB terms)",
+                    "code": "Apache-2.0"},
+        "test_results": {k: {m: v["segmentation"][m] for m in SEG_KEYS} for k, v in results.items()
+                         if v.get("segmentation")},
+        "compute": {"hardware": cpu_name(), "threads": threads, "wall_hours": a.wall_hours,
+                    "epochs": len(log), "precision": card["training"]["precision"]},
+        "parameters": sum(p.numel() for p in model.parameters()), "weights_dtype": "float16",
+        "source_checkpoint": str(a.src), "notes": a.notes,
+    })
+    write_outputs(a.dst, model, card)
 
 
 if __name__ == "__main__":

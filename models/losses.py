@@ -41,38 +41,80 @@ SEG_LOSSES = {"structure": structure_loss, "dice_bce": dice_bce_loss}
 
 
 class EndoLoss(nn.Module):
-    """Segmentation loss on ``mask`` + cross-entropy on each attribute head (labels of -1 are ignored).
+    """Segmentation loss on ``mask`` + one loss per attribute head (labels of -1 are ignored).
 
-    outputs: model dict; batch: {"mask": B x 1 x H x W, "labels": {head: B long}}. Images without a mask
-    (``batch["has_mask"]`` False) do not contribute to the segmentation terms.
+    Heads: cross-entropy for nominal heads, CORN for ordinal ones (models/heads.py), with optional class weights.
+    outputs: model dict; batch: {"mask": B x 1 x H x W, "has_mask": B bool, "labels": {head: B long},
+    "poor_quality": B bool (optional)}. Images without a mask do not contribute to the segmentation terms.
+
+    Frame informativeness for the heads: a frame whose lesion covers less than ``min_lesion_fraction`` of the image
+    (from its mask when it has one, else from the model's own prediction) or that is flagged poor quality (blurry
+    or over-exposed, see data/quality.py) weighs ``uninformative_weight`` in the head losses (0 = skipped).
+    Case-level labels make this matter: every frame of a case carries the case's grade, including the frames that
+    do not show the lesion.
+    segmentation: False leaves the segmentation terms out (a frozen segmenter).
     """
 
-    def __init__(self, kind: str = "structure", head_weight: float = 0.5, label_smoothing: float = 0.0) -> None:
+    def __init__(self, kind: str = "structure", head_weight: float = 0.5, label_smoothing: float = 0.0, *,
+                 heads: dict[str, Any] | None = None, min_lesion_fraction: float = 0.0,
+                 uninformative_weight: float = 1.0, segmentation: bool = True) -> None:
         super().__init__()
+        from models.heads import parse_heads
+
         if kind not in SEG_LOSSES:
             raise ValueError(f"loss.kind must be one of {sorted(SEG_LOSSES)}, got {kind!r}")
         self.kind = kind
         self.head_weight = head_weight
         self.label_smoothing = label_smoothing
+        self.specs = parse_heads(heads)
+        self.min_lesion_fraction = min_lesion_fraction
+        self.uninformative_weight = uninformative_weight
+        self.segmentation = segmentation
+
+    def frame_weights(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+        logits = outputs["mask"].detach()
+        weights = torch.ones(logits.shape[0], device=logits.device)
+        if self.uninformative_weight >= 1.0:
+            return weights
+        frac = (logits > 0).float().mean(dim=(1, 2, 3))
+        if "mask" in batch and batch.get("has_mask") is not None:
+            has = batch["has_mask"].bool()
+            frac = torch.where(has, batch["mask"].float().mean(dim=(1, 2, 3)), frac)
+        poor = frac < self.min_lesion_fraction
+        if batch.get("poor_quality") is not None:
+            poor = poor | batch["poor_quality"].bool()
+        return torch.where(poor, torch.full_like(weights, self.uninformative_weight), weights)
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        from models.heads import corn_loss
+
         terms: dict[str, torch.Tensor] = {}
         logits = outputs["mask"]
         total = logits.new_zeros((), dtype=torch.float32)
         has_mask = batch.get("has_mask")
-        if "mask" in batch and (has_mask is None or bool(has_mask.any())):
+        if self.segmentation and "mask" in batch and (has_mask is None or bool(has_mask.any())):
             sel = slice(None) if has_mask is None else has_mask.bool()
             terms.update(SEG_LOSSES[self.kind](logits[sel], batch["mask"][sel]))
             total = total + sum(terms.values())
-        for head, labels in batch.get("labels", {}).items():
-            if head not in outputs:
-                continue
-            known = labels >= 0
-            if known.any():
-                ce = F.cross_entropy(outputs[head][known].float(), labels[known], label_smoothing=self.label_smoothing)
-            else:  # keep the graph connected so DDP sees every parameter used
-                ce = outputs[head].sum() * 0.0
-            terms[f"ce_{head}"] = ce
-            total = total + self.head_weight * ce
+        heads_present = [h for h in batch.get("labels", {}) if h in outputs]
+        weights = self.frame_weights(outputs, batch) if heads_present else None
+        for head in heads_present:
+            labels = batch["labels"][head]
+            spec = self.specs.get(head)
+            known = (labels >= 0) & (weights > 0)
+            out = outputs[head].float()
+            if not known.any():  # keep the graph connected so DDP sees every parameter used
+                loss = out.sum() * 0.0
+            else:
+                y, w, z = labels[known], weights[known], out[known]
+                if spec is not None and spec.class_weights is not None:
+                    w = w * torch.tensor(spec.class_weights, device=w.device)[y]
+                if spec is not None and spec.kind == "ordinal":
+                    loss = corn_loss(z, y, w)
+                else:
+                    ce = F.cross_entropy(z, y, label_smoothing=self.label_smoothing, reduction="none")
+                    loss = (ce * w).sum() / w.sum().clamp_min(1e-6)
+            terms[f"{'corn' if spec is not None and spec.kind == 'ordinal' else 'ce'}_{head}"] = loss
+            total = total + self.head_weight * loss
         terms["total"] = total
         return terms

@@ -8,25 +8,45 @@ from models.heads import AttributeHead
 
 
 class EndoNet(nn.Module):
-    """x: B x 3 x H x W normalised float (H, W multiples of 32) -> {"mask": B x 1 x H x W logits, head: B x K}.
+    """x: B x 3 x H x W normalised float (H, W multiples of 32) -> {"mask": B x 1 x H x W logits, head: B x m}.
 
     seg: a segmentation_models_pytorch model (its encoder, decoder and segmentation_head are used directly).
     heads: name -> AttributeHead; empty for a segmentation-only model.
+    covariates (forward): B x n_cov clinical covariates (NaN = missing), used by heads configured to read them.
+
+    ``freeze_segmentation()`` fixes the encoder, decoder and mask head (no gradients, BatchNorm statistics kept,
+    run without autograd): only the heads train. That is how a head is added on top of a shipped segmenter
+    without the segmentation data and without changing its masks.
     """
 
     def __init__(self, seg: nn.Module, heads: dict[str, AttributeHead] | None = None) -> None:
         super().__init__()
         self.seg = seg
         self.heads = nn.ModuleDict(heads or {})
+        self.segmentation_frozen = False
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def freeze_segmentation(self) -> "EndoNet":
+        self.segmentation_frozen = True
+        for p in self.seg.parameters():
+            p.requires_grad_(False)
+        self.seg.eval()
+        return self
+
+    def train(self, mode: bool = True) -> "EndoNet":
+        super().train(mode)
+        if self.segmentation_frozen:
+            self.seg.eval()
+        return self
+
+    def forward(self, x: torch.Tensor, covariates: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         h, w = x.shape[-2:]
         stride = self.seg.encoder.output_stride
         if h % stride or w % stride:
             raise ValueError(f"input {w}x{h} must be a multiple of {stride} on each side (resize or pad it)")
-        features = self.seg.encoder(x)
-        mask = self.seg.segmentation_head(self.seg.decoder(features))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.segmentation_frozen):
+            features = self.seg.encoder(x)
+            mask = self.seg.segmentation_head(self.seg.decoder(features))
         out = {"mask": mask}
         for name, head in self.heads.items():
-            out[name] = head(features[-1], mask)
+            out[name] = head(features, mask, covariates)
         return out

@@ -2,7 +2,7 @@
 probabilities back at the input resolution. Usable from a notebook: Predictor.from_checkpoint(path)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from data.transforms import normalise_batch
 from models.checkpoint import load_checkpoint
+from models.heads import head_probabilities, parse_heads
 from models.runtime import autocast, pick_device
 
 
@@ -39,7 +40,8 @@ def fold_batchnorm(model: torch.nn.Module) -> int:
 @dataclass
 class Prediction:
     prob: np.ndarray                     # H x W float32 lesion probability at the input resolution
-    heads: dict[str, np.ndarray]         # head -> class probabilities (K,)
+    heads: dict[str, np.ndarray]         # head -> class probabilities (K,), temperature-scaled per the card
+    head_logits: dict[str, np.ndarray] = field(default_factory=dict)  # head -> raw outputs (m,), before scaling
 
 
 class Predictor:
@@ -51,6 +53,12 @@ class Predictor:
         self.size = int(card["input"]["size"])
         self.mean, self.std = card["input"]["mean"], card["input"]["std"]
         self.heads = list(card.get("heads", {}))
+        # the model config decides each head's kind (its number of outputs); the card's head entries follow it
+        self.kinds = {h: spec.kind for h, spec in parse_heads(card.get("model", {}).get("heads")).items()}
+        for h in self.heads:
+            card["heads"][h]["kind"] = self.kinds[h]
+        self.temperatures = {h: float(v.get("temperature", 1.0)) for h, v in card.get("heads", {}).items()}
+        self.covariates = list(card.get("model", {}).get("covariates", []))
         self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -66,27 +74,70 @@ class Predictor:
         return cls(model, card, device=dev, precision=precision, tta=tta)
 
     @torch.no_grad()
-    def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
-        """images: H x W x 3 uint8 RGB frames (sizes may differ) -> one Prediction each."""
+    def predict(self, images: Sequence[np.ndarray], covariates: np.ndarray | None = None) -> list[Prediction]:
+        """images: H x W x 3 uint8 RGB frames (sizes may differ) -> one Prediction each.
+
+        covariates: B x n clinical covariates in the card's ``model.covariates`` order (NaN = missing), or None
+        (all missing) for heads that read them.
+        """
         if not images:
             return []
+        cov = None
+        if self.covariates:
+            cov = torch.full((len(images), len(self.covariates)), float("nan")) if covariates is None else \
+                torch.as_tensor(np.asarray(covariates, dtype=np.float32)).reshape(len(images), -1)
+            cov = cov.to(self.device)
         s = self.size
         batch = normalise_batch([cv2.resize(im, (s, s), interpolation=cv2.INTER_AREA) for im in images],
                                 mean=self.mean, std=self.std).to(self.device)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.precision):
-            out = self.model(batch)
+            out = self.model(batch, cov)
             logits = out["mask"].float()
             head_logits = {h: out[h].float() for h in self.heads}
             if self.tta:  # horizontal flip: average logits
-                flipped = self.model(torch.flip(batch, dims=[3]))
+                flipped = self.model(torch.flip(batch, dims=[3]), cov)
                 logits = (logits + torch.flip(flipped["mask"].float(), dims=[3])) / 2
                 head_logits = {h: (head_logits[h] + flipped[h].float()) / 2 for h in self.heads}
         probs = torch.sigmoid(logits)
-        head_probs = {h: torch.softmax(v, dim=1).cpu().numpy() for h, v in head_logits.items()}
+        head_probs = {h: head_probabilities(v, self.kinds[h], self.temperatures[h]).cpu().numpy()
+                      for h, v in head_logits.items()}
+        raw = {h: v.cpu().numpy() for h, v in head_logits.items()}
         results = []
         for i, im in enumerate(images):
             p = F.interpolate(probs[i: i + 1], size=im.shape[:2], mode="bilinear", align_corners=False)[0, 0]
-            results.append(Prediction(p.cpu().numpy().astype(np.float32), {h: v[i] for h, v in head_probs.items()}))
+            results.append(Prediction(p.cpu().numpy().astype(np.float32), {h: v[i] for h, v in head_probs.items()},
+                                      {h: v[i] for h, v in raw.items()}))
         return results
+
+
+def predict_records(predictor: Predictor, records: Sequence[Any], *, batch_size: int = 8,
+                    min_lesion_fraction: float = 0.002, progress: str | None = None,
+                    on_frame: Any = None) -> list[dict[str, Any]]:
+    """Run the model over data records (data.datasets.Record) -> one row per record for metrics.heads:
+    id, group, labels, raw head outputs, calibrated probabilities, predicted lesion area fraction, informative.
+
+    on_frame(record, sample, prediction): optional callback (e.g. to score segmentation in the same pass).
+    """
+    from tqdm import tqdm
+
+    from data.datasets import load_raw
+    from data.quality import is_informative, poor_quality
+
+    rows = []
+    for i in tqdm(range(0, len(records), batch_size), desc=progress, leave=False, disable=progress is None):
+        chunk = records[i: i + batch_size]
+        samples = [load_raw(r, predictor.heads) for r in chunk]
+        cov = np.array([[r.covariates.get(c, np.nan) for c in predictor.covariates] for r in chunk], np.float32) \
+            if predictor.covariates else None
+        for r, s, p in zip(chunk, samples, predictor.predict([s["image"] for s in samples], cov)):
+            area = float((p.prob >= 0.5).mean())
+            rows.append({"id": r.id, "group": r.group, "labels": dict(s["labels"]),
+                         "logits": {h: v.tolist() for h, v in p.head_logits.items()},
+                         "probs": {h: v.tolist() for h, v in p.heads.items()}, "area_fraction": area,
+                         "informative": is_informative(area, poor_quality(s["image"]),
+                                                       min_lesion_fraction=min_lesion_fraction)})
+            if on_frame is not None:
+                on_frame(r, s, p)
+    return rows

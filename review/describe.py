@@ -1,23 +1,10 @@
-"""Turn a probability map into what a reviewer reads: lesions with boxes and contours, and frame quality."""
+"""Turn a probability map into what a reviewer reads: lesions with boxes and contours (frame quality: data/quality.py)."""
 from __future__ import annotations
 
 from typing import Any
 
 import cv2
 import numpy as np
-
-
-def frame_quality(image: np.ndarray, area: np.ndarray, *, blur_threshold: float = 60.0,
-                  overexposed_threshold: float = 0.08) -> dict[str, Any]:
-    """Blur (variance of the Laplacian inside the field; low = blurry) and over-exposure (fraction of the field's
-    pixels with all channels >= 250, i.e. specular glare or a lens against the wall)."""
-    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    inside = area > 0
-    lap = cv2.Laplacian(grey, cv2.CV_32F)
-    sharpness = float(lap[inside].var()) if inside.any() else 0.0
-    over = float((image.min(axis=2)[inside] >= 250).mean()) if inside.any() else 0.0
-    return {"sharpness": round(sharpness, 1), "blurry": sharpness < blur_threshold,
-            "overexposed_fraction": round(over, 4), "overexposed": over > overexposed_threshold}
 
 
 def lesions(prob: np.ndarray, mask: np.ndarray, *, max_points: int = 64) -> list[dict[str, Any]]:

@@ -19,8 +19,10 @@ from data.io import IMAGE_EXTS, VIDEO_EXTS, atomic_write, read_image, write_imag
 from data.scope import content_area, deidentify
 from data.video import Frame, VideoWriter, probe, read_frames
 from models.checkpoint import head_is_clinical
+from models.heads import aggregate_case
 from models.predictor import Predictor
-from review.describe import clean_mask, frame_quality, lesions
+from data.quality import frame_quality
+from review.describe import clean_mask, lesions
 from review.overlay import render_overlay
 from review.smoothing import TemporalSmoother
 
@@ -41,6 +43,9 @@ class ReviewOptions:
     crf: int = 23
     key_frames: int = 6
     overlay_size: tuple[int, int] | list[int] | None = None  # [width, height] of the overlay video; None = input
+    min_informative_frames: int = 3   # a video's head estimate abstains with fewer informative frames ...
+    abstain_below: float = 0.6        # ... or when its aggregated confidence is below this
+    covariates: dict[str, float] | None = None  # the case's clinical covariates (heads that read them); None = unknown
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -93,8 +98,13 @@ def process_sequence(frames: Iterable[Frame], *, stem: str, names: list[str] | N
     # drops its partial file instead
     with ExitStack() as stack:
         jl = stack.enter_context(stack.enter_context(atomic_write(out_dir / "predictions.jsonl")).open("w"))
+        cov_row = [float((opts.covariates or {}).get(c, np.nan)) for c in predictor.covariates]
+        unknown = sorted(set(opts.covariates or {}) - set(predictor.covariates))
+        if unknown:
+            raise UserError(f"review.covariates {unknown} are not read by this model (it reads {predictor.covariates})")
         for batch in batched(frames, opts.batch_size):
-            preds = predictor.predict([f.image for f in batch])
+            preds = predictor.predict([f.image for f in batch], np.array([cov_row] * len(batch), np.float32)
+                                      if predictor.covariates else None)
             for f, p in zip(batch, preds):
                 if area is None or area.shape != f.image.shape[:2] or not video or f.index % opts.scope_every == 0:
                     area = content_area(f.image) if opts.scope_mask else np.ones(f.image.shape[:2], np.uint8)
@@ -106,9 +116,12 @@ def process_sequence(frames: Iterable[Frame], *, stem: str, names: list[str] | N
                     write_image_atomic(out_dir / "probs" / f"{name}.png", (prob * 255).round().astype(np.uint8))
                 lesion_p = float(prob.max()) if prob.size else 0.0
                 est = head_estimates(predictor.card, heads)
+                quality = frame_quality(f.image, area)
+                found = lesions(prob, mask)
                 rec = {"name": name, "index": f.index, "time": round(f.time, 4), "lesion_probability":
                        round(lesion_p, 4), "area_fraction": round(float(mask.sum()) / max(1, int(area.sum())), 5),
-                       "lesions": lesions(prob, mask), "heads": est, "quality": frame_quality(f.image, area)}
+                       "lesions": found, "heads": est, "quality": quality,
+                       "informative": bool(found) and not (quality["blurry"] or quality["overexposed"])}
                 jl.write(json.dumps(rec) + "\n")
                 records.append({k: v for k, v in rec.items() if k != "lesions"} | {"n_lesions": len(rec["lesions"]),
                                "largest_px": rec["lesions"][0]["area_px"] if rec["lesions"] else 0})
@@ -116,7 +129,7 @@ def process_sequence(frames: Iterable[Frame], *, stem: str, names: list[str] | N
                     continue
                 shown = f.image if not opts.deidentify else deidentify(f.image, area)
                 lines = [f"{h}: {e['estimate']} ({e['confidence']:.2f})" for h, e in est.items()
-                         if e["clinically_validated"]]
+                         if e["clinically_validated"] and found]
                 ov = render_overlay(shown, mask, lesion_prob=lesion_p, time_s=f.time if video else None,
                                     head_lines=lines)
                 if video and opts.overlay_size:
@@ -134,7 +147,7 @@ def process_sequence(frames: Iterable[Frame], *, stem: str, names: list[str] | N
                         keep[b] = (lesion_p, f.index, ov)
                 elif opts.overlay:
                     write_image_atomic(out_dir / "overlays" / f"{name}.jpg", ov)
-    summary = summarise(records, predictor.card, video, errors, threshold=opts.threshold)
+    summary = summarise(records, predictor.card, video, errors, threshold=opts.threshold, opts=opts)
     with atomic_write(out_dir / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     if errors:
@@ -148,22 +161,29 @@ def process_sequence(frames: Iterable[Frame], *, stem: str, names: list[str] | N
     return summary
 
 
-def summarise(records: list[dict], card: dict, video: dict | None, errors: list[dict], *, threshold: float
-              ) -> dict[str, Any]:
-    """Case summary: frames with lesion, largest lesion, and per-head video-level estimate (mean class
-    probabilities over the frames that show a lesion)."""
+def summarise(records: list[dict], card: dict, video: dict | None, errors: list[dict], *, threshold: float,
+              opts: ReviewOptions | None = None) -> dict[str, Any]:
+    """Case summary: frames with lesion, largest lesion, and for a video one estimate per head, aggregated over its
+    informative frames (models.heads.aggregate_case: a lesion in view, not blurry or over-exposed), abstaining
+    ("insufficient evidence") below ``opts.min_informative_frames`` frames or ``opts.abstain_below`` confidence."""
+    opts = opts or ReviewOptions()
     with_lesion = [r for r in records if r["n_lesions"] > 0]
     largest = max(records, key=lambda r: r["largest_px"], default=None)
     heads: dict[str, Any] = {}
-    for h in card.get("heads", {}):
-        rows = [r["heads"][h]["probs"] for r in with_lesion if h in r["heads"]]
-        if rows:
-            classes = card["heads"][h]["classes"]
-            mean = np.array([[row[c] for c in classes] for row in rows]).mean(0)
-            k = int(mean.argmax())
-            heads[h] = {"estimate": classes[k], "confidence": round(float(mean[k]), 4), "frames": len(rows),
-                        "clinically_validated": head_is_clinical(card, h)}
+    for h, info in (card.get("heads", {}) if video else {}).items():
+        classes = info["classes"]
+        rows = [r for r in records if h in r["heads"]]
+        agg = aggregate_case(np.array([[r["heads"][h]["probs"][c] for c in classes] for r in rows]).reshape(-1, len(classes)),
+                             np.array([r["informative"] for r in rows], bool),
+                             min_frames=opts.min_informative_frames, min_confidence=opts.abstain_below)
+        heads[h] = {"estimate": None if agg["abstain"] else classes[agg["index"]],
+                    "confidence": None if agg["confidence"] is None else round(agg["confidence"], 4),
+                    "probs": None if agg["probs"] is None else {c: round(float(v), 4) for c, v in zip(classes,
+                                                                                                    agg["probs"])},
+                    "frames": agg["frames"], "abstain": agg["abstain"], "reason": agg["reason"],
+                    "clinically_validated": head_is_clinical(card, h)}
     return {"frames": len(records), "frames_with_lesion": len(with_lesion),
+            "informative_frames": sum(bool(r["informative"]) for r in records),
             "lesion_frame_fraction": round(len(with_lesion) / max(1, len(records)), 4),
             "max_lesion_probability": max((r["lesion_probability"] for r in records), default=0.0),
             "largest_lesion": {"name": largest["name"], "time": largest["time"], "area_px": largest["largest_px"]}

@@ -60,6 +60,33 @@ def timeline_plot(path: Path, records: Sequence[dict[str, Any]], card: dict[str,
     plt.close(fig)
 
 
+CLINICAL_TARGETS = ("fibrosis", "lift")  # always listed, so a reader sees when no validated model exists
+
+
+def shown_heads(card: dict[str, Any]) -> list[str]:
+    return list(CLINICAL_TARGETS) + [h for h in card.get("heads", {}) if h not in CLINICAL_TARGETS]
+
+
+def head_row(head: str, est: dict[str, Any] | None, card: dict[str, Any]) -> str:
+    """One table row: the validated estimate, 'insufficient evidence', or why nothing is shown."""
+    e = html.escape
+    info = card.get("heads", {}).get(head)
+    if info is None or not head_is_clinical(card, head):
+        why = ("not available: no validated model" if info is None else
+               "not shown: this head was not trained and validated on real labels")
+        return f"<tr><td>{e(head)}</td><td colspan=4 class=note>{why}</td></tr>"
+    val = info.get("validation", {}).get("frame", {})
+    auc = val.get("auroc")
+    val_txt = (f"validation AUROC {auc:.2f}" if auc is not None else "validated") + \
+        f" ({info.get('n_val_labels', '?')} labelled frames)"
+    if est is None or est.get("abstain"):
+        reason = (est or {}).get("reason") or "no frames"
+        return (f"<tr><td>{e(head)}</td><td>insufficient evidence</td><td colspan=2 class=note>{e(reason)}</td>"
+                f"<td>{e(val_txt)}</td></tr>")
+    return (f"<tr><td>{e(head)}</td><td><b>{e(str(est['estimate']))}</b></td><td>{est['confidence']:.2f}</td>"
+            f"<td>{est['frames']}</td><td>{e(val_txt)}</td></tr>")
+
+
 def write_report(out_dir: Path, *, stem: str, records: Sequence[dict[str, Any]], summary: dict[str, Any],
                  card: dict[str, Any], key_frames: Sequence[tuple[float, int, np.ndarray]], overlay: str | None
                  ) -> Path:
@@ -72,12 +99,7 @@ def write_report(out_dir: Path, *, stem: str, records: Sequence[dict[str, Any]],
         kf_html.append(f'<figure><img src="{name}" alt="frame {index}"><figcaption>frame {index} at '
                        f'{timecode(rec["time"])}, lesion {score:.2f}</figcaption></figure>')
     e = html.escape
-    heads_rows = "".join(
-        f"<tr><td>{e(h)}</td><td>{e(v['estimate'])}</td><td>{v['confidence']:.2f}</td><td>{v['frames']}</td></tr>"
-        for h, v in summary["heads"].items() if v["clinically_validated"])
-    hidden = [h for h, v in summary["heads"].items() if not v["clinically_validated"]]
-    hidden_note = (f"<p class=note>Not shown: {e(', '.join(hidden))} (the model card does not say these heads were "
-                   "trained and validated on real clinical labels).</p>") if hidden else ""
+    heads_rows = "".join(head_row(h, summary["heads"].get(h), card) for h in shown_heads(card))
     largest = summary.get("largest_lesion")
     video_html = (f'<video id="overlay" controls preload="auto" muted src="{e(overlay)}" '
                   f'type="video/mp4"></video>') if overlay else ""
@@ -102,9 +124,12 @@ table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:.25em .6e
 <tr><th>largest lesion</th><td>{f"{largest['area_px']} px at {timecode(largest['time'])} ({e(largest['name'])})"
                                  if largest else "none"}</td></tr>
 </table>
-{"<h2>Head estimates (video level)</h2><table><tr><th>head</th><th>estimate</th><th>confidence</th><th>frames</th></tr>"
- + heads_rows + "</table>" if heads_rows else ""}
-{hidden_note}
+<h2>Estimates (video level)</h2>
+<table><tr><th>estimate</th><th>result</th><th>confidence</th><th>informative frames</th><th>validation</th></tr>
+{heads_rows}</table>
+<p class=note>An estimate is shown only when the model card says its head was trained <i>and</i> validated on real
+labels; it is aggregated over informative frames (lesion in view, not blurry or over-exposed) and withheld
+("insufficient evidence") with too few of them or too low a confidence.</p>
 {"<h2>Problems with the input</h2><ul>" + errors_html + "</ul>" if errors_html else ""}
 <h2>Timeline</h2><img src="timeline.png" alt="lesion probability and area over time">
 <h2>Key frames</h2><div class=kf>{''.join(kf_html)}</div>

@@ -37,8 +37,10 @@ def test_video_outputs_follow_the_contract(tmp_path, tiny_checkpoint, synthetic_
     assert summary["frames"] == 12 and summary["video"]["fps"] == 10.0
     html = (out / "report.html").read_text()
     assert 'src="clip_overlay.mp4"' in html and "timeline.png" in html and "Research use only" in html
-    # heads trained on synthetic labels are never shown to a clinician
-    assert "Head estimates" not in html and "Not shown: fibrosis, lift" in html
+    # heads trained on synthetic labels are never shown to a clinician, in the report or the summary's meaning
+    assert html.count("not shown: this head was not trained and validated on real labels") == 2
+    assert "<td>insufficient evidence</td>" not in html and "<b>F" not in html
+    assert summary["heads"]["fibrosis"]["clinically_validated"] is False
     assert not list(out.rglob("*.partial*"))
 
 
@@ -48,10 +50,24 @@ def test_validated_heads_are_drawn_and_reported(tmp_path, tiny_checkpoint, synth
     save_checkpoint(tmp_path / "real", model, real)
     out = tmp_path / "out"
     p = run_script("infer.py", f"input={synthetic_video}", f"out_dir={out}", f"checkpoint={tmp_path / 'real'}",
-                   "review.threshold=0.0")
+                   "review.threshold=0.0", "review.abstain_below=0.0")
     assert p.returncode == 0, p.stderr[-2000:]
     html = (out / "report.html").read_text()
-    assert "Head estimates" in html and "Not shown" not in html
+    summary = json.loads((out / "summary.json").read_text())
+    assert "not shown" not in html and "not available" not in html
+    for h in ("fibrosis", "lift"):
+        est = summary["heads"][h]
+        assert est["clinically_validated"] and est["frames"] == summary["informative_frames"]
+        # an estimate where informative frames exist, otherwise the reason it abstained; either way in the report
+        assert (est["estimate"] in card["heads"][h]["classes"]) if not est["abstain"] else \
+            ("<td>insufficient evidence</td>" in html and est["reason"])
+        if not est["abstain"]:
+            assert f"<b>{est['estimate']}</b>" in html
+    p = run_script("infer.py", f"input={synthetic_video}", f"out_dir={tmp_path / 'strict'}",
+                   f"checkpoint={tmp_path / 'real'}", "review.threshold=0.0", "review.min_informative_frames=1000")
+    strict = json.loads((tmp_path / "strict" / "summary.json").read_text())
+    assert strict["heads"]["fibrosis"]["abstain"] and strict["heads"]["fibrosis"]["estimate"] is None
+    assert "<td>insufficient evidence</td>" in (tmp_path / "strict" / "report.html").read_text()
 
 
 def test_overlay_draws_heads_only_when_given():

@@ -85,7 +85,7 @@ def test_grading_metrics_by_hand():
     # ECE over 15 bins: three samples at conf .8 all right (gap .2), one at .6 wrong (gap .6)
     assert r["ece"] == pytest.approx((3 * 0.2 + 0.6) / 4, abs=1e-6)
     assert r["confusion"] == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
-    assert r["auroc_ovr"] == pytest.approx(1.0)
+    assert r["auroc"] == pytest.approx(1.0)
     assert sum(b["n"] for b in r["reliability"]) == 4
 
 
@@ -138,9 +138,13 @@ def test_evaluate_checkpoint_mode_scores_heads(tmp_path, tiny_checkpoint):
                    f"out_dir={tmp_path / 'o'}", "+data.test_sets.again=${data.test_sets.synthetic}")
     assert p.returncode == 0, p.stderr[-2000:]
     results = json.loads((tmp_path / "o" / "metrics.json").read_text())["results"]
-    assert results["again"]["heads"]["fibrosis"]["n"] == 16
+    assert results["again"]["heads"]["fibrosis"]["frame"]["n"] == 16
     res = results["synthetic"]
     assert res["segmentation"]["n_images"] == 16
     fib = res["heads"]["fibrosis"]
-    assert fib["n"] == 16 and len(fib["confusion"]) == 3 and 0.0 <= fib["ece"] <= 1.0
-    assert "| synthetic | 16 |" in (tmp_path / "o" / "results.md").read_text()
+    assert fib["kind"] == "ordinal" and fib["frame"]["n"] == 16 and len(fib["frame"]["confusion"]) == 3
+    assert 0.0 <= fib["frame"]["ece"] <= 1.0 and len(fib["frame"]["ci95"]["accuracy"]) == 2
+    assert fib["case"]["n_cases"] == 8  # the synthetic set (16 frames, 8 cases): scored per case too
+    md = (tmp_path / "o" / "results.md").read_text()
+    assert "| synthetic | 16 |" in md and "**fibrosis** (ordinal" in md and "| frame | 16 (8 cases) |" in md
+    assert (tmp_path / "o" / "synthetic" / "reliability_fibrosis.png").is_file()

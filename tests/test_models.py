@@ -22,7 +22,10 @@ def test_output_shapes_per_encoder(encoder):
     with torch.no_grad():
         out = model(torch.randn(2, 3, 64, 96))
     assert out["mask"].shape == (2, 1, 64, 96)
-    assert out["fibrosis"].shape == (2, 3) and out["lift"].shape == (2, 3)
+    assert out["fibrosis"].shape == (2, 2) and out["lift"].shape == (2, 2)  # ordinal (CORN): K - 1 outputs
+    nominal = build_model(arch="unet", encoder=encoder, heads={"x": ["a", "b", "c"]}).eval()
+    with torch.no_grad():
+        assert nominal(torch.randn(1, 3, 64, 64))["x"].shape == (1, 3)
 
 
 @pytest.mark.parametrize("arch", ["fpn", "deeplabv3plus", "unetplusplus"])
@@ -101,7 +104,7 @@ def test_two_optimiser_steps_reduce_the_loss():
     x = torch.randn(4, 3, 64, 64)
     batch = {"mask": (torch.rand(4, 1, 64, 64) > 0.6).float(), "labels": {"fibrosis": torch.tensor([0, 1, 2, 1])}}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    loss_fn = EndoLoss("structure")
+    loss_fn = EndoLoss("structure", heads={"fibrosis": HEADS["fibrosis"]})
     losses = []
     for _ in range(3):
         total = loss_fn(model(x), batch)["total"]

@@ -1,0 +1,40 @@
+"""Frame quality: is a frame informative enough to grade? Blur and over-exposure inside the field of view.
+
+Used when training heads on case-level labels (uninformative frames are down-weighted), when aggregating frame
+estimates into a case estimate, and in the per-frame JSONL.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+
+def frame_quality(image: np.ndarray, area: np.ndarray, *, blur_threshold: float = 60.0,
+                  overexposed_threshold: float = 0.08) -> dict[str, Any]:
+    """Blur (variance of the Laplacian inside the field; low = blurry) and over-exposure (fraction of the field's
+    pixels with all channels >= 250, i.e. specular glare or a lens against the wall)."""
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    inside = area > 0
+    lap = cv2.Laplacian(grey, cv2.CV_32F)
+    sharpness = float(lap[inside].var()) if inside.any() else 0.0
+    over = float((image.min(axis=2)[inside] >= 250).mean()) if inside.any() else 0.0
+    return {"sharpness": round(sharpness, 1), "blurry": sharpness < blur_threshold,
+            "overexposed_fraction": round(over, 4), "overexposed": over > overexposed_threshold}
+
+
+def poor_quality(image: np.ndarray) -> bool:
+    """True when the frame is blurry or over-exposed inside its field of view (data/scope.py)."""
+    from data.scope import content_area
+
+    q = frame_quality(image, content_area(image))
+    return bool(q["blurry"] or q["overexposed"])
+
+
+def is_informative(area_fraction: float, quality: dict[str, Any] | bool, *, min_lesion_fraction: float = 0.002
+                   ) -> bool:
+    """A frame can be graded when a lesion is visible (predicted area >= min_lesion_fraction of the frame) and the
+    frame is neither blurry nor over-exposed. quality: frame_quality()'s dict or poor_quality()'s bool."""
+    poor = quality if isinstance(quality, bool) else bool(quality["blurry"] or quality["overexposed"])
+    return area_fraction >= min_lesion_fraction and not poor

@@ -1,0 +1,125 @@
+"""Case-level labels, the dataset audit's leak check, and patient-level cross-validation end to end."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from data.check import main as check_main
+from data.datasets import manifest_records
+from data.errors import UserError
+from data.synthetic import COVARIATES, ensure_synthetic_dataset
+from tests.conftest import run_script
+
+HEADS = {"fibrosis": ["F0", "F1", "F2"], "lift": ["adequate", "partial", "non-lifting"]}
+
+
+def _write_csv(path, rows):
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _tiny_frames(root, names):
+    (root / "f").mkdir(parents=True, exist_ok=True)
+    for n in names:
+        cv2.imwrite(str(root / "f" / f"{n}.png"), np.full((32, 32, 3), 120, np.uint8))
+
+
+def test_case_labels_fill_frames_and_a_frames_own_label_wins(tmp_path):
+    _tiny_frames(tmp_path, ["a1", "a2", "b1", "c1"])
+    _write_csv(tmp_path / "frames.csv", [
+        {"image": "f/a1.png", "group": "A", "fibrosis": ""}, {"image": "f/a2.png", "group": "A", "fibrosis": "F0"},
+        {"image": "f/b1.png", "group": "B", "fibrosis": ""}, {"image": "f/c1.png", "group": "C", "fibrosis": ""}])
+    _write_csv(tmp_path / "cases.csv", [
+        {"group": "A", "fibrosis": "F2", "lift": "non-lifting", "prior_radiotherapy": "yes", "weeks": "12"},
+        {"group": "B", "fibrosis": "", "lift": "adequate", "prior_radiotherapy": "no", "weeks": ""}])
+    recs = {r.id: r for r in manifest_records(tmp_path / "frames.csv", heads=HEADS, cases="cases.csv",
+                                              covariates=["prior_radiotherapy", "weeks"])}
+    assert recs["f/a1"].labels == {"fibrosis": 2, "lift": 2}           # from the case
+    assert recs["f/a2"].labels == {"fibrosis": 0, "lift": 2}           # the frame's own label wins
+    assert recs["f/b1"].labels == {"fibrosis": -1, "lift": 0}          # unknown stays unknown
+    assert recs["f/a1"].covariates == {"prior_radiotherapy": 1.0, "weeks": 12.0}
+    assert math.isnan(recs["f/b1"].covariates["weeks"]) and recs["f/b1"].covariates["prior_radiotherapy"] == 0.0
+    assert recs["f/c1"].labels["fibrosis"] == -1 and math.isnan(recs["f/c1"].covariates["weeks"])  # case not listed
+
+    _write_csv(tmp_path / "bad.csv", [{"group": "A", "fibrosis": "F2", "weeks": "twelve"}])
+    with pytest.raises(UserError, match=r"bad.csv:2: covariate 'weeks' = 'twelve'"):
+        manifest_records(tmp_path / "frames.csv", heads=HEADS, cases="bad.csv", covariates=["weeks"])
+    _write_csv(tmp_path / "dup.csv", [{"group": "A", "fibrosis": "F2"}, {"group": "A", "fibrosis": "F1"}])
+    with pytest.raises(UserError, match="case 'A' appears twice"):
+        manifest_records(tmp_path / "frames.csv", heads=HEADS, cases="dup.csv")
+    with pytest.raises(UserError, match="need a case table"):
+        manifest_records(tmp_path / "frames.csv", heads=HEADS, covariates=["weeks"])
+
+
+def test_synthetic_cases_hide_labels_per_case(tmp_path):
+    m = ensure_synthetic_dataset(tmp_path, n=40, size=(48, 64), seed=0, n_groups=10, label_level="case",
+                                 hidden_fraction=0.5)
+    recs = manifest_records(m, heads=HEADS, cases="cases.csv", covariates=COVARIATES)
+    by_case = {}
+    for r in recs:
+        by_case.setdefault(r.group, set()).add(r.labels["fibrosis"])
+    assert all(len(v) == 1 for v in by_case.values())                 # one label per case
+    assert sum(-1 in v for v in by_case.values()) == 5                 # half the cases hidden
+    assert set(recs[0].covariates) == set(COVARIATES)
+
+
+def test_check_refuses_a_case_shared_between_splits_and_counts_labels(tmp_path, capsys):
+    _tiny_frames(tmp_path, ["a1", "a2", "b1", "c1", "d1", "e1"])
+    rows = [{"image": "f/a1.png", "group": "A", "split": "train", "fibrosis": "F2"},
+            {"image": "f/a2.png", "group": "A", "split": "test", "fibrosis": "F2"},
+            {"image": "f/b1.png", "group": "B", "split": "train", "fibrosis": "F0"},
+            {"image": "f/c1.png", "group": "C", "split": "train", "fibrosis": "F1"},
+            {"image": "f/d1.png", "group": "D", "split": "test", "fibrosis": ""},
+            {"image": "f/e1.png", "group": "E", "split": "val", "fibrosis": "F0"}]
+    _write_csv(tmp_path / "m.csv", rows)
+    code = check_main(["--manifest", str(tmp_path / "m.csv"), "--heads", "fibrosis=F0,F1,F2", "--folds", "2",
+                       "--stratify", "fibrosis"])
+    out = capsys.readouterr()
+    assert code == 2 and "case/group 'A' has frames in splits ['test', 'train']" in out.err
+    assert "labels_by_split: {'test': {'fibrosis': {'F2': 1, 'unknown': 1}}" in out.out
+    assert "labels_by_fold:" in out.out
+    _write_csv(tmp_path / "ok.csv", [dict(r, split="train") if r["group"] == "A" else r for r in rows])
+    assert check_main(["--manifest", str(tmp_path / "ok.csv"), "--heads", "fibrosis=F0,F1,F2"]) == 0
+
+
+def test_cross_validation_runs_end_to_end_and_pools_out_of_fold(tmp_path):
+    """3 folds x 2 variants (image, fused) of a tiny synthetic case study, then the pooled report."""
+    sweep = tmp_path / "sweep"
+    p = run_script("train.py", "-m", "experiment=synthetic_ordinal", f"paths.cache_dir={tmp_path / 'cache'}",
+                   f"hydra.sweep.dir={sweep}", "data.n_cases=12", "data.n_frames=48", "data.size=64",
+                   "data.batch_size=8", "trainer.max_epochs=1", "trainer.progress=false", "trainer.n_boot=20",
+                   "data.cv.folds=3", "data.cv.fold=0,1,2", "data.cv.stratify=fibrosis",
+                   "model.head_inputs=image,fused", "trainer.precision=fp32", timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    oofs = sorted(sweep.rglob("oof.json"))
+    assert len(oofs) == 6
+    seen: dict[str, dict[str, int]] = {}
+    for f in oofs:
+        d = json.loads(f.read_text())
+        card = json.loads((f.parent / "checkpoints" / "best.json").read_text())
+        assert card["heads"]["fibrosis"]["kind"] == "ordinal" and card["heads"]["fibrosis"]["temperature"] > 0
+        fib = card["heads"]["fibrosis"]
+        assert ("validation" in fib) == (fib["n_val_labels"] > 0)  # calibrated wherever validation had labels
+        for r in d["rows"]:
+            assert seen.setdefault(d["variant"], {}).setdefault(r["group"], d["fold"]) == d["fold"]
+            assert len(r["probs"]["fibrosis"]) == 3 and abs(sum(r["probs"]["fibrosis"]) - 1) < 1e-4
+    assert set(seen) == {"image", "fused"} and all(len(v) == 12 for v in seen.values())  # every case once
+
+    p = run_script("-m", "metrics.cv", str(sweep), "--n-boot", "50")
+    assert p.returncode == 0, p.stderr[-2000:]
+    report = (sweep / "cv_report.md").read_text()
+    assert "Variant `fused`" in report and "Variants side by side" in report and "[" in report
+    res = json.loads((sweep / "cv_results.json").read_text())
+    assert res["image"]["folds"] == [0, 1, 2] and res["image"]["n_rows"] == 48
+    fib = res["fused"]["heads"]["fibrosis"]
+    assert fib["frame"]["n"] <= 48 and fib["frame"]["ci95"]["accuracy"] is not None and "case" in fib
+    assert (sweep / "reliability_fused_fibrosis.png").is_file()
+    p = run_script("-m", "metrics.cv", str(tmp_path / "cache"))
+    assert p.returncode == 2 and "no oof.json" in p.stderr and "Traceback" not in p.stderr
