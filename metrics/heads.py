@@ -143,4 +143,6 @@ def heads_markdown(results: Mapping[str, Mapping[str, Any]], title: str = "") ->
                 lines.append(f"\nHead AUROC minus baseline AUROC, 95% interval: [{d[0]:+.3f}, {d[1]:+.3f}]")
         if "ece_before_temperature" in f:
             lines.append(f"\nECE before temperature scaling {f['ece_before_temperature']:.3f}, after {f['ece']:.3f}")
+        lines.append(f"\nConfusion matrix per frame (rows = truth {', '.join(r['classes'])}): {f['confusion']}"
+                     + (f"; per case: {c['confusion']}" if c and c.get("n_scored") else ""))
     return "\n".join(lines) + "\n"

@@ -183,7 +183,8 @@ def add_heads(a: argparse.Namespace) -> None:
                 raise UserError(f"{a.metrics}: {name} Dice@0.5 {seg['dice@0.5']:.4f} differs from the shipped "
                                 f"{old['dice@0.5']:.4f}: evaluate the exported checkpoint with the same settings")
     card["parameters"] = sum(p.numel() for p in model.parameters())
-    card["known_limits"] = [x for x in base.get("known_limits", LIMITS) if not x.startswith("No fibrosis or lift")] + [
+    card["known_limits"] = [x for x in base.get("known_limits", LIMITS)
+                            if not x.startswith(("No fibrosis or lift", "small_sessile is"))] + [
         "No fibrosis or lift head: no public dataset labels them. Train them on your own labels (README).",
         "small_sessile is a real label of a proxy task (Kvasir-Sessile morphology), trained and tested on Kvasir-SEG "
         "images only: it says nothing about fibrosis or lift, and CVC-ClinicDB frames were never labelled for it."]

@@ -37,8 +37,13 @@ def test_main_job_on_bundled_clip_matches_ground_truth(tmp_path):
     dice, n = _mean_dice(out / "masks", ROOT / "samples" / "clinicdb_seq6_masks")
     assert n == 23 and dice >= 0.7, f"mean Dice {dice:.3f} on the bundled clip"
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["frames_with_lesion"] >= 20 and summary["heads"] == {}
+    assert summary["frames_with_lesion"] >= 20 and set(summary["heads"]) == {"small_sessile"}
+    assert summary["heads"]["small_sessile"]["clinically_validated"] is True
     assert (out / "report.html").is_file() and (out / "clinicdb_seq6_overlay.mp4").is_file()
+    html = (out / "report.html").read_text()
+    # the validated proxy head is reported (an estimate or "insufficient evidence"); fibrosis and lift are not
+    assert "<td>small_sessile</td>" in html and "validation AUROC" in html
+    assert html.count("not available: no validated model") == 2
 
 
 @needs_model
@@ -48,14 +53,30 @@ def test_shipped_model_on_bundled_kvasir_images(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     dice, n = _mean_dice(out / "masks", ROOT / "samples" / "masks")
     assert n == 4 and dice >= 0.7, f"mean Dice {dice:.3f} on the bundled Kvasir test images"
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    est = [r["heads"]["small_sessile"] for r in rows]
+    assert all(e["clinically_validated"] and e["estimate"] in ("other", "small_sessile") for e in est)
+    assert all(abs(sum(e["probs"].values()) - 1) < 1e-3 for e in est)
 
 
 @needs_model
-def test_shipped_card_says_research_use_and_no_clinical_heads():
+def test_shipped_card_says_research_use_and_what_its_one_head_is():
+    from models.checkpoint import head_is_clinical
+
     card = json.loads(SHIPPED.with_suffix(".json").read_text())
-    assert "Research use only" in card["intended_use"] and card["heads"] == {}
+    assert "Research use only" in card["intended_use"] and set(card["heads"]) == {"small_sessile"}
     assert "research and education" in card["licence"]["weights"]
     assert SHIPPED.with_suffix(".safetensors").stat().st_size < 25e6
+    head = card["heads"]["small_sessile"]
+    assert head_is_clinical(card, "small_sessile") and head["label_source"] == "real"
+    assert "Kvasir-Sessile" in head["label_definition"] and head["temperature"] > 0
+    assert head["counts"]["train"]["small_sessile"] > 100 and head["counts"]["val"]["small_sessile"] > 10
+    test = head["test"]["kvasir"]["frame"]
+    assert test["n"] == 100 and test["auroc"] >= 0.85 and test["ci95"]["auroc"][0] < test["auroc"]
+    assert test["auroc"] > head["test"]["kvasir"]["area_baseline"]["auroc"]
+    assert not head_is_clinical(card, "fibrosis") and not head_is_clinical(card, "lift")
+    md = (SHIPPED.parent / "MODEL_CARD.md").read_text()
+    assert "`small_sessile`" in md and "not available: no validated model" in md
 
 
 @pytest.mark.slow
@@ -67,3 +88,6 @@ def test_shipped_model_scores_on_the_standard_test_sets(tmp_path):
     res = json.loads((tmp_path / "metrics.json").read_text())["results"]
     for name in ("kvasir", "clinicdb"):
         assert res[name]["segmentation"]["dice@0.5"] >= 0.86, (name, res[name]["segmentation"]["dice@0.5"])
+    head = res["kvasir"]["heads"]["small_sessile"]
+    assert head["frame"]["auroc"] >= 0.85 and head["frame"]["auroc"] > head["area_baseline"]["auroc"]
+    assert "area-only baseline" in p.stdout and "**small_sessile**" in p.stdout
