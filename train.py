@@ -169,6 +169,9 @@ def main(cfg: DictConfig) -> float:
             ema.shadow = {k[4:]: v.float() for k, v in state.items() if k.startswith("ema/")} or ema.shadow
         torch.set_rng_state(state["rng/torch"])
         start_epoch, best = card["resume"]["epoch"] + 1, card["resume"]["best"]
+        if rank == 0:  # the best epoch so far travels with the run
+            ckpt.copy_checkpoint(Path(cfg.trainer.resume).with_name("best"),
+                                 Path(HydraConfig.get().runtime.output_dir) / "checkpoints" / "best")
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda"
                                                           else None)

@@ -64,6 +64,22 @@ def save_checkpoint(path: str | Path, model: nn.Module, card: dict[str, Any], *,
     return weights
 
 
+def copy_checkpoint(src: str | Path, dst: str | Path) -> bool:
+    """Copy NAME.safetensors + NAME.json from ``src`` to ``dst`` (weights first, each atomically); False if absent.
+    A resumed run carries its predecessor's ``best`` this way, so the best epoch so far is never lost."""
+    import shutil
+
+    s, d = _stem(src), _stem(dst)
+    files = [(s.with_name(s.name + ext), d.with_name(d.name + ext)) for ext in (".safetensors", ".json")]
+    if not all(a.is_file() for a, _ in files) or s.resolve() == d.resolve():
+        return False
+    d.parent.mkdir(parents=True, exist_ok=True)
+    for a, b in files:
+        with atomic_write(b) as tmp:
+            shutil.copyfile(a, tmp)
+    return True
+
+
 def write_card(path: str | Path, card: dict[str, Any]) -> None:
     """Rewrite a checkpoint's card in place (atomically), e.g. after calibration; the weights are untouched."""
     stem = _stem(path)

@@ -41,6 +41,8 @@ def test_smoke_training_then_resume(tmp_path):
                    "trainer.max_epochs=3", f"trainer.resume={run1 / 'checkpoints' / 'last'}", "trainer.progress=false")
     assert p.returncode == 0, p.stderr[-2000:]
     assert _epochs(run2) == [3]  # continues the epoch count instead of starting over
+    best2 = json.loads((run2 / "checkpoints" / "best.json").read_text())  # the best so far travels with the run
+    assert best2["epoch"] in (1, 2, 3) and best2["heads"]["fibrosis"]["temperature"] > 0
     card2 = json.loads((run2 / "checkpoints" / "last.json").read_text())
     assert card2["resume"]["epoch"] == 3
     # the optimiser's step count continued from the saved state (3 steps/epoch in the smoke config)
