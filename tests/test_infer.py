@@ -154,3 +154,39 @@ def test_frame_folder_as_video(tmp_path, tiny_checkpoint):
     assert p.returncode == 0, p.stderr[-2000:]
     with av.open(str(out / "seq_overlay.mp4")) as c:
         assert (c.streams.video[0].codec_context.width, c.streams.video[0].codec_context.height) == (48, 32)
+
+
+def hydra_quote(value: str) -> str:
+    """A value for a Hydra override, quoted (README: paths with spaces or quotes)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@pytest.mark.parametrize("stem", ['a" onerror="alert(1)', "<img src=x onerror=alert(1)><script>alert(1)<", "a&b é 'q'"])
+def test_hostile_file_names_cannot_inject_into_the_report(tmp_path, tiny_checkpoint, synthetic_video, stem):
+    from html.parser import HTMLParser
+    from urllib.parse import unquote
+
+    video = tmp_path / f"{stem}.mp4"
+    shutil.copyfile(synthetic_video, video)
+    out = tmp_path / "out"
+    p = run_script("infer.py", f"input={hydra_quote(str(video))}", f"out_dir={out}", f"checkpoint={tiny_checkpoint}")
+    assert p.returncode == 0, p.stderr[-2000:]
+
+    class Tags(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags = []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append((tag, dict(attrs)))
+
+    page = Tags()
+    page.feed((out / "report.html").read_text())
+    assert sum(t == "script" for t, _ in page.tags) == 1                       # only the page's own state script
+    assert not any(k.startswith("on") for _, a in page.tags for k in a)        # no injected event handler
+    srcs = [a["src"] for t, a in page.tags if t in ("img", "video")]
+    assert len(srcs) >= 3
+    for src in srcs:                                                           # every URL resolves to its file
+        assert (out / unquote(src)).is_file(), src
+    assert stem in (out / "report.html").read_text().replace("&amp;", "&").replace("&#34;", '"').replace(
+        "&lt;", "<").replace("&gt;", ">").replace("&#39;", "'")              # the name is shown, as text
