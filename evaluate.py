@@ -22,6 +22,7 @@ from tqdm import tqdm  # noqa: E402
 
 from data.datasets import Record, load_raw, records_from_sources  # noqa: E402
 from data.errors import UserError, guard_task, run_cli  # noqa: E402
+from data.settings import EVALUATE, check_settings  # noqa: E402
 from data.io import IMAGE_EXTS, atomic_write, read_image, read_mask  # noqa: E402
 from models.predictor import Predictor, predict_records  # noqa: E402
 from metrics.heads import heads_markdown, score_heads  # noqa: E402
@@ -132,6 +133,7 @@ def markdown_table(results: dict[str, dict]) -> str:
 @hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
 @guard_task
 def main(cfg: DictConfig) -> dict:
+    check_settings(cfg, EVALUATE)
     out_dir = Path(cfg.out_dir)
     results: dict[str, Any] = {}
     if cfg.pred_dir:

@@ -19,6 +19,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from data.errors import UserError, guard_task, run_cli  # noqa: E402
+from data.settings import INFER, check_settings  # noqa: E402
 from models.predictor import Predictor  # noqa: E402
 from review.pipeline import ReviewOptions, process_input  # noqa: E402
 
@@ -36,6 +37,7 @@ def unique_names(paths: list[Path]) -> list[str]:
 @hydra.main(version_base="1.3", config_path="configs", config_name="infer")
 @guard_task
 def main(cfg: DictConfig) -> None:
+    check_settings(cfg, INFER)
     inputs = cfg.input if OmegaConf.is_list(cfg.input) else [cfg.input]
     if not inputs or any(i is None or str(i) == "" for i in inputs):
         raise UserError("input is empty: give input=PATH (image, folder or video) or input=[A,B]")

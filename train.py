@@ -25,6 +25,7 @@ from tqdm import tqdm  # noqa: E402
 
 from data.datasets import records_from_sources  # noqa: E402
 from data.errors import UserError, guard_task, run_cli  # noqa: E402
+from data.settings import TRAIN, check_settings  # noqa: E402
 from data.loaders import make_loader  # noqa: E402
 from data.splits import cv_split, group_split  # noqa: E402
 from metrics.basic import dice_iou_per_image  # noqa: E402
@@ -110,6 +111,7 @@ def unwrap(model):
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 @guard_task
 def main(cfg: DictConfig) -> float:
+    check_settings(cfg, TRAIN)
     rank, local_rank, world = init_distributed()
     seed_everything(cfg.seed + rank)
     device = pick_device(cfg.trainer.device)

@@ -33,9 +33,44 @@ def guard_task(task):
     return wrapper
 
 
+QUOTE_HINT = ("a value with spaces or quotes must be quoted for Hydra, inside the shell's quotes: "
+              "\"input='/path/name with spaces.png'\" (README, 'Paths with spaces')")
+
+
+def check_command_line(argv: list[str]) -> None:
+    """What Hydra would reject with a grammar error or a traceback, said plainly before it parses anything:
+    a stray word (an unquoted path with spaces split by the shell), an unquoted value with spaces, and an output
+    folder that cannot be created."""
+    import os
+    from pathlib import Path
+
+    for tok in argv:
+        if tok.startswith("-"):
+            continue
+        if "=" not in tok:
+            raise UserError(f"'{tok}' is not a key=value setting; {QUOTE_HINT}")
+        key, value = tok.split("=", 1)
+        quoted = len(value) >= 2 and value[0] in "'\"" and value[-1] == value[0]
+        if any(c.isspace() for c in value) and not quoted and not value.startswith(("[", "{")):
+            raise UserError(f"{key}: {QUOTE_HINT}")
+        if key.lstrip("+") in ("out_dir", "hydra.run.dir") and "${" not in value:
+            folder = Path(value.strip("'\""))
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UserError(f"{key}={value} cannot be created ({e.strerror}): choose a writable folder") from None
+            if not os.access(folder, os.W_OK):
+                raise UserError(f"{key}={value} is not writable: choose a writable folder")
+
+
 def run_cli(hydra_main) -> None:
     """Call a ``@hydra.main`` function; Hydra's own config errors (unknown key, missing group file), which it
     reports before our task starts and exits 1 for, become exit code 2 like any other user error."""
+    try:
+        check_command_line(sys.argv[1:])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     try:
         hydra_main()
     except SystemExit as e:

@@ -1,0 +1,87 @@
+"""Every setting is checked where it enters: bad values give one line naming the key and the allowed range."""
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from data.errors import UserError, check_command_line
+from data.settings import EVALUATE, INFER, TRAIN, check_settings
+from tests.conftest import ROOT, run_script
+
+RULES = {"train": TRAIN, "infer": INFER, "evaluate": EVALUATE}
+
+BAD = [  # (script, override, text the message must contain)
+    ("infer", "review.smoothing=0", "review.smoothing=0 is invalid: it must be a number > 0 and <= 1"),
+    ("infer", "review.scope_every=0", "review.scope_every=0 is invalid"),
+    ("infer", "review.overlay_size=[0,0]", "review.overlay_size=[0, 0] is invalid"),
+    ("infer", "review.overlay_size=[641,480]", "even integers"),
+    ("infer", "review.threshold=2", "review.threshold=2 is invalid: it must be a number > 0 and <= 1"),
+    ("infer", "review.batch_size=0", "review.batch_size=0 is invalid"),
+    ("infer", "review.crf=99", "review.crf=99 is invalid: it must be an integer >= 0 and <= 51"),
+    ("infer", "review.key_frames=-1", "review.key_frames=-1"),
+    ("infer", "review.abstain_below=1.5", "review.abstain_below=1.5"),
+    ("infer", "precision=fp64", "precision='fp64' is invalid: it must be one of auto, fp32, bf16, fp16"),
+    ("infer", "tta=maybe", "tta='maybe' is invalid: it must be true or false"),
+    ("train", "data.resize=nope", "data.resize='nope' is invalid: it must be one of stretch, letterbox"),
+    ("train", "data.batch_size=0", "data.batch_size=0 is invalid"),
+    ("train", "data.size=100", "a multiple of 32"),
+    ("train", "optim.optimizer.lr=-1", "optim.optimizer.lr=-1 is invalid: it must be a number > 0"),
+    ("train", "loss.kind=nope", "loss.kind='nope' is invalid: it must be one of structure, dice_bce"),
+    ("train", "trainer.max_epochs=-1", "trainer.max_epochs=-1 is invalid: it must be an integer >= 1"),
+    ("train", "trainer.max_epochs=1.5", "must be an integer"),
+    ("train", "trainer.ema.decay=1", "trainer.ema.decay=1 is invalid"),
+    ("train", "trainer.freeze=everything", "trainer.freeze='everything'"),
+    ("train", "data.val_fraction=1", "data.val_fraction=1 is invalid"),
+    ("train", "model.head_inputs=pixels", "model.head_inputs='pixels'"),
+    ("train", "trainer.multiscale=[0]", "trainer.multiscale=[0] is invalid"),
+    ("train", "data.cv.folds=1", "data.cv.folds=1 is invalid"),
+    ("evaluate", "batch_size=0", "batch_size=0 is invalid: it must be an integer >= 1"),
+    ("evaluate", "n_boot=-5", "n_boot=-5 is invalid"),
+    ("evaluate", "case_min_confidence=2", "case_min_confidence=2 is invalid"),
+]
+
+
+def _compose(script: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose(config_name=script, overrides=overrides)
+
+
+@pytest.mark.parametrize("script,override,needle", BAD, ids=[f"{s}:{o}" for s, o, _ in BAD])
+def test_bad_setting_is_named_with_its_allowed_range(script, override, needle):
+    cfg = _compose(script, [override])
+    with pytest.raises(UserError) as e:
+        check_settings(cfg, RULES[script])
+    assert needle in str(e.value)
+
+
+@pytest.mark.parametrize("script", ["train", "infer", "evaluate"])
+def test_defaults_and_every_experiment_pass(script):
+    check_settings(_compose(script, []), RULES[script])
+    if script == "train":
+        for exp in sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml")):
+            check_settings(_compose("train", [f"experiment={exp}"]), TRAIN)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["input=/data/name", "with", "spaces.png"], "'with' is not a key=value setting"),
+    (["input=/data/name with spaces.png"], "input: a value with spaces"),
+    (["out_dir=/proc/forbidden"], "out_dir=/proc/forbidden cannot be created"),
+])
+def test_command_line_problems_are_explained(argv, needle):
+    with pytest.raises(UserError, match="quoted|cannot be created") as e:
+        check_command_line(argv)
+    assert needle in str(e.value)
+    check_command_line(["input='/data/name with spaces.png'", "-m", "data.cv.fold=0,1", "x=[a, b]"])
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["infer.py", "review.scope_every=0"], "review.scope_every=0 is invalid"),
+    (["infer.py", "out_dir=/proc/forbidden"], "cannot be created"),
+    (["infer.py", "input=/tmp/name with spaces.png"], "must be quoted for Hydra"),
+    (["train.py", "trainer.max_epochs=-1", "hydra.run.dir=/tmp/endolift-bad"], "trainer.max_epochs=-1"),
+    (["evaluate.py", "batch_size=0", "out_dir=/tmp/endolift-bad"], "batch_size=0 is invalid"),
+])
+def test_entry_scripts_exit_2_with_one_line(args, needle):
+    p = run_script(*args)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert needle in p.stderr and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
