@@ -19,6 +19,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from data.errors import UserError, guard_task, run_cli  # noqa: E402
+from data.io import clean_stale_partials, output_lock  # noqa: E402
 from data.settings import INFER, check_settings  # noqa: E402
 from models.predictor import Predictor  # noqa: E402
 from review.pipeline import ReviewOptions, process_input  # noqa: E402
@@ -48,14 +49,25 @@ def main(cfg: DictConfig) -> None:
         raise UserError(f"unknown review setting: {e}") from None
     predictor = Predictor.from_checkpoint(cfg.checkpoint, device=cfg.device, precision=cfg.precision, tta=cfg.tta)
     out_root = Path(cfg.out_dir)
+    with output_lock(out_root):
+        clean_stale_partials(out_root)
+        failures = run_inputs(paths, predictor=predictor, out_root=out_root, opts=opts,
+                              frames_as_video=cfg.frames_as_video)
+    if failures:
+        sys.exit(2)
+
+
+def run_inputs(paths: list[Path], *, predictor, out_root: Path, opts: ReviewOptions, frames_as_video: bool
+               ) -> list[str]:
+    """Process each input into its folder; one bad input never stops the others. Returns the error messages."""
     failures: list[str] = []
     for path, name in zip(paths, unique_names(paths)):
         out_dir = out_root if len(paths) == 1 else out_root / name
         t0 = time.perf_counter()
         try:
             summary = process_input(path, predictor=predictor, out_dir=out_dir, opts=opts,
-                                    frames_as_video=cfg.frames_as_video)
-        except UserError as e:  # one bad input never stops the others
+                                    frames_as_video=frames_as_video)
+        except UserError as e:
             failures.append(str(e))
             print(f"error: {e}", file=sys.stderr)
             continue
@@ -65,8 +77,7 @@ def main(cfg: DictConfig) -> None:
         for err in summary["errors"]:
             failures.append(err["error"])
             print(f"error: {err['error']}", file=sys.stderr)
-    if failures:
-        sys.exit(2)
+    return failures
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from tqdm import tqdm  # noqa: E402
 from data.datasets import records_from_sources  # noqa: E402
 from data.errors import UserError, guard_task, run_cli  # noqa: E402
 from data.settings import TRAIN, check_settings  # noqa: E402
+from data.io import clean_stale_partials  # noqa: E402
 from data.loaders import make_loader  # noqa: E402
 from data.splits import cv_split, group_split  # noqa: E402
 from metrics.basic import dice_iou_per_image  # noqa: E402
@@ -180,6 +181,8 @@ def main(cfg: DictConfig) -> float:
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     ckpt_dir = out_dir / "checkpoints"
+    if rank == 0:
+        clean_stale_partials(out_dir)  # temporary files of a killed earlier run in this folder
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter

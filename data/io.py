@@ -79,3 +79,61 @@ def write_image_atomic(path: str | Path, array: np.ndarray) -> None:
         raise RuntimeError(f"image encoding failed for {path}")
     with atomic_write(path) as tmp:
         tmp.write_bytes(buf.tobytes())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale_partials(folder: str | Path) -> int:
+    """Delete ``*.partial-PID.*`` files under ``folder`` whose writing process no longer exists (left by a kill);
+    return how many. Another live process's temporary files are left alone."""
+    import re
+
+    n = 0
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    for p in folder.rglob("*.partial-*"):
+        m = re.search(r"\.partial-(\d+)(\.|$)", p.name)
+        if m and p.is_file() and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+@contextmanager
+def output_lock(folder: str | Path) -> Iterator[Path]:
+    """Hold ``folder/.endolift.lock`` while writing into ``folder``: a second process that wants the same folder
+    stops with a clear message instead of corrupting the first one's outputs. A lock left by a killed process is
+    taken over."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / ".endolift.lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                other = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                other = 0
+            if other and other != os.getpid() and _pid_alive(other):
+                raise UserError(f"another endolift process (pid {other}) is writing into {folder}: wait for it to "
+                                "finish or choose another out_dir") from None
+            lock.unlink(missing_ok=True)
+    else:
+        raise UserError(f"cannot lock output folder {folder} (remove {lock} if no endolift process is running)")
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        yield folder
+    finally:
+        lock.unlink(missing_ok=True)

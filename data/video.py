@@ -4,6 +4,8 @@ OpenCV's wheel cannot write H.264; PyAV encodes with libx264 so overlays play in
 """
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -85,7 +87,8 @@ class VideoWriter:
     def __init__(self, path: str | Path, *, fps: float, width: int, height: int, crf: int = 23,
                  preset: str = "veryfast") -> None:
         self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.stem + ".partial.mp4")
+        # the pid keeps two processes writing the same output from sharing a temp file
+        self.tmp = self.path.with_name(f"{self.path.stem}.partial-{os.getpid()}.mp4")
         self.fps, self.crf, self.preset = fps, crf, preset
         self.width, self.height = width - width % 2, height - height % 2  # yuv420p needs even sides
         self._container = None
@@ -93,7 +96,9 @@ class VideoWriter:
 
     def __enter__(self) -> "VideoWriter":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # faststart puts the index (moov) first: browsers start playing at once, and a cut-off file stays decodable
+        # faststart moves the index (moov) to the front when the file is closed, so browsers start playing at once.
+        # It does not make a cut-off file decodable (the index is written last): that is why frames go to a
+        # temporary name and only a closed, complete file is renamed into place
         self._container = av.open(str(self.tmp), mode="w", format="mp4", options={"movflags": "+faststart"})
         rate = Fraction(self.fps).limit_denominator(1001)
         self._stream = self._container.add_stream("libx264", rate=rate)

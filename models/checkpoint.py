@@ -1,8 +1,10 @@
 """Checkpoints: ``NAME.safetensors`` (weights only) + ``NAME.json`` (the card). Loading never unpickles code.
 
 Training state for resume (optimiser moments, EMA weights, RNG) goes to ``NAME.state.safetensors`` with its
-non-tensor parts in the card's ``resume`` entry. Every file is written to a temporary name and renamed, so a crash
-mid-save leaves the previous checkpoint intact.
+non-tensor parts in the card's ``resume`` entry. Every file is written to a temporary name and renamed, and one
+random ``save_id`` is stamped into all of a save's files (safetensors metadata and the card, which is renamed last):
+a kill between two renames leaves files of different saves, which loading refuses with a clear message instead of
+silently mixing epochs.
 """
 from __future__ import annotations
 
@@ -50,16 +52,20 @@ def save_checkpoint(path: str | Path, model: nn.Module, card: dict[str, Any], *,
 
     The weights are written before the card, so a card always describes complete weights.
     """
+    import uuid
+
     stem = _stem(path)
     stem.parent.mkdir(parents=True, exist_ok=True)
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
              for k, v in model.state_dict().items()}
     weights = stem.with_name(stem.name + ".safetensors")
+    save_id = uuid.uuid4().hex
+    meta = {"format": FORMAT, "save_id": save_id}
     if train_state is not None:
-        _atomic_save_tensors(train_state, stem.with_name(stem.name + ".state.safetensors"))
-    _atomic_save_tensors(state, weights, metadata={"format": FORMAT})
+        _atomic_save_tensors(train_state, stem.with_name(stem.name + ".state.safetensors"), metadata=meta)
+    _atomic_save_tensors(state, weights, metadata=meta)
     card = {"format": FORMAT, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": git_commit(), **card}
+            "git_commit": git_commit(), **card, "save_id": save_id}
     write_card(stem, card)
     return weights
 
@@ -128,6 +134,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
         state = load_file(str(weights), device="cpu")
     except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
         raise UserError(f"checkpoint weights are unreadable: {weights} ({e})") from None
+    _check_same_save(weights, card)
     model_cfg = dict(card["model"])
     model_cfg["weights"] = None  # the checkpoint holds every weight; no ImageNet file is needed
     model = build_model(**model_cfg)
@@ -139,11 +146,28 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     return model.to(device).eval(), card
 
 
+def _check_same_save(path: Path, card: dict[str, Any]) -> None:
+    """Refuse a file whose save_id differs from its card's (a save interrupted between two renames)."""
+    from safetensors import safe_open
+
+    if "save_id" not in card:  # written before save ids existed
+        return
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            found = (f.metadata() or {}).get("save_id")
+    except Exception as e:
+        raise UserError(f"checkpoint file is unreadable: {path} ({e})") from None
+    if found != card["save_id"]:
+        raise UserError(f"{path} and its card come from different saves (a save was interrupted): use the "
+                        "checkpoint before it, or delete these files")
+
+
 def load_train_state(path: str | Path) -> dict[str, torch.Tensor]:
     stem = _stem(path)
     p = stem.with_name(stem.name + ".state.safetensors")
     if not p.is_file():
         raise UserError(f"resume state not found: {p} (resume from a 'last' checkpoint written by train.py)")
+    _check_same_save(p, read_card(stem))
     return load_file(str(p))
 
 

@@ -182,3 +182,57 @@ def test_batchnorm_folding_keeps_outputs():
     with torch.no_grad():
         a, b = model(x), folded(x)
     assert torch.allclose(a["mask"], b["mask"], atol=1e-4) and torch.allclose(a["fibrosis"], b["fibrosis"], atol=1e-4)
+
+
+def test_a_save_interrupted_between_renames_is_refused(tmp_path):
+    import shutil
+
+    from models.checkpoint import load_train_state
+
+    card = tiny_card()
+    model = build_model(**card["model"])
+    save_checkpoint(tmp_path / "last", model, card, train_state={"x": torch.zeros(1)})
+    for f in ("last.safetensors", "last.state.safetensors", "last.json"):
+        shutil.copyfile(tmp_path / f, tmp_path / f"old-{f}")
+    save_checkpoint(tmp_path / "last", model, card, train_state={"x": torch.ones(1)})
+    load_checkpoint(tmp_path / "last")
+    assert float(load_train_state(tmp_path / "last")["x"]) == 1.0
+    # killed after the state file was renamed but before the weights and card: old card, new state
+    shutil.copyfile(tmp_path / "old-last.json", tmp_path / "last.json")
+    shutil.copyfile(tmp_path / "old-last.safetensors", tmp_path / "last.safetensors")
+    load_checkpoint(tmp_path / "last")  # weights and card agree
+    with pytest.raises(UserError, match="different saves"):
+        load_train_state(tmp_path / "last")
+    # killed between the weights and the card
+    shutil.copyfile(tmp_path / "old-last.state.safetensors", tmp_path / "last.state.safetensors")
+    save_checkpoint(tmp_path / "tmp", model, card)
+    shutil.copyfile(tmp_path / "tmp.safetensors", tmp_path / "last.safetensors")
+    with pytest.raises(UserError, match="different saves"):
+        load_checkpoint(tmp_path / "last")
+
+
+def test_stale_partials_are_cleaned_and_an_output_folder_is_locked(tmp_path):
+    import subprocess
+
+    from data.io import clean_stale_partials, output_lock
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / "sub").mkdir()
+    stale = tmp_path / "sub" / f"a.partial-{dead.pid}.png"
+    mine = tmp_path / f"b.partial-{__import__('os').getpid()}.png"
+    stale.write_bytes(b"x")
+    mine.write_bytes(b"x")
+    assert clean_stale_partials(tmp_path) == 1 and not stale.exists() and mine.exists()
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        (tmp_path / ".endolift.lock").write_text(str(live.pid))
+        with pytest.raises(UserError, match=f"pid {live.pid}"):
+            with output_lock(tmp_path):
+                pass
+    finally:
+        live.kill()
+        live.wait()
+    with output_lock(tmp_path):  # a dead owner's lock is taken over, and released after
+        assert (tmp_path / ".endolift.lock").read_text() == str(__import__("os").getpid())
+    assert not (tmp_path / ".endolift.lock").exists()
