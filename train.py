@@ -190,8 +190,9 @@ def main(cfg: DictConfig) -> float:
         print(f"train {len(train_recs)} / val {len(val_recs)} / held-out fold {len(heldout)} images, {steps} "
               f"steps/epoch, device {device}, precision {cfg.trainer.precision}, run dir {out_dir}", flush=True)
     for epoch in range(start_epoch, cfg.trainer.max_epochs + 1):
-        if hasattr(train_loader.sampler, "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)
+        train_loader.sampler.set_epoch(epoch)
+        # each epoch's randomness (dropout, multi-scale) from (seed, rank, epoch): a resumed run continues exactly
+        seed_everything((cfg.seed + rank) * 100_003 + epoch)
         stats = train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler, ema, device=device, cfg=cfg,
                                 epoch=epoch, rank=rank)
         eval_model = unwrap(model)

@@ -265,7 +265,7 @@ class RecordDataset(Dataset):
 
     def __init__(self, records: Sequence[Record], *, transform: Callable[..., dict] | None = None,
                  heads: Sequence[str] = (), cache_size: int | None = None, covariates: Sequence[str] = (),
-                 quality: bool = False) -> None:
+                 quality: bool = False, seed: int | None = None) -> None:
         if not records:
             raise UserError("dataset is empty (check the data sources and split lists)")
         self.records = list(records)
@@ -274,6 +274,7 @@ class RecordDataset(Dataset):
         self.cache_size = cache_size
         self.covariates = list(covariates)
         self.quality = quality
+        self.seed = seed
         self._cache: dict[int, dict[str, Any]] = {}
 
     def __len__(self) -> int:
@@ -296,7 +297,12 @@ class RecordDataset(Dataset):
         return sample
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        """index: a record index, or ``epoch * len(self) + record index`` (data.loaders.EpochSampler); with a seed,
+        the sample's augmentation is drawn from (seed, epoch, record index) alone."""
+        epoch, index = divmod(index, len(self.records))
         sample = dict(self.raw(index))
+        if self.seed is not None and hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed((self.seed * 1_000_003 + epoch * 100_003 + index) % 2**32)
         if self.transform is not None:
             # unlabelled frames get an all-zero mask and has_mask=False so that mixed batches collate and the loss
             # can leave them out of the segmentation terms

@@ -1,27 +1,64 @@
-"""DataLoaders for training and validation from plain arguments (the entry script passes config values)."""
+"""DataLoaders for training and validation from plain arguments (the entry script passes config values).
+
+Reproducibility: the order of an epoch is a function of (seed, epoch), and each training sample's augmentation a
+function of (seed, epoch, index) - not of which worker process draws it or of what ran before. So two runs with
+the same seed see the same batches, and a run killed and resumed from its last epoch continues exactly as the
+uninterrupted run would have (the model's own random state is saved with the checkpoint).
+"""
 from __future__ import annotations
 
-from typing import Any, Sequence
+import math
+from typing import Any, Iterator, Sequence
 
 import albumentations as A
-from torch.utils.data import DataLoader, DistributedSampler
+import torch
+from torch.utils.data import DataLoader, Sampler
 
 from data.datasets import Record, RecordDataset
 from data.transforms import build_transform
+
+
+class EpochSampler(Sampler[int]):
+    """Deterministic per-epoch order, sharded across DDP ranks like DistributedSampler (padded to equal shares).
+
+    Each yielded index is ``epoch * n + i`` so that the dataset knows the epoch of the sample it is asked for
+    (RecordDataset seeds the augmentation from it); worker processes need no shared state.
+    """
+
+    def __init__(self, n: int, *, shuffle: bool, seed: int, world_size: int = 1, rank: int = 0) -> None:
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.world_size, self.rank, self.epoch = world_size, rank, 0
+        self.per_rank = math.ceil(n / world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        total = self.per_rank * self.world_size
+        order = (order * math.ceil(total / max(1, self.n)))[:total]
+        return iter([self.epoch * self.n + i for i in order[self.rank::self.world_size]])
+
+    def __len__(self) -> int:
+        return self.per_rank
 
 
 def make_loader(records: Sequence[Record], *, augment: Sequence[A.BasicTransform], size: int, mean: Sequence[float],
                 std: Sequence[float], resize: str, heads: Sequence[str], batch_size: int, num_workers: int,
                 cache: bool, train: bool, world_size: int = 1, rank: int = 0, seed: int = 0,
                 covariates: Sequence[str] = (), quality: bool = False) -> DataLoader:
-    """One loader. Training shuffles and drops the last partial batch; under DDP a DistributedSampler shards.
+    """One loader. Training shuffles and drops the last partial batch; under DDP each rank gets its share.
     covariates: clinical covariate names each sample carries; quality: add the poor_quality flag (blur, glare)."""
     tf = build_transform(augment, size=size, mean=mean, std=std, resize=resize)
     cache_size = size if cache and resize == "stretch" else None
     ds = RecordDataset(records, transform=tf, heads=heads, cache_size=cache_size, covariates=covariates,
-                       quality=quality)
-    sampler = DistributedSampler(ds, num_replicas=world_size, rank=rank, shuffle=train, seed=seed) \
-        if world_size > 1 else None
+                       quality=quality, seed=seed if train else None)
+    sampler = EpochSampler(len(ds), shuffle=train, seed=seed, world_size=world_size if train else 1,
+                           rank=rank if train else 0)
     kwargs: dict[str, Any] = {"persistent_workers": True} if num_workers > 0 else {}
-    return DataLoader(ds, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
-                      num_workers=num_workers, drop_last=train and len(ds) > batch_size, **kwargs)
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      drop_last=train and len(sampler) > batch_size, **kwargs)
