@@ -23,6 +23,7 @@ from models.heads import aggregate_case
 from models.predictor import Predictor
 from data.quality import frame_quality
 from review.describe import clean_mask, lesions
+from review.keyframes import KeyFrames
 from review.overlay import render_overlay
 from review.smoothing import TemporalSmoother
 
@@ -90,8 +91,7 @@ def process_sequence(frames: Iterable[Frame], *, stem: str, names: list[str] | N
     video; ``names`` gives each frame's output stem (images), else ``<stem>_<index:06d>`` (video frames)."""
     smoother = TemporalSmoother(opts.smoothing if video else 1.0)
     records: list[dict[str, Any]] = []
-    keep: dict[int, tuple[float, int, np.ndarray]] = {}  # time bin -> best (score, index, overlay) for key frames
-    bin_s = max(1.0, (video or {}).get("duration", 60.0) / max(1, opts.key_frames))
+    keep = KeyFrames(opts.key_frames)  # bounded whatever the video's (declared or unknown) length
     writer = None
     area = None
     # ExitStack closes the overlay writer, then the JSONL, then renames the JSONL into place; on an exception each
@@ -142,9 +142,7 @@ def process_sequence(frames: Iterable[Frame], *, stem: str, names: list[str] | N
                             height=ov.shape[0], crf=opts.crf))
                     if writer is not None:
                         writer.write(ov)
-                    b = int(f.time // bin_s)
-                    if b not in keep or lesion_p > keep[b][0]:
-                        keep[b] = (lesion_p, f.index, ov)
+                    keep.offer(f.time, lesion_p, f.index, ov)
                 elif opts.overlay:
                     write_image_atomic(out_dir / "overlays" / f"{name}.jpg", ov)
     summary = summarise(records, predictor.card, video, errors, threshold=opts.threshold, opts=opts)
@@ -156,7 +154,7 @@ def process_sequence(frames: Iterable[Frame], *, stem: str, names: list[str] | N
         from review.report import write_report
 
         write_report(out_dir, stem=stem, records=records, summary=summary, card=predictor.card,
-                     key_frames=sorted(keep.values(), key=lambda t: t[1]),
+                     key_frames=keep.result(),
                      overlay=f"{stem}_overlay.mp4" if opts.overlay else None)
     return summary
 

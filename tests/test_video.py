@@ -51,3 +51,20 @@ def test_unreadable_and_truncated_videos(tmp_path, synthetic_video):
     frames = list(read_frames(cut, errors=errors))
     assert 0 < len(frames) < 12  # the decodable frames still come out
     assert errors and "decoding stopped" in errors[0]["error"] and errors[0]["file"] == str(cut)
+
+
+def test_key_frames_stay_bounded_whatever_the_length():
+    from review.keyframes import KeyFrames
+
+    kf = KeyFrames(6)
+    peak = {137: 0.99, 612: 0.98}
+    most = 0
+    for i in range(1000):  # a 1000-frame, 1 frame/s video whose container declared no length
+        kf.offer(float(i), peak.get(i, 0.1 + (i % 7) / 100), i, f"frame{i}")
+        most = max(most, len(kf.bins))
+    out = kf.result()
+    assert most <= 12 and len(out) == 6
+    idx = [i for _, i, _ in out]
+    assert idx == sorted(idx) and 137 in idx and 612 in idx  # the best frames survive every merge
+    assert idx[0] < 250 and idx[-1] > 750                     # spread over the whole video
+    assert KeyFrames(0).result() == []
