@@ -5,13 +5,18 @@ python -m data.check --manifest frames.csv --cases cases.csv --heads fibrosis=F0
 python -m data.check --root ../shared/data/cvc-clinicdb --groups-csv sequences.csv
 Exit code 0 when every record is readable and consistent, 2 otherwise (each problem listed on stderr). A case
 (group) with frames in more than one split (train / val / test) is an error: its frames would leak between them.
-Label counts are reported per head and split, and per cross-validation fold with --folds.
+Near-duplicate frames across splits (a val/test frame whose 48x36 grey thumbnail is within --near-duplicate grey
+levels, mean absolute difference, of a training frame) are reported too: neighbouring video frames of one
+sequence leak as surely as a shared patient id. Label counts are reported per head and split, and per
+cross-validation fold with --folds. Every problem is listed in one pass (a bad label does not hide the rest).
+Without --heads, the manifest's extra columns are taken as heads and counted by value.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from collections import Counter
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -21,17 +26,44 @@ from data.errors import UserError
 from data.splits import group_kfold
 
 
-def audit(records: Sequence[Record], heads: dict[str, Sequence[str]]) -> dict[str, Any]:
+THUMB = (48, 36)
+
+
+def near_duplicates(records: Sequence[Record], thumbs: dict[int, np.ndarray], threshold: float
+                    ) -> list[tuple[str, str, float]]:
+    """(held-out id, closest training id, mean abs grey difference) for every val/test record whose thumbnail is
+    within ``threshold`` grey levels of a training record's."""
+    train = [i for i, r in enumerate(records) if r.split in (None, "train") and i in thumbs]
+    held = [i for i, r in enumerate(records) if r.split not in (None, "train") and i in thumbs]
+    if not train or not held or threshold <= 0:
+        return []
+    bank = np.stack([thumbs[i] for i in train]).reshape(len(train), -1)
+    out = []
+    for i in held:
+        d = np.abs(bank - thumbs[i].reshape(1, -1)).mean(axis=1)
+        j = int(d.argmin())
+        if d[j] <= threshold:
+            out.append((records[i].id, records[train[j]].id, float(d[j])))
+    return out
+
+
+def audit(records: Sequence[Record], heads: dict[str, Sequence[str]], *, near_duplicate: float = 10.0
+          ) -> dict[str, Any]:
     """Read every record; return counts, label distributions, mask coverage and the list of problems."""
+    import cv2
+
     problems: list[str] = []
     coverage, sizes = [], Counter()
     empty_masks = 0
-    for r in records:
+    thumbs: dict[int, np.ndarray] = {}
+    for i, r in enumerate(records):
         try:
             s = load_raw(r, list(heads))
         except UserError as e:
             problems.append(str(e))
             continue
+        thumbs[i] = cv2.resize(cv2.cvtColor(s["image"], cv2.COLOR_RGB2GRAY), THUMB,
+                               interpolation=cv2.INTER_AREA).astype(np.float32)
         sizes[f"{s['image'].shape[1]}x{s['image'].shape[0]}"] += 1
         if "mask" in s:
             frac = float(s["mask"].mean())
@@ -46,6 +78,13 @@ def audit(records: Sequence[Record], heads: dict[str, Sequence[str]]) -> dict[st
             problems.append(f"case/group '{g}' has frames in splits {named}: its frames leak between them "
                             "(put every frame of a patient in one split)")
 
+    dups = near_duplicates(records, thumbs, near_duplicate)
+    for held, train, d in dups[:20]:
+        problems.append(f"near-duplicate across splits: {held} is within {d:.1f} grey levels of training frame "
+                        f"{train} (48x36 thumbnails; --near-duplicate sets the threshold)")
+    if len(dups) > 20:
+        problems.append(f"... and {len(dups) - 20} more near-duplicate held-out frames ({len(dups)} in all)")
+
     def count(rs: Sequence[Record]) -> dict[str, dict[str, int]]:
         return {h: dict(Counter(c[r.labels.get(h, -1)] if r.labels.get(h, -1) >= 0 else "unknown" for r in rs))
                 for h, c in heads.items()}
@@ -57,7 +96,23 @@ def audit(records: Sequence[Record], heads: dict[str, Sequence[str]]) -> dict[st
     return {"records": len(records), "groups": len({r.group for r in records}), "with_mask": len(coverage),
             "empty_masks": empty_masks, "mask_coverage_median": float(np.median(cov)),
             "mask_coverage_range": [float(cov.min()), float(cov.max())], "sizes": dict(sizes.most_common(5)),
-            "labels": labels, "labels_by_split": by_split, "problems": problems}
+            "labels": labels, "labels_by_split": by_split, "near_duplicates": len(dups), "problems": problems}
+
+
+def heads_from_columns(manifest: Path, cases: str | None, covariates: Sequence[str]) -> dict[str, list[str]]:
+    """Head columns of a manifest (and case table) when --heads is not given: every column that is not a known
+    field, with its distinct values (sorted) as classes."""
+    from data.datasets import read_table
+
+    known = {"image", "mask", "group", "split", *covariates}
+    values: dict[str, set] = {}
+    tables = [read_table(manifest)] + ([read_table(manifest.parent / cases)] if cases else [])
+    for rows in tables:
+        for row in rows:
+            for k, v in row.items():
+                if k not in known and v not in (None, ""):
+                    values.setdefault(k, set()).add(str(v).strip())
+    return {h: sorted(v) for h, v in values.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,10 +128,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, default=None, help="report label counts per patient-level CV fold")
     ap.add_argument("--stratify", default=None, help="head whose labels balance the folds")
     ap.add_argument("--seed", type=int, default=0, help="fold seed (data.cv.seed)")
+    ap.add_argument("--near-duplicate", type=float, default=10.0,
+                    help="grey-level threshold for near-duplicate frames across splits (0 = off)")
     a = ap.parse_args(argv)
+    label_problems: list[str] = []
     try:
         heads = {h: c.split(",") for h, c in (x.split("=", 1) for x in a.heads)}
-        records = (manifest_records(a.manifest, heads=heads, cases=a.cases, covariates=a.covariates) if a.manifest
+        if a.manifest and not a.heads:
+            heads = heads_from_columns(Path(a.manifest), a.cases, a.covariates)
+        records = (manifest_records(a.manifest, heads=heads, cases=a.cases, covariates=a.covariates,
+                                    errors=label_problems) if a.manifest
                    else folder_records(a.root, groups_csv=a.groups_csv, split_file=a.split_file, require_masks=False))
         folds = None
         if a.folds:
@@ -86,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UserError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    report = audit(records, heads)
+    report = audit(records, heads, near_duplicate=a.near_duplicate)
+    report["problems"] = label_problems + report["problems"]
     if folds is not None:
         report["labels_by_fold"] = {f: {h: dict(Counter(heads[h][r.labels[h]] if r.labels.get(h, -1) >= 0 else
                                                         "unknown" for r, fi in zip(records, folds) if fi == f))

@@ -138,6 +138,17 @@ def _parse_label(value: Any, head: str, classes: Sequence[str] | None, where: st
     return idx
 
 
+def _label_or_report(value: Any, head: str, classes: Sequence[str] | None, where: str,
+                     errors: list[str] | None) -> int:
+    try:
+        return _parse_label(value, head, classes, where)
+    except UserError as e:
+        if errors is None:
+            raise
+        errors.append(str(e))
+        return -1
+
+
 def _parse_covariate(value: Any, column: str, where: str) -> float:
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "na", "nan", "unknown")):
         return float("nan")
@@ -194,7 +205,7 @@ def case_table(path: Path, *, heads: dict[str, Sequence[str]], covariates: Seque
 
 def manifest_records(
     path: str | Path, *, name: str = "", heads: dict[str, Sequence[str]] | None = None, split: str | None = None,
-    cases: str | None = None, covariates: Sequence[str] = ()
+    cases: str | None = None, covariates: Sequence[str] = (), errors: list[str] | None = None
 ) -> list[Record]:
     """Read a CSV or JSONL manifest. Columns: ``image`` (required), ``mask``, one per head, ``group``, ``split``.
 
@@ -202,6 +213,8 @@ def manifest_records(
     split: keep only rows whose ``split`` column equals it (rows without a split are kept for any split).
     cases: a case table (relative to the manifest's folder) with per-case labels and covariates, joined by
         ``group``; a frame's own label, when given, wins over its case's.
+    errors: when given, a bad label is appended here (and read as unknown) instead of stopping the read, so an
+        audit lists every problem at once.
     """
     path = Path(path)
     if not path.is_file():
@@ -224,7 +237,7 @@ def manifest_records(
         where = f"{path}:{i}"
         image = path.parent / str(row["image"])
         mask = path.parent / str(row["mask"]) if row.get("mask") else None
-        labels = {h: _parse_label(row.get(h), h, classes, where) for h, classes in heads.items()}
+        labels = {h: _label_or_report(row.get(h), h, classes, where, errors) for h, classes in heads.items()}
         stem = Path(str(row["image"])).with_suffix("").as_posix()
         group = str(row.get("group") or stem)
         case_labels, case_cov = table.get(group, ({}, {}))

@@ -13,7 +13,7 @@ from data.check import main as check_main
 from data.datasets import manifest_records
 from data.errors import UserError
 from data.synthetic import COVARIATES, ensure_synthetic_dataset
-from tests.conftest import run_script
+from tests.conftest import SHARED_DATA, needs_shared_data, run_script
 
 HEADS = {"fibrosis": ["F0", "F1", "F2"], "lift": ["adequate", "partial", "non-lifting"]}
 
@@ -86,7 +86,8 @@ def test_check_refuses_a_case_shared_between_splits_and_counts_labels(tmp_path, 
     assert "labels_by_split: {'test': {'fibrosis': {'F2': 1, 'unknown': 1}}" in out.out
     assert "labels_by_fold:" in out.out
     _write_csv(tmp_path / "ok.csv", [dict(r, split="train") if r["group"] == "A" else r for r in rows])
-    assert check_main(["--manifest", str(tmp_path / "ok.csv"), "--heads", "fibrosis=F0,F1,F2"]) == 0
+    assert check_main(["--manifest", str(tmp_path / "ok.csv"), "--heads", "fibrosis=F0,F1,F2",
+                       "--near-duplicate", "0"]) == 0  # (the tiny frames here are all alike)
 
 
 def test_cross_validation_runs_end_to_end_and_pools_out_of_fold(tmp_path):
@@ -123,3 +124,45 @@ def test_cross_validation_runs_end_to_end_and_pools_out_of_fold(tmp_path):
     assert (sweep / "reliability_fused_fibrosis.png").is_file()
     p = run_script("-m", "metrics.cv", str(tmp_path / "cache"))
     assert p.returncode == 2 and "no oof.json" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_check_lists_every_problem_in_one_pass_and_finds_near_duplicates(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    (tmp_path / "f").mkdir()
+    base = rng.integers(0, 255, (72, 96, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "f" / "train.png"), base)
+    cv2.imwrite(str(tmp_path / "f" / "copy.png"), np.clip(base.astype(int) + 3, 0, 255).astype(np.uint8))
+    cv2.imwrite(str(tmp_path / "f" / "other.png"), rng.integers(0, 255, (72, 96, 3), dtype=np.uint8))
+    _write_csv(tmp_path / "m.csv", [
+        {"image": "f/train.png", "group": "A", "split": "train", "fibrosis": "F9"},
+        {"image": "f/copy.png", "group": "B", "split": "test", "fibrosis": "F1"},
+        {"image": "f/other.png", "group": "C", "split": "test", "fibrosis": "F0"},
+        {"image": "f/missing.png", "group": "D", "split": "test", "fibrosis": "F2"}])
+    code = check_main(["--manifest", str(tmp_path / "m.csv"), "--heads", "fibrosis=F0,F1,F2"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "label 'F9' for head 'fibrosis'" in err           # the bad label ...
+    assert "image not found" in err and "missing.png" in err  # ... does not hide the missing file
+    assert "near-duplicate across splits: f/copy is within 3.0 grey levels of training frame f/train" in err
+    assert "f/other" not in err
+    # without --heads the extra columns are the heads, counted by value
+    code = check_main(["--manifest", str(tmp_path / "m.csv"), "--near-duplicate", "0"])
+    out = capsys.readouterr().out
+    assert "'fibrosis': {'F9': 1, 'F1': 1, 'F0': 1, 'F2': 1}" in out.replace("\n", "") or "F9" in out
+
+
+@needs_shared_data()
+def test_check_reports_the_standard_clinicdb_split_leak(tmp_path, capsys):
+    root = SHARED_DATA / "cvc-clinicdb"
+    seq = {r[0]: r[1] for r in csv.reader((root / "sequences.csv").open()) if r and r[0] != "frame"}
+    test = {x.strip() for x in (root / "splits" / "pranet_test.txt").read_text().split()}
+    rows = [{"image": str(root / "images" / f"{n}.png"), "group": seq[n],
+             "split": "test" if n in test else "train"} for n in sorted(seq, key=int)]
+    _write_csv(tmp_path / "clinicdb.csv", rows)
+    code = check_main(["--manifest", str(tmp_path / "clinicdb.csv")])
+    out = capsys.readouterr()
+    assert code == 2
+    leaks = [x for x in out.err.splitlines() if "has frames in splits ['test', 'train']" in x]
+    assert len(leaks) == 26  # every test sequence also has training frames
+    n_dup = int(next(x for x in out.out.splitlines() if x.startswith("near_duplicates:")).split(":")[1])
+    assert n_dup == 41, n_dup  # test frames within 10 grey levels of a training frame (48x36 thumbnails)
