@@ -1,4 +1,4 @@
-"""Model factory: a plain dict lookup of smp architectures + our heads (DESIGN.md rule 8)."""
+"""Model factory: segmentation_models_pytorch's own factory for the segmenter, plus our heads (docs/ARCHITECTURE.md)."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -10,12 +10,8 @@ from models.heads import AttributeHead, parse_heads
 from models.net import EndoNet
 from models.weights import load_encoder_weights, resolve_weights
 
-ARCHITECTURES = {
-    "unet": smp.Unet,
-    "fpn": smp.FPN,
-    "deeplabv3plus": smp.DeepLabV3Plus,
-    "unetplusplus": smp.UnetPlusPlus,
-}
+# smp architectures whose encoder -> decoder -> segmentation_head path EndoNet drives (tested in tests/test_models.py)
+ARCHITECTURES = ("unet", "unetplusplus", "fpn", "deeplabv3plus")
 
 
 def build_model(*, arch: str = "unet", encoder: str = "mobilenet_v2", weights: str | None = None,
@@ -33,9 +29,9 @@ def build_model(*, arch: str = "unet", encoder: str = "mobilenet_v2", weights: s
     ring_fraction: width of the peri-lesional ring, as a fraction of the input side. decoder: smp class kwargs.
     """
     if arch not in ARCHITECTURES:
-        raise UserError(f"model.arch '{arch}' is unknown: use one of {sorted(ARCHITECTURES)}")
+        raise UserError(f"model.arch '{arch}' is unknown: use one of {list(ARCHITECTURES)}")
     try:
-        seg = ARCHITECTURES[arch](encoder_name=encoder, encoder_weights=None, classes=1, **(decoder or {}))
+        seg = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, classes=1, **(decoder or {}))
     except KeyError as e:
         raise UserError(f"model.encoder '{encoder}' is unknown to segmentation_models_pytorch ({e})") from None
     except (TypeError, ValueError) as e:

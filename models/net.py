@@ -39,10 +39,7 @@ class EndoNet(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor, covariates: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        h, w = x.shape[-2:]
-        stride = self.seg.encoder.output_stride
-        if h % stride or w % stride:
-            raise ValueError(f"input {w}x{h} must be a multiple of {stride} on each side (resize or pad it)")
+        self.seg.check_input_shape(x)  # smp's own rule per architecture (sides divisible by the output stride)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.segmentation_frozen):
             features = self.seg.encoder(x)
             mask = self.seg.segmentation_head(self.seg.decoder(features))

@@ -67,6 +67,11 @@ def test_every_config_option_composes_and_instantiates(group, tmp_path):
             model_cfg = OmegaConf.to_container(cfg.model)
             model_cfg["weights"] = None
             model = build_model(**model_cfg)
+            if group == "model":  # one model config; the architecture is a key
+                from models.build import ARCHITECTURES
+
+                for arch in ARCHITECTURES:
+                    build_model(**dict(model_cfg, arch=arch, decoder={}))
             [instantiate(t) for t in cfg.augment.train]
             loss = instantiate(cfg.loss)
             opt = instantiate(cfg.optim.optimizer)(params=model.parameters())
