@@ -1,4 +1,4 @@
-"""Datasets: image folders and manifests, combined from config, yielding the sample contract of DESIGN.md.
+"""Datasets: image folders and manifests, combined from config, yielding the sample contract of docs/ARCHITECTURE.md.
 
 A sample is a dict: ``image`` (after the transform: 3 x H x W float tensor, normalised), ``mask`` (1 x H x W float
 in {0, 1}; absent when unlabelled), ``labels`` (dict head -> int, -1 where unknown), ``id`` and ``group``; with

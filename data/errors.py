@@ -10,7 +10,7 @@ class UserError(Exception):
 
 
 # --- entry-script guard -------------------------------------------------------------------------------------------
-# Exit codes (DESIGN.md): 0 success, 2 user error (one line on stderr, no traceback), 1 bug.
+# Exit codes (docs/ARCHITECTURE.md): 0 success, 2 user error (one line on stderr, no traceback), 1 bug.
 import functools  # noqa: E402
 import sys  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Video in and out with PyAV: reading is a generator, writing is a context manager (DESIGN.md rule 12).
+"""Video in and out with PyAV: reading is a generator, writing is a context manager (docs/ARCHITECTURE.md, house rule 7).
 
 OpenCV's wheel cannot write H.264; PyAV encodes with libx264 so overlays play in browsers.
 """

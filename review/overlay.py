@@ -1,4 +1,4 @@
-"""Draw one overlay frame: a pure function of the frame and what the model said (DESIGN.md rule 12)."""
+"""Draw one overlay frame: a pure function of the frame and what the model said (docs/ARCHITECTURE.md, house rule 7)."""
 from __future__ import annotations
 
 from typing import Sequence
