@@ -13,6 +13,7 @@ from data.io import read_mask
 from data.splits import group_split
 from data.synthetic import ensure_synthetic_dataset
 from data.transforms import build_transform
+from tests.conftest import SHARED_DATA, needs_shared_data
 
 
 def _write(path, arr):
@@ -192,3 +193,22 @@ def test_dataset_audit_lists_every_problem(tmp_path, capsys):
     assert main(["--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "a.png" in err and "c.png" in err
+
+
+@needs_shared_data()
+def test_layout_check_of_a_downloaded_copy(tmp_path, capsys):
+    from data.layout import main as layout_main
+
+    for name in ("kvasir-seg", "cvc-clinicdb"):
+        for folder in ("images", "masks"):
+            (tmp_path / name / folder).mkdir(parents=True)
+            for f in (SHARED_DATA / name / folder).iterdir():
+                (tmp_path / name / folder / f.name).symlink_to(f)
+    assert layout_main(["--root", str(tmp_path)]) == 2
+    assert "sequences.csv is missing" in capsys.readouterr().err
+    assert layout_main(["--root", str(tmp_path), "--install"]) == 0           # the shipped lists complete it
+    assert (tmp_path / "kvasir-seg" / "splits" / "pranet_test.txt").read_text() == \
+        (SHARED_DATA / "kvasir-seg" / "splits" / "pranet_test.txt").read_text()
+    next((tmp_path / "cvc-clinicdb" / "images").iterdir()).unlink()
+    assert layout_main(["--root", str(tmp_path)]) == 2
+    assert "611 images, expected 612" in capsys.readouterr().err
