@@ -7,27 +7,23 @@ Writes metrics.json, results.md and per set: per_image.csv, table.md, dice_hist.
 """
 from __future__ import annotations
 
-import csv
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
-import hydra  # noqa: E402
-import numpy as np  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from data.datasets import Record, load_raw, records_from_sources  # noqa: E402
-from data.errors import UserError, guard_task, run_cli  # noqa: E402
-from data.settings import EVALUATE, check_settings  # noqa: E402
-from data.io import IMAGE_EXTS, atomic_write, read_image, read_mask  # noqa: E402
-from models.predictor import Predictor, predict_records  # noqa: E402
-from metrics.heads import heads_markdown, score_heads  # noqa: E402
-from metrics.plots import dice_histogram, reliability_diagram, threshold_curve, worst_gallery  # noqa: E402
-from metrics.segmentation import SegmentationMetrics  # noqa: E402
+from data.datasets import Record, load_raw, records_from_sources
+from data.errors import UserError, guard_task, run_cli
+from data.io import atomic_write, list_images, prob_to_uint8, read_image, read_mask, write_csv_atomic
+from data.settings import EVALUATE, check_settings
+from metrics.heads import heads_markdown, score_heads
+from metrics.plots import dice_histogram, reliability_diagram, threshold_curve, worst_gallery
+from metrics.segmentation import SegmentationMetrics
+from models.predictor import Predictor, predict_records
 
 TABLE_KEYS = ("mean_dice", "mean_iou", "weighted_f", "s_measure", "max_e_measure", "mae", "dice@0.5", "hd95")
 
@@ -39,7 +35,7 @@ def score_checkpoint(cfg: DictConfig, pred, records: list[Record], set_dir: Path
     probs: dict[str, np.ndarray] = {}
 
     def on_frame(record: Record, sample: dict, p) -> None:
-        prob = np.clip(np.round(p.prob * 255), 0, 255).astype(np.uint8)
+        prob = prob_to_uint8(p.prob)
         probs[record.id] = prob
         if "mask" in sample:
             seg.update(prob, sample["mask"], record.id)
@@ -68,8 +64,7 @@ def score_folders(cfg: DictConfig) -> tuple[dict, dict, Any]:
     for d, key in ((pred_dir, "pred_dir"), (gt_dir, "gt_dir")):
         if not d.is_dir():
             raise UserError(f"{key} is not a folder: {d}")
-    gts = {p.stem: p for p in sorted(gt_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
-    preds = {p.stem: p for p in sorted(pred_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
+    gts, preds = list_images(gt_dir), list_images(pred_dir)
     if not gts:
         raise UserError(f"no masks in gt_dir {gt_dir}")
     if not preds:
@@ -113,11 +108,9 @@ def score_folders(cfg: DictConfig) -> tuple[dict, dict, Any]:
 
 def write_set(set_dir: Path, name: str, seg: dict, per_image: list[dict], load, gallery: int) -> None:
     set_dir.mkdir(parents=True, exist_ok=True)
-    with (set_dir / "per_image.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(per_image[0]))
-        w.writeheader()
-        w.writerows(per_image)
-    (set_dir / "table.md").write_text(markdown_table({name: seg}))
+    write_csv_atomic(set_dir / "per_image.csv", per_image)
+    with atomic_write(set_dir / "table.md") as tmp:
+        tmp.write_text(markdown_table({name: seg}))
     dice_histogram(set_dir / "dice_hist.png", per_image, name)
     threshold_curve(set_dir / "threshold_dice.png", seg["dice_curve"], name)
     if gallery:

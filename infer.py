@@ -8,21 +8,18 @@ were still written); 1 a bug.
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import hydra
+from omegaconf import DictConfig, OmegaConf
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from data.errors import UserError, guard_task, run_cli  # noqa: E402
-from data.io import clean_stale_partials, output_lock  # noqa: E402
-from data.settings import INFER, check_settings  # noqa: E402
-from models.predictor import Predictor  # noqa: E402
-from review.pipeline import ReviewOptions, process_input  # noqa: E402
+from data.errors import UserError, guard_task, run_cli
+from data.io import clean_stale_partials, output_lock
+from data.settings import INFER, check_settings
+from models.predictor import Predictor
+from review.pipeline import ReviewOptions, process_input
 
 
 def unique_names(paths: list[Path]) -> list[str]:

@@ -9,31 +9,28 @@ into oof.jsonl for `python -m metrics.cv`. Multi-process: torchrun --nproc_per_n
 from __future__ import annotations
 
 import csv
-import os
 import time
 from pathlib import Path
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import hydra
+import torch
+import torch.nn.functional as F
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
-import hydra  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from data.datasets import records_from_sources  # noqa: E402
-from data.errors import UserError, guard_task, run_cli  # noqa: E402
-from data.settings import TRAIN, check_settings  # noqa: E402
-from data.io import clean_stale_partials  # noqa: E402
-from data.loaders import make_loader  # noqa: E402
-from data.splits import cv_split, group_split  # noqa: E402
-from metrics.basic import dice_iou_per_image  # noqa: E402
-from models import checkpoint as ckpt  # noqa: E402
-from models.build import build_model  # noqa: E402
-from models.heads import head_classes, head_probabilities, parse_heads, set_covariate_stats  # noqa: E402
-from models.runtime import ModelEMA, autocast, init_distributed, pick_device, seed_everything  # noqa: E402
+from data.datasets import records_from_sources
+from data.errors import UserError, guard_task, run_cli
+from data.io import clean_stale_partials
+from data.loaders import make_loader
+from data.settings import TRAIN, check_settings
+from data.splits import cv_split, group_split
+from metrics.basic import dice_iou_per_image
+from models import checkpoint as ckpt
+from models.build import build_model
+from models.heads import head_classes, head_probabilities, parse_heads, set_covariate_stats
+from models.runtime import ModelEMA, autocast, init_distributed, pick_device, seed_everything
 
 
 def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:

@@ -25,7 +25,6 @@ from data.datasets import Record, folder_records, load_raw, manifest_records
 from data.errors import UserError
 from data.splits import group_kfold
 
-
 THUMB = (48, 36)
 
 

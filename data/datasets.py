@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data.errors import UserError
-from data.io import IMAGE_EXTS, read_image, read_mask
+from data.io import IMAGE_EXTS, list_images, read_image, read_mask
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,6 @@ class Record:
     labels: dict[str, int] = field(default_factory=dict)
     split: str | None = None
     covariates: dict[str, float] = field(default_factory=dict)
-
-
-def _files_by_stem(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
 
 
 def _read_list(path: Path) -> list[str]:
@@ -73,7 +69,7 @@ def folder_records(
     img_dir = root / images_dir
     if not img_dir.is_dir():
         raise UserError(f"image folder not found: {img_dir} (set data root to a folder holding '{images_dir}/')")
-    images = _files_by_stem(img_dir)
+    images = list_images(img_dir)
     if not images:
         raise UserError(f"no images ({', '.join(IMAGE_EXTS)}) in {img_dir}")
     masks: dict[str, Path] = {}
@@ -83,7 +79,7 @@ def folder_records(
             if require_masks:
                 raise UserError(f"mask folder not found: {mdir} (add masks or set masks_dir: null)")
         else:
-            masks = _files_by_stem(mdir)
+            masks = list_images(mdir)
     stems = sorted(images)
     if split_file:
         wanted = _read_list(root / split_file)
@@ -358,20 +354,3 @@ def records_from_sources(sources: Sequence[dict[str, Any]], heads: dict[str, Seq
             raise UserError(f"data source {i}: unknown kind '{kind}' (use folder, manifest or synthetic)")
     return out
 
-
-class FolderDataset(RecordDataset):
-    """``root/images/*`` + ``root/masks/*`` paired by stem; see folder_records for the options."""
-
-    def __init__(self, root: str | Path, *, transform: Callable[..., dict] | None = None, heads: Sequence[str] = (),
-                 cache_size: int | None = None, **folder_kwargs: Any) -> None:
-        super().__init__(folder_records(root, **folder_kwargs), transform=transform, heads=heads,
-                         cache_size=cache_size)
-
-
-class ManifestDataset(RecordDataset):
-    """A CSV/JSONL manifest (README "Data formats"); ``heads`` maps head name -> class names."""
-
-    def __init__(self, path: str | Path, *, heads: dict[str, Sequence[str]] | None = None, split: str | None = None,
-                 transform: Callable[..., dict] | None = None, cache_size: int | None = None) -> None:
-        super().__init__(manifest_records(path, heads=heads, split=split), transform=transform,
-                         heads=list(heads or {}), cache_size=cache_size)

@@ -69,6 +69,26 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     tmp.replace(path)
 
 
+def prob_to_uint8(prob: np.ndarray) -> np.ndarray:
+    """Probability map in [0, 1] -> uint8 0..255 (rounded), the form maps are saved and scored in."""
+    return np.clip(np.round(np.asarray(prob, dtype=np.float32) * 255), 0, 255).astype(np.uint8)
+
+
+def list_images(folder: str | Path) -> dict[str, Path]:
+    """Image files of a folder by stem, in name order (suffixes: IMAGE_EXTS, any case)."""
+    return {p.stem: p for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in IMAGE_EXTS}
+
+
+def write_csv_atomic(path: str | Path, rows: list[dict]) -> None:
+    """Rows (dicts with the same keys) as a CSV with a header, written atomically."""
+    import csv
+
+    with atomic_write(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def write_image_atomic(path: str | Path, array: np.ndarray) -> None:
     """Write an image (format from the suffix: .png, .jpg) to a temporary name, then rename it into place."""
     path = Path(path)

@@ -10,12 +10,11 @@ from __future__ import annotations
 import math
 from typing import Any, Iterator, Sequence
 
-import albumentations as A
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 from data.datasets import Record, RecordDataset
-from data.transforms import build_transform
+from data.transforms import A, build_transform
 
 
 class EpochSampler(Sampler[int]):

@@ -6,7 +6,6 @@ and evaluation mechanics can be proven; nothing learned here says anything about
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from data.io import atomic_write, write_image_atomic
+from data.io import write_csv_atomic, write_image_atomic
 
 FIBROSIS_CLASSES = ("F0", "F1", "F2")
 LIFT_CLASSES = ("adequate", "partial", "non-lifting")
@@ -160,9 +159,3 @@ def ensure_synthetic_dataset(root: str | Path, n: int = 32, size: tuple[int, int
     write_csv_atomic(manifest, rows)  # last: its presence means the dataset is complete
     return manifest
 
-
-def write_csv_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
-    with atomic_write(path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)

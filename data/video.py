@@ -1,11 +1,11 @@
-"""Video in and out with PyAV: reading is a generator, writing is a context manager (docs/ARCHITECTURE.md, house rule 7).
+"""Video in and out with PyAV: reading is a generator, writing is a context manager
+(docs/ARCHITECTURE.md, house rule 7).
 
 OpenCV's wheel cannot write H.264; PyAV encodes with libx264 so overlays play in browsers.
 """
 from __future__ import annotations
 
 import os
-
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path

@@ -10,7 +10,8 @@ import numpy as np
 from data.io import atomic_write
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,7 +26,7 @@ def _save(fig, path: Path) -> None:
 
 
 def dice_histogram(path: Path, per_image: Sequence[dict[str, Any]], title: str) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.hist([r["dice"] for r in per_image], bins=20, range=(0, 1), color="tab:blue", edgecolor="white")
     ax.set_xlabel("Dice at threshold 0.5")
@@ -37,7 +38,7 @@ def dice_histogram(path: Path, per_image: Sequence[dict[str, Any]], title: str) 
 
 def threshold_curve(path: Path, dice_curve: Sequence[float], title: str) -> None:
     """dice_curve: mean Dice at thresholds 0/255 .. 255/255 (ascending)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     t = np.linspace(0, 1, len(dice_curve))
     ax.plot(t, dice_curve)
@@ -56,7 +57,7 @@ def worst_gallery(path: Path, per_image: Sequence[dict[str, Any]], load: Callabl
 
     load(name) -> (image H x W x 3 uint8 RGB, gt H x W bool, prob H x W uint8).
     """
-    plt = _plt()
+    plt = pyplot()
     worst = sorted(per_image, key=lambda r: r["dice"])[:n]
     cols = 4
     rows = max(1, (len(worst) + cols - 1) // cols)
@@ -79,7 +80,7 @@ def worst_gallery(path: Path, per_image: Sequence[dict[str, Any]], load: Callabl
 def reliability_diagram(path: Path, curves: dict[str, Sequence[dict[str, Any]]], title: str) -> None:
     """curves: label -> reliability bins (metrics.grading.reliability_bins). Accuracy vs confidence per bin, the
     diagonal is perfect calibration; marker size grows with the bin's count."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 4.2))
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect calibration")
     for label, bins in curves.items():

@@ -14,11 +14,12 @@ from typing import Any
 import cv2
 import numpy as np
 import py_sod_metrics as sod
-
 import torch
 
+from data.io import prob_to_uint8
 from metrics.basic import dice_iou_per_image
 from metrics.boundary import hd95, nsd
+
 
 def _binary_scores(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     """Dice/IoU (the one rule of metrics.basic: both empty is a perfect 1) plus precision/recall of boolean masks."""
@@ -51,7 +52,7 @@ class SegmentationMetrics:
 
     def update(self, prob: np.ndarray, gt: np.ndarray, name: str = "") -> dict[str, Any]:
         if prob.dtype != np.uint8:
-            prob = np.clip(np.round(prob.astype(np.float32) * 255), 0, 255).astype(np.uint8)
+            prob = prob_to_uint8(prob)
         gt_u8 = gt.astype(np.uint8)
         if gt_u8.max() <= 1:
             gt_u8 = gt_u8 * 255

@@ -118,11 +118,13 @@ education with citation; commercial use needs the owners' permission. These weig
 {cfg.get('loss', {}).get('kind')}, {opt.get('_target_', '?').split('.')[-1]} lr {opt.get('lr')}, weight decay
 {opt.get('weight_decay')}, batch {cfg.get('data', {}).get('batch_size')}, {comp.get('epochs')} epochs, multi-scale
 {cfg.get('trainer', {}).get('multiscale')}, EMA {cfg.get('trainer', {}).get('ema')}, precision {comp.get('precision')}.
-Best epoch by validation mean Dice: epoch {card.get('epoch')} (val Dice {card.get('metrics', {}).get('val/dice', float('nan')):.3f}).
+Best epoch by validation mean Dice: epoch {card.get('epoch')}
+(val Dice {card.get('metrics', {}).get('val/dice', float('nan')):.3f}).
 {card.get('notes', '')}
 
 ## Compute
-{comp.get('hardware')}, {comp.get('threads')} threads, no GPU; {comp.get('epochs')} epochs in {comp.get('wall_hours', 0):.1f} h.
+{comp.get('hardware')}, {comp.get('threads')} threads, no GPU; {comp.get('epochs')} epochs in
+{comp.get('wall_hours', 0):.1f} h.
 
 ## Test results, segmentation (never used for any choice)
 Mean Dice / IoU etc. per PraNet's toolbox (mean over 256 thresholds); Dice@0.5 at a fixed 0.5 threshold;

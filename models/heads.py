@@ -56,7 +56,8 @@ def parse_heads(heads: Mapping[str, Any] | None) -> dict[str, HeadSpec]:
         if isinstance(value, Mapping):
             unknown = set(value) - {"classes", "kind", "class_weights"}
             if unknown:
-                raise UserError(f"model.heads.{name}: unknown keys {sorted(unknown)} (use classes, kind, class_weights)")
+                raise UserError(f"model.heads.{name}: unknown keys {sorted(unknown)} "
+                                "(use classes, kind, class_weights)")
             classes, kind = value.get("classes"), value.get("kind")
             weights = value.get("class_weights")
         else:

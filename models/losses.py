@@ -1,4 +1,5 @@
-"""Segmentation and head losses. A loss returns a dict of named terms plus ``total`` (docs/ARCHITECTURE.md, house rule 4)."""
+"""Segmentation and head losses. A loss returns a dict of named terms plus ``total``
+(docs/ARCHITECTURE.md, house rule 4)."""
 from __future__ import annotations
 
 from typing import Any

@@ -48,7 +48,7 @@ class Predictor:
     def __init__(self, model: torch.nn.Module, card: dict[str, Any], *, device: torch.device,
                  precision: str = "fp32", tta: bool = False, channels_last: bool = True) -> None:
         self.model, self.card, self.device = model.to(device).eval(), card, device
-        self.n_folded = fold_batchnorm(self.model)
+        fold_batchnorm(self.model)
         self.precision, self.tta = precision, tta
         self.size = int(card["input"]["size"])
         self.mean, self.std = card["input"]["mean"], card["input"]["std"]

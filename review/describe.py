@@ -1,4 +1,5 @@
-"""Turn a probability map into what a reviewer reads: lesions with boxes and contours (frame quality: data/quality.py)."""
+"""Turn a probability map into what a reviewer reads: lesions with boxes and contours.
+(Frame quality, blur and glare, is in data/quality.py.)"""
 from __future__ import annotations
 
 from typing import Any

@@ -15,13 +15,13 @@ import cv2
 import numpy as np
 
 from data.errors import UserError
-from data.io import IMAGE_EXTS, VIDEO_EXTS, atomic_write, read_image, write_image_atomic
+from data.io import IMAGE_EXTS, VIDEO_EXTS, atomic_write, list_images, prob_to_uint8, read_image, write_image_atomic
+from data.quality import frame_quality
 from data.scope import content_area, deidentify
 from data.video import Frame, VideoWriter, probe, read_frames
 from models.checkpoint import head_is_clinical
 from models.heads import aggregate_case
 from models.predictor import Predictor
-from data.quality import frame_quality
 from review.describe import clean_mask, lesions
 from review.keyframes import KeyFrames
 from review.overlay import render_overlay
@@ -113,7 +113,7 @@ def process_sequence(frames: Iterable[Frame], *, stem: str, names: list[str] | N
                 name = names[f.index] if names else f"{stem}_{f.index:06d}"
                 write_image_atomic(out_dir / "masks" / f"{name}.png", mask * 255)
                 if opts.write_probs:
-                    write_image_atomic(out_dir / "probs" / f"{name}.png", (prob * 255).round().astype(np.uint8))
+                    write_image_atomic(out_dir / "probs" / f"{name}.png", prob_to_uint8(prob))
                 lesion_p = float(prob.max()) if prob.size else 0.0
                 est = head_estimates(predictor.card, heads)
                 quality = frame_quality(f.image, area)
@@ -171,8 +171,8 @@ def summarise(records: list[dict], card: dict, video: dict | None, errors: list[
     for h, info in (card.get("heads", {}) if video else {}).items():
         classes = info["classes"]
         rows = [r for r in records if h in r["heads"]]
-        agg = aggregate_case(np.array([[r["heads"][h]["probs"][c] for c in classes] for r in rows]).reshape(-1, len(classes)),
-                             np.array([r["informative"] for r in rows], bool),
+        probs = np.array([[r["heads"][h]["probs"][c] for c in classes] for r in rows]).reshape(-1, len(classes))
+        agg = aggregate_case(probs, np.array([r["informative"] for r in rows], bool),
                              min_frames=opts.min_informative_frames, min_confidence=opts.abstain_below)
         heads[h] = {"estimate": None if agg["abstain"] else classes[agg["index"]],
                     "confidence": None if agg["confidence"] is None else round(agg["confidence"], 4),
@@ -197,7 +197,7 @@ def process_input(path: Path, *, predictor: Predictor, out_dir: Path, opts: Revi
     if not path.exists():
         raise UserError(f"input not found: {path} (give an image, a folder of images, or a video)")
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        files = list(list_images(path).values())
         if not files:
             raise UserError(f"no images ({', '.join(IMAGE_EXTS)}) in folder {path}")
         if frames_as_video:
@@ -218,5 +218,6 @@ def process_input(path: Path, *, predictor: Predictor, out_dir: Path, opts: Revi
     if suffix in IMAGE_EXTS:
         return process_sequence(frames_from_folder([path], 1.0, errors), stem=path.stem, names=[path.stem],
                                 predictor=predictor, out_dir=out_dir, opts=opts, video=None, errors=errors)
-    raise UserError(f"unsupported input type: {path} (images: {', '.join(IMAGE_EXTS)}; videos: {', '.join(VIDEO_EXTS)})")
+    raise UserError(f"unsupported input type: {path} "
+                    f"(images: {', '.join(IMAGE_EXTS)}; videos: {', '.join(VIDEO_EXTS)})")
 

@@ -38,10 +38,9 @@ DEFAULT_USE = ("Research use only. Not a medical device; estimates must not driv
 
 def timeline_plot(path: Path, records: Sequence[dict[str, Any]], card: dict[str, Any]) -> None:
     """Lesion probability and area over time; head estimates only for clinically validated heads."""
-    import matplotlib
+    from metrics.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     t = np.array([r["time"] for r in records])
     shown = [h for h in card.get("heads", {}) if head_is_clinical(card, h)]

@@ -7,7 +7,7 @@ import numpy as np
 class TemporalSmoother:
     """Exponential moving average of probability maps (and head probabilities) over consecutive frames.
 
-    alpha: weight of the newest frame (1.0 = off). A scene cut (the frame size changes, or ``reset()``) restarts
+    alpha: weight of the newest frame (1.0 = off). A scene cut (the frame size changes) restarts
     the average. Causal: frame t depends only on frames <= t, so it works on a live stream too.
     """
 
@@ -17,9 +17,6 @@ class TemporalSmoother:
         self.alpha = alpha
         self._prob: np.ndarray | None = None
         self._heads: dict[str, np.ndarray] = {}
-
-    def reset(self) -> None:
-        self._prob, self._heads = None, {}
 
     def __call__(self, prob: np.ndarray, heads: dict[str, np.ndarray] | None = None
                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:

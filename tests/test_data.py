@@ -170,15 +170,15 @@ def test_synthetic_dataset_is_written_once_with_labels(tmp_path):
         records_from_sources([{"kind": "zip"}])
 
 
-def test_folder_and_manifest_dataset_classes(tmp_path, synthetic_manifest):
-    from data.datasets import FolderDataset, ManifestDataset
-
+def test_record_dataset_over_folders_and_manifests(tmp_path, synthetic_manifest):
     make_folder(tmp_path / "f")
-    ds = FolderDataset(tmp_path / "f", transform=build_transform([], size=32))
+    ds = RecordDataset(folder_records(tmp_path / "f"), transform=build_transform([], size=32))
     s = ds[1]
     assert tuple(s["image"].shape) == (3, 32, 32) and tuple(s["mask"].shape) == (1, 32, 32) and s["id"] == "b"
+    assert ds[len(ds) + 1]["id"] == "b"  # an epoch-encoded index (data.loaders.EpochSampler) reads the same record
     heads = {"fibrosis": ["F0", "F1", "F2"]}
-    ms = ManifestDataset(synthetic_manifest, heads=heads, transform=build_transform([], size=32))
+    ms = RecordDataset(manifest_records(synthetic_manifest, heads=heads), transform=build_transform([], size=32),
+                       heads=list(heads))
     assert len(ms) == 16 and int(ms[0]["labels"]["fibrosis"]) in (0, 1, 2)
 
 

@@ -12,8 +12,15 @@ from data.splits import cv_split, group_kfold
 from metrics.grading import bootstrap, scores
 from models.build import build_model
 from models.calibration import fit_temperature
-from models.heads import (AttributeHead, aggregate_case, corn_loss, expected_grade, head_probabilities, parse_heads,
-                          set_covariate_stats)
+from models.heads import (
+    AttributeHead,
+    aggregate_case,
+    corn_loss,
+    expected_grade,
+    head_probabilities,
+    parse_heads,
+    set_covariate_stats,
+)
 from models.losses import EndoLoss
 
 

@@ -50,7 +50,7 @@ def test_validated_heads_are_drawn_and_reported(tmp_path, tiny_checkpoint, synth
     save_checkpoint(tmp_path / "real", model, real)
     out = tmp_path / "out"
     p = run_script("infer.py", f"input={synthetic_video}", f"out_dir={out}", f"checkpoint={tmp_path / 'real'}",
-                   "review.threshold=0.0", "review.abstain_below=0.0")
+                   "review.threshold=0.001", "review.abstain_below=0.0")
     assert p.returncode == 0, p.stderr[-2000:]
     html = (out / "report.html").read_text()
     summary = json.loads((out / "summary.json").read_text())
@@ -64,7 +64,7 @@ def test_validated_heads_are_drawn_and_reported(tmp_path, tiny_checkpoint, synth
         if not est["abstain"]:
             assert f"<b>{est['estimate']}</b>" in html
     p = run_script("infer.py", f"input={synthetic_video}", f"out_dir={tmp_path / 'strict'}",
-                   f"checkpoint={tmp_path / 'real'}", "review.threshold=0.0", "review.min_informative_frames=1000")
+                   f"checkpoint={tmp_path / 'real'}", "review.threshold=0.001", "review.min_informative_frames=1000")
     strict = json.loads((tmp_path / "strict" / "summary.json").read_text())
     assert strict["heads"]["fibrosis"]["abstain"] and strict["heads"]["fibrosis"]["estimate"] is None
     assert "<td>insufficient evidence</td>" in (tmp_path / "strict" / "report.html").read_text()

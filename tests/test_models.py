@@ -7,8 +7,14 @@ import torch
 
 from data.errors import UserError
 from models.build import build_model
-from models.checkpoint import (head_is_clinical, load_checkpoint, optimizer_from_tensors, optimizer_to_tensors,
-                               read_card, save_checkpoint)
+from models.checkpoint import (
+    head_is_clinical,
+    load_checkpoint,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    read_card,
+    save_checkpoint,
+)
 from models.losses import EndoLoss, dice_bce_loss, structure_loss
 from models.weights import resolve_weights
 from tests.conftest import SHARED, tiny_card
