@@ -116,6 +116,7 @@ TRAIN = {
     "loss.label_smoothing": Num(0, 1, hi_open=True),
     "loss.min_lesion_fraction": Num(0, 1),
     "loss.uninformative_weight": Num(0, 1),
+    "model.arch": Choice(("unet", "unetplusplus", "fpn", "deeplabv3plus")),  # models.build.ARCHITECTURES
     "model.head_hidden": Num(1, integer=True),
     "model.head_dropout": Num(0, 1, hi_open=True),
     "model.head_levels": Num(1, 5, integer=True),

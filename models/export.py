@@ -1,10 +1,10 @@
 """Ship a trained checkpoint: fp16 weights + card with provenance, test results and intended use, + MODEL_CARD.md.
 
 Segmenter (a full training run):
-    python -m models.export --src outputs/polyp_pranet/checkpoints/best --dst checkpoints/endolift_polyp_unet_mnv2 \
-        --metrics outputs/evaluate/shipped/metrics.json --train-log outputs/polyp_pranet/metrics.csv --wall-hours 2.1
+    python -m models.export --src outputs/train/<date_time>/checkpoints/best --dst checkpoints/endolift_polyp_unet_mnv2 \
+        --metrics outputs/evaluate/shipped/metrics.json --train-log outputs/train/<date_time>/metrics.csv --wall-hours 2.1
 Heads trained on a shipped segmenter (trainer.freeze=segmentation), added to it in place:
-    python -m models.export --add-heads outputs/small_sessile/<time>/checkpoints/best \
+    python -m models.export --add-heads outputs/train/<date_time>/checkpoints/best \
         --dst checkpoints/endolift_polyp_unet_mnv2 --metrics outputs/evaluate/heads/metrics.json --wall-hours 0.3
 The segmenter's weights must be bit-identical to the shipped ones (checked), so its test results still hold.
 MODEL_CARD.md is rendered from the card alone (render_model_card), so it can only describe the model it ships with.

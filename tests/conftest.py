@@ -6,11 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -26,9 +24,16 @@ def needs_shared_data():
 
 def run_script(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run an entry script as a user would, in a subprocess; returns the completed process."""
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": ""}
-    env.pop("HYDRA_FULL_ERROR")
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repo_stays_clean():
+    """Tests write into temporary folders only: no test may leave data in the repository's own cache."""
+    existed = (ROOT / ".cache").exists()
+    yield
+    assert existed or not (ROOT / ".cache").exists(), "a test wrote into the repository's .cache/ (pass paths.cache_dir)"
 
 
 @pytest.fixture(scope="session")

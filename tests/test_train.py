@@ -100,7 +100,7 @@ def test_warmup_cosine_schedule_shape():
 @pytest.mark.parametrize("args,needle", [
     (["train.py", "no_such_key=1"], "no_such_key"),
     (["train.py", "model=nope"], "model"),
-    (["train.py", "experiment=smoke", "model.arch=nope", "hydra.run.dir=/tmp/endolift-bad"], "model.arch 'nope'"),
+    (["train.py", "experiment=smoke", "model.arch=nope", "hydra.run.dir=/tmp/endolift-bad"], "model.arch='nope' is invalid"),
     (["train.py", "paths.shared_data=/nonexistent", "hydra.run.dir=/tmp/endolift-bad"], "/nonexistent"),
     (["infer.py", "input=/nonexistent/clip.mp4", "out_dir=/tmp/endolift-bad"], "/nonexistent/clip.mp4"),
 ])
