@@ -41,7 +41,7 @@ def score_checkpoint(cfg: DictConfig, pred, records: list[Record], set_dir: Path
             seg.update(prob, sample["mask"], record.id)
 
     rows = predict_records(pred, records, batch_size=cfg.batch_size, progress=set_dir.name, on_frame=on_frame)
-    head_results = score_heads(rows, pred.card.get("heads", {}), n_boot=cfg.n_boot, min_frames=cfg.case_min_frames,
+    head_results = score_heads(rows, pred.card.heads, n_boot=cfg.n_boot, min_frames=cfg.case_min_frames,
                                min_confidence=cfg.case_min_confidence)
     if head_results:
         set_dir.mkdir(parents=True, exist_ok=True)
@@ -140,7 +140,7 @@ def main(cfg: DictConfig) -> dict:
         if unknown:
             raise UserError(f"sets {unknown} are not in data.test_sets ({list(test_sets)})")
         pred = Predictor.from_checkpoint(cfg.checkpoint, device=cfg.device, precision=cfg.precision, tta=cfg.tta)
-        classes = {h: v["classes"] for h, v in pred.card.get("heads", {}).items()}
+        classes = {h: v.classes for h, v in pred.card.heads.items()}
         for name in wanted:
             records = records_from_sources(test_sets[name], heads=classes, covariates=pred.covariates)
             seg, head_results, (per_image, load) = score_checkpoint(cfg, pred, records, out_dir / name)

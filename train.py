@@ -163,12 +163,14 @@ def main(cfg: DictConfig) -> float:
         resumed, card = ckpt.load_checkpoint(cfg.trainer.resume)
         model.load_state_dict(resumed.state_dict())
         state = ckpt.load_train_state(cfg.trainer.resume)
-        ckpt.optimizer_from_tensors(optimizer, state, card["resume"]["optimizer"])
-        scheduler.load_state_dict(card["resume"]["scheduler"])
+        if not card.resume:
+            raise UserError(f"trainer.resume={cfg.trainer.resume} has no resume state: resume from a 'last' checkpoint")
+        ckpt.optimizer_from_tensors(optimizer, state, card.resume["optimizer"])
+        scheduler.load_state_dict(card.resume["scheduler"])
         if ema is not None:
             ema.shadow = {k[4:]: v.float() for k, v in state.items() if k.startswith("ema/")} or ema.shadow
         torch.set_rng_state(state["rng/torch"])
-        start_epoch, best = card["resume"]["epoch"] + 1, card["resume"]["best"]
+        start_epoch, best = card.resume["epoch"] + 1, card.resume["best"]
         if rank == 0:  # the best epoch so far travels with the run
             ckpt.copy_checkpoint(Path(cfg.trainer.resume).with_name("best"),
                                  Path(HydraConfig.get().runtime.output_dir) / "checkpoints" / "best")

@@ -24,6 +24,7 @@ from data.errors import UserError
 from data.io import atomic_write
 from metrics.heads import fmt_ci, heads_markdown, score_heads
 from metrics.plots import reliability_diagram
+from models.card import HeadCard
 
 
 def write_oof(path: Path, stem: Path, records: Sequence[Any], *, fold: int, variant: str, device: str = "auto"
@@ -33,11 +34,11 @@ def write_oof(path: Path, stem: Path, records: Sequence[Any], *, fold: int, vari
 
     pred = Predictor.from_checkpoint(stem, device=device)
     rows = predict_records(pred, list(records))
-    heads = {h: {k: v for k, v in info.items() if k in ("classes", "kind", "temperature", "baseline")}
-             for h, info in pred.card["heads"].items()}
+    heads = {h: {"classes": info.classes, "kind": info.kind, "temperature": info.temperature,
+                 "baseline": info.baseline} for h, info in pred.card.heads.items()}
     for r in rows:  # the fold's own baseline direction (fitted on its validation split) travels with each row
-        r["baseline_score"] = {h: info.get("baseline", {}).get("direction", 1) * r["area_fraction"]
-                               for h, info in heads.items() if len(info["classes"]) == 2}
+        r["baseline_score"] = {h: (info.baseline or {}).get("direction", 1) * r["area_fraction"]
+                               for h, info in pred.card.heads.items() if len(info.classes) == 2}
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps({"fold": fold, "variant": variant, "heads": heads, "rows": rows}))
 
@@ -58,7 +59,7 @@ def collect(root: Path) -> dict[str, dict[str, Any]]:
             raise UserError(f"fold {d['fold']} of variant {d['variant']} appears twice: {v['folds'][d['fold']]} and "
                             f"{f} (point at one sweep's folder)")
         v["folds"][d["fold"]] = str(f)
-        v["heads"] = v["heads"] or d["heads"]
+        v["heads"] = v["heads"] or {h: HeadCard(**info) for h, info in d["heads"].items()}
         v["rows"] += [dict(r, fold=d["fold"]) for r in d["rows"]]
     for name, v in by_variant.items():
         groups_per_fold = defaultdict(set)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from metrics.grading import binary_auroc, bootstrap, paired_bootstrap, reliability_bins, scores
+from models.card import HeadCard
 from models.heads import aggregate_case, head_probabilities
 
 
@@ -56,16 +57,15 @@ def case_table(rows: Sequence[Mapping[str, Any]], head: str, *, min_frames: int,
     return np.array(probs).reshape(-1, k), np.array(labels, dtype=int), groups, abstained
 
 
-def score_head(rows: Sequence[Mapping[str, Any]], head: str, info: Mapping[str, Any], *, n_boot: int = 1000,
+def score_head(rows: Sequence[Mapping[str, Any]], head: str, info: HeadCard, *, n_boot: int = 1000,
                seed: int = 0, min_frames: int = 1, min_confidence: float = 0.0) -> dict[str, Any] | None:
     """Every metric of one head, per frame and per case. ``info``: the card's entry for the head (classes, kind,
-    temperature, baseline). Returns None when no row has a label for the head."""
+    temperature, baseline), a models.card.HeadCard. Returns None when no row has a label for the head."""
     arr = _arrays(rows, head)
     if arr is None:
         return None
     probs, labels, groups, area, informative = arr
-    out: dict[str, Any] = {"classes": list(info["classes"]), "kind": info.get("kind", "nominal"),
-                           "temperature": info.get("temperature", 1.0)}
+    out: dict[str, Any] = {"classes": list(info.classes), "kind": info.kind, "temperature": info.temperature}
     frame = scores(probs, labels)
     frame.update(n=len(labels), n_cases=len(set(groups)), n_informative=int(informative.sum()),
                  ci95=bootstrap(probs, labels, groups, n_boot=n_boot, seed=seed),
@@ -76,7 +76,7 @@ def score_head(rows: Sequence[Mapping[str, Any]], head: str, info: Mapping[str, 
         frame["ece_before_temperature"] = scores(p1, raw[1])["ece"]
     out["frame"] = frame
     if probs.shape[1] == 2:
-        direction = int(info.get("baseline", {}).get("direction", 1))
+        direction = int((info.baseline or {}).get("direction", 1))
         known = [r for r in rows if r["labels"].get(head, -1) >= 0 and head in r["probs"]]
         base = np.array([r["baseline_score"][head] if head in r.get("baseline_score", {}) else direction * a
                          for r, a in zip(known, area)])
@@ -104,7 +104,7 @@ def _diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def score_heads(rows: Sequence[Mapping[str, Any]], heads: Mapping[str, Mapping[str, Any]], **kw: Any
+def score_heads(rows: Sequence[Mapping[str, Any]], heads: Mapping[str, HeadCard], **kw: Any
                 ) -> dict[str, Any]:
     out = {}
     for h, info in heads.items():

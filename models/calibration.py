@@ -47,21 +47,20 @@ def calibrate_checkpoint(stem: Any, records: Sequence[Any], *, device: str = "au
     pred.temperatures = {h: 1.0 for h in pred.heads}
     rows = predict_records(pred, list(records), batch_size=batch_size, progress="calibrate" if progress else None)
     card = read_card(stem)
-    for h, info in card["heads"].items():
+    for h, info in card.heads.items():
         known = [r for r in rows if r["labels"].get(h, -1) >= 0]
         if not known:
             continue
         t = fit_temperature(np.array([r["logits"][h] for r in known]), np.array([r["labels"][h] for r in known]),
-                            info.get("kind", "nominal"))
-        info["temperature"] = round(t, 4)
-        if len(info["classes"]) == 2:
-            info["baseline"] = {"feature": "predicted lesion area fraction", "direction": area_direction(rows, h)}
+                            info.kind)
+        info.temperature = round(t, 4)
+        if len(info.classes) == 2:
+            info.baseline = {"feature": "predicted lesion area fraction", "direction": area_direction(rows, h)}
         for r in rows:
-            r["probs"][h] = head_probabilities(torch.tensor([r["logits"][h]]), info.get("kind", "nominal"),
-                                               t)[0].tolist()
-    results = score_heads(rows, card["heads"], n_boot=n_boot, min_frames=min_frames)
+            r["probs"][h] = head_probabilities(torch.tensor([r["logits"][h]]), info.kind, t)[0].tolist()
+    results = score_heads(rows, card.heads, n_boot=n_boot, min_frames=min_frames)
     for h, res in results.items():
-        card["heads"][h]["validation"] = _compact(res)
+        card.heads[h].validation = _compact(res)
     write_card(stem, card)
     return results
 

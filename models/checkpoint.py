@@ -20,6 +20,7 @@ from torch import nn
 
 from data.errors import UserError
 from data.io import atomic_write
+from models.card import SCHEMA, ModelCard
 
 FORMAT = "endolift-checkpoint/1"
 
@@ -46,7 +47,11 @@ def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, card: dict[str, Any], *,
+def _as_dict(card: "ModelCard | dict[str, Any]") -> dict[str, Any]:
+    return card.to_dict() if isinstance(card, ModelCard) else dict(card)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, card: "ModelCard | dict[str, Any]", *,
                     dtype: torch.dtype | None = None, train_state: dict[str, torch.Tensor] | None = None) -> Path:
     """Write weights (optionally cast to ``dtype``, e.g. fp16 for shipping) and the card; return the weights path.
 
@@ -65,7 +70,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, card: dict[str, Any], *,
         _atomic_save_tensors(train_state, stem.with_name(stem.name + ".state.safetensors"), metadata=meta)
     _atomic_save_tensors(state, weights, metadata=meta)
     card = {"format": FORMAT, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": git_commit(), **card, "save_id": save_id}
+            "git_commit": git_commit(), **_as_dict(card), "save_id": save_id, "schema": SCHEMA}
     write_card(stem, card)
     return weights
 
@@ -86,14 +91,15 @@ def copy_checkpoint(src: str | Path, dst: str | Path) -> bool:
     return True
 
 
-def write_card(path: str | Path, card: dict[str, Any]) -> None:
+def write_card(path: str | Path, card: "ModelCard | dict[str, Any]") -> None:
     """Rewrite a checkpoint's card in place (atomically), e.g. after calibration; the weights are untouched."""
     stem = _stem(path)
     with atomic_write(stem.with_name(stem.name + ".json")) as tmp:
-        tmp.write_text(json.dumps(card, indent=2, default=str))
+        tmp.write_text(json.dumps(_as_dict(card), indent=2, default=str))
 
 
-def read_card(path: str | Path) -> dict[str, Any]:
+def read_card(path: str | Path) -> ModelCard:
+    """The checkpoint's card as a validated ModelCard (models/card.py)."""
     stem = _stem(path)
     card_path = stem.with_name(stem.name + ".json")
     if not card_path.is_file():
@@ -102,9 +108,10 @@ def read_card(path: str | Path) -> dict[str, Any]:
         card = json.loads(card_path.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"checkpoint card is not valid JSON: {card_path} ({e.msg})") from None
-    if card.get("format") != FORMAT:
-        raise UserError(f"{card_path} is not an endolift checkpoint card (format {card.get('format')!r})")
-    return card
+    if not isinstance(card, dict) or card.get("format") != FORMAT:
+        found = card.get("format") if isinstance(card, dict) else type(card).__name__
+        raise UserError(f"{card_path} is not an endolift checkpoint card (format {found!r})")
+    return ModelCard.from_dict(card, str(card_path))
 
 
 def init_segmenter(model: nn.Module, path: str | Path) -> dict[str, Any]:
@@ -114,14 +121,14 @@ def init_segmenter(model: nn.Module, path: str | Path) -> dict[str, Any]:
     seg_state = {k: v for k, v in src.state_dict().items() if k.startswith("seg.")}
     mine = {k for k in model.state_dict() if k.startswith("seg.")}
     if set(seg_state) != mine:
-        raise UserError(f"trainer.init_from={path}: its segmenter ({card['model'].get('arch')}/"
-                        f"{card['model'].get('encoder')}) differs from model config; use the same model settings")
+        raise UserError(f"trainer.init_from={path}: its segmenter ({card.model.get('arch')}/"
+                        f"{card.model.get('encoder')}) differs from model config; use the same model settings")
     model.load_state_dict(seg_state, strict=False)
-    return {"name": card.get("name"), "date": card.get("date"), "git_commit": card.get("git_commit"),
+    return {"name": card.name, "date": card.date, "git_commit": card.git_commit,
             "path": str(path)}
 
 
-def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
     """Rebuild the model from the card's resolved config and load its weights (cast back to fp32)."""
     from models.build import build_model
 
@@ -135,7 +142,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
         raise UserError(f"checkpoint weights are unreadable: {weights} ({e})") from None
     _check_same_save(weights, card)
-    model_cfg = dict(card["model"])
+    model_cfg = dict(card.model)
     model_cfg["weights"] = None  # the checkpoint holds every weight; no ImageNet file is needed
     model = build_model(**model_cfg)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
@@ -146,18 +153,18 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     return model.to(device).eval(), card
 
 
-def _check_same_save(path: Path, card: dict[str, Any]) -> None:
+def _check_same_save(path: Path, card: ModelCard) -> None:
     """Refuse a file whose save_id differs from its card's (a save interrupted between two renames)."""
     from safetensors import safe_open
 
-    if "save_id" not in card:  # written before save ids existed
+    if card.save_id is None:  # written before save ids existed
         return
     try:
         with safe_open(str(path), framework="pt") as f:
             found = (f.metadata() or {}).get("save_id")
     except Exception as e:
         raise UserError(f"checkpoint file is unreadable: {path} ({e})") from None
-    if found != card["save_id"]:
+    if found != card.save_id:
         raise UserError(f"{path} and its card come from different saves (a save was interrupted): use the "
                         "checkpoint before it, or delete these files")
 
@@ -222,13 +229,14 @@ def training_card(config: dict[str, Any], *, epoch: int, metrics: dict[str, floa
                          "precision": config["trainer"]["precision"], "config": config}}
 
 
-def head_is_clinical(card: dict[str, Any], head: str) -> bool:
+def head_is_clinical(card: "ModelCard | dict[str, Any]", head: str) -> bool:
     """True only when the card says the head was trained AND validated on real (not synthetic/proxy) labels.
 
     This is the gate for showing a head's estimate to a clinician (overlay, report).
     """
-    info = card.get("heads", {}).get(head, {})
-    return bool(info.get("trained")) and info.get("label_source") == "real" and bool(info.get("validated_on_real"))
+    if not isinstance(card, ModelCard):
+        card = ModelCard.from_dict(card)
+    return card.is_clinical(head)
 
 
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

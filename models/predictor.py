@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from data.transforms import normalise_batch
+from models.card import ModelCard
 from models.checkpoint import load_checkpoint
 from models.heads import head_probabilities, parse_heads
 from models.runtime import autocast, pick_device
@@ -45,20 +46,20 @@ class Prediction:
 
 
 class Predictor:
-    def __init__(self, model: torch.nn.Module, card: dict[str, Any], *, device: torch.device,
+    def __init__(self, model: torch.nn.Module, card: ModelCard, *, device: torch.device,
                  precision: str = "fp32", tta: bool = False, channels_last: bool = True) -> None:
         self.model, self.card, self.device = model.to(device).eval(), card, device
         fold_batchnorm(self.model)
         self.precision, self.tta = precision, tta
-        self.size = int(card["input"]["size"])
-        self.mean, self.std = card["input"]["mean"], card["input"]["std"]
-        self.heads = list(card.get("heads", {}))
+        self.size = card.input.size
+        self.mean, self.std = card.input.mean, card.input.std
+        self.heads = list(card.heads)
         # the model config decides each head's kind (its number of outputs); the card's head entries follow it
-        self.kinds = {h: spec.kind for h, spec in parse_heads(card.get("model", {}).get("heads")).items()}
+        self.kinds = {h: spec.kind for h, spec in parse_heads(card.model.get("heads")).items()}
         for h in self.heads:
-            card["heads"][h]["kind"] = self.kinds[h]
-        self.temperatures = {h: float(v.get("temperature", 1.0)) for h, v in card.get("heads", {}).items()}
-        self.covariates = list(card.get("model", {}).get("covariates", []))
+            card.heads[h].kind = self.kinds[h]
+        self.temperatures = {h: float(v.temperature) for h, v in card.heads.items()}
+        self.covariates = card.covariates
         self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -19,7 +19,7 @@ from data.io import IMAGE_EXTS, VIDEO_EXTS, atomic_write, list_images, prob_to_u
 from data.quality import frame_quality
 from data.scope import content_area, deidentify
 from data.video import Frame, VideoWriter, probe, read_frames
-from models.checkpoint import head_is_clinical
+from models.card import ModelCard
 from models.heads import aggregate_case
 from models.predictor import Predictor
 from review.describe import clean_mask, lesions
@@ -54,14 +54,14 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def head_estimates(card: dict, probs: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+def head_estimates(card: ModelCard, probs: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
     out = {}
     for h, p in probs.items():
-        classes = card["heads"][h]["classes"]
+        classes = card.heads[h].classes
         k = int(np.argmax(p))
         out[h] = {"estimate": classes[k], "confidence": round(float(p[k]), 4),
                   "probs": {c: round(float(v), 4) for c, v in zip(classes, p)},
-                  "clinically_validated": head_is_clinical(card, h)}
+                  "clinically_validated": card.is_clinical(h)}
     return out
 
 
@@ -159,7 +159,7 @@ def process_sequence(frames: Iterable[Frame], *, stem: str, names: list[str] | N
     return summary
 
 
-def summarise(records: list[dict], card: dict, video: dict | None, errors: list[dict], *, threshold: float,
+def summarise(records: list[dict], card: ModelCard, video: dict | None, errors: list[dict], *, threshold: float,
               opts: ReviewOptions | None = None) -> dict[str, Any]:
     """Case summary: frames with lesion, largest lesion, and for a video one estimate per head, aggregated over its
     informative frames (models.heads.aggregate_case: a lesion in view, not blurry or over-exposed), abstaining
@@ -168,8 +168,8 @@ def summarise(records: list[dict], card: dict, video: dict | None, errors: list[
     with_lesion = [r for r in records if r["n_lesions"] > 0]
     largest = max(records, key=lambda r: r["largest_px"], default=None)
     heads: dict[str, Any] = {}
-    for h, info in (card.get("heads", {}) if video else {}).items():
-        classes = info["classes"]
+    for h, info in (card.heads if video else {}).items():
+        classes = info.classes
         rows = [r for r in records if h in r["heads"]]
         probs = np.array([[r["heads"][h]["probs"][c] for c in classes] for r in rows]).reshape(-1, len(classes))
         agg = aggregate_case(probs, np.array([r["informative"] for r in rows], bool),
@@ -179,7 +179,7 @@ def summarise(records: list[dict], card: dict, video: dict | None, errors: list[
                     "probs": None if agg["probs"] is None else {c: round(float(v), 4) for c, v in zip(classes,
                                                                                                     agg["probs"])},
                     "frames": agg["frames"], "abstain": agg["abstain"], "reason": agg["reason"],
-                    "clinically_validated": head_is_clinical(card, h)}
+                    "clinically_validated": card.is_clinical(h)}
     return {"frames": len(records), "frames_with_lesion": len(with_lesion),
             "informative_frames": sum(bool(r["informative"]) for r in records),
             "lesion_frame_fraction": round(len(with_lesion) / max(1, len(records)), 4),
@@ -187,7 +187,7 @@ def summarise(records: list[dict], card: dict, video: dict | None, errors: list[
             "largest_lesion": {"name": largest["name"], "time": largest["time"], "area_px": largest["largest_px"]}
             if largest and largest["largest_px"] else None,
             "heads": heads, "video": video, "threshold": threshold, "errors": errors,
-            "model": {"name": card.get("name"), "date": card.get("date"), "git_commit": card.get("git_commit")}}
+            "model": {"name": card.name, "date": card.date, "git_commit": card.git_commit}}
 
 
 def process_input(path: Path, *, predictor: Predictor, out_dir: Path, opts: ReviewOptions,

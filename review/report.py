@@ -14,7 +14,7 @@ import numpy as np
 from markupsafe import Markup
 
 from data.io import atomic_write, write_image_atomic
-from models.checkpoint import head_is_clinical
+from models.card import ModelCard
 from review.overlay import timecode
 
 STATE_SCRIPT = """<script>
@@ -36,14 +36,14 @@ DEFAULT_USE = ("Research use only. Not a medical device; estimates must not driv
                "Lesion outlines are from a polyp-segmentation model trained on public colonoscopy data.")
 
 
-def timeline_plot(path: Path, records: Sequence[dict[str, Any]], card: dict[str, Any]) -> None:
+def timeline_plot(path: Path, records: Sequence[dict[str, Any]], card: ModelCard) -> None:
     """Lesion probability and area over time; head estimates only for clinically validated heads."""
     from metrics.plots import pyplot
 
     plt = pyplot()
 
     t = np.array([r["time"] for r in records])
-    shown = [h for h in card.get("heads", {}) if head_is_clinical(card, h)]
+    shown = [h for h in card.heads if card.is_clinical(h)]
     fig, axes = plt.subplots(2 + len(shown), 1, figsize=(9, 2.2 * (2 + len(shown))), sharex=True)
     axes[0].plot(t, [r["lesion_probability"] for r in records], color="tab:green")
     axes[0].set_ylabel("lesion prob.")
@@ -51,7 +51,7 @@ def timeline_plot(path: Path, records: Sequence[dict[str, Any]], card: dict[str,
     axes[1].plot(t, [100 * r["area_fraction"] for r in records], color="tab:orange")
     axes[1].set_ylabel("area (% of view)")
     for ax, h in zip(axes[2:], shown):
-        for c in card["heads"][h]["classes"]:
+        for c in card.heads[h].classes:
             ax.plot(t, [r["heads"][h]["probs"][c] for r in records], label=c)
         ax.set_ylabel(h)
         ax.set_ylim(0, 1.02)
@@ -68,20 +68,20 @@ def timeline_plot(path: Path, records: Sequence[dict[str, Any]], card: dict[str,
 CLINICAL_TARGETS = ("fibrosis", "lift")  # always listed, so a reader sees when no validated model exists
 
 
-def shown_heads(card: dict[str, Any]) -> list[str]:
-    return list(CLINICAL_TARGETS) + [h for h in card.get("heads", {}) if h not in CLINICAL_TARGETS]
+def shown_heads(card: ModelCard) -> list[str]:
+    return list(CLINICAL_TARGETS) + [h for h in card.heads if h not in CLINICAL_TARGETS]
 
 
-def head_row(head: str, est: dict[str, Any] | None, card: dict[str, Any]) -> dict[str, Any]:
+def head_row(head: str, est: dict[str, Any] | None, card: ModelCard) -> dict[str, Any]:
     """One table row: the validated estimate, 'insufficient evidence', or why nothing is shown."""
-    info = card.get("heads", {}).get(head)
-    if info is None or not head_is_clinical(card, head):
+    info = card.heads.get(head)
+    if info is None or not info.clinical:
         return {"head": head, "state": "hidden",
                 "why": "not available: no validated model" if info is None else
                        "not shown: this head was not trained and validated on real labels"}
-    auc = info.get("validation", {}).get("frame", {}).get("auroc")
+    auc = (info.validation or {}).get("frame", {}).get("auroc")
     validation = (f"validation AUROC {auc:.2f}" if auc is not None else "validated") + \
-        f" ({info.get('n_val_labels', '?')} labelled frames)"
+        f" ({info.n_val_labels} labelled frames)"
     if est is None or est.get("abstain"):
         return {"head": head, "state": "abstain", "reason": (est or {}).get("reason") or "no frames",
                 "validation": validation}
@@ -98,7 +98,7 @@ def _template():
 
 
 def write_report(out_dir: Path, *, stem: str, records: Sequence[dict[str, Any]], summary: dict[str, Any],
-                 card: dict[str, Any], key_frames: Sequence[tuple[float, int, np.ndarray]], overlay: str | None
+                 card: ModelCard, key_frames: Sequence[tuple[float, int, np.ndarray]], overlay: str | None
                  ) -> Path:
     timeline_plot(out_dir / "timeline.png", records, card)
     frames = []
@@ -110,12 +110,12 @@ def write_report(out_dir: Path, *, stem: str, records: Sequence[dict[str, Any]],
                        "score": score})
     largest = summary.get("largest_lesion")
     page = _template().render(
-        stem=stem, intended_use=card.get("intended_use", DEFAULT_USE), overlay_url=quote(overlay) if overlay else None,
+        stem=stem, intended_use=card.intended_use or DEFAULT_USE, overlay_url=quote(overlay) if overlay else None,
         summary=summary, largest=dict(largest, timecode=timecode(largest["time"])) if largest else None,
         head_rows=[head_row(h, summary["heads"].get(h), card) for h in shown_heads(card)],
         errors=[x["error"] for x in summary.get("errors", [])], key_frames=frames,
-        model_name=str(card.get("name")), model_date=str(card.get("date")),
-        model_commit=str(card.get("git_commit"))[:12], state_script=Markup(STATE_SCRIPT))
+        model_name=str(card.name), model_date=str(card.date),
+        model_commit=str(card.git_commit)[:12], state_script=Markup(STATE_SCRIPT))
     path = out_dir / "report.html"
     with atomic_write(path) as tmp:
         tmp.write_text(page)

@@ -46,7 +46,7 @@ def test_video_outputs_follow_the_contract(tmp_path, tiny_checkpoint, synthetic_
 
 def test_validated_heads_are_drawn_and_reported(tmp_path, tiny_checkpoint, synthetic_video):
     model, card = load_checkpoint(tiny_checkpoint)
-    real = tiny_card({h: v["classes"] for h, v in card["heads"].items()}, label_source="real", validated=True)
+    real = tiny_card({h: v.classes for h, v in card.heads.items()}, label_source="real", validated=True)
     save_checkpoint(tmp_path / "real", model, real)
     out = tmp_path / "out"
     p = run_script("infer.py", f"input={synthetic_video}", f"out_dir={out}", f"checkpoint={tmp_path / 'real'}",
@@ -59,7 +59,7 @@ def test_validated_heads_are_drawn_and_reported(tmp_path, tiny_checkpoint, synth
         est = summary["heads"][h]
         assert est["clinically_validated"] and est["frames"] == summary["informative_frames"]
         # an estimate where informative frames exist, otherwise the reason it abstained; either way in the report
-        assert (est["estimate"] in card["heads"][h]["classes"]) if not est["abstain"] else \
+        assert (est["estimate"] in card.heads[h].classes) if not est["abstain"] else \
             ("<td>insufficient evidence</td>" in html and est["reason"])
         if not est["abstain"]:
             assert f"<b>{est['estimate']}</b>" in html

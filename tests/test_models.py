@@ -130,7 +130,8 @@ def test_checkpoint_round_trip_is_bitwise_equal(tmp_path):
     loaded, loaded_card = load_checkpoint(tmp_path / "m.safetensors")
     a, b = model.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert loaded_card["heads"]["fibrosis"]["classes"] == ["F0", "F1", "F2"] and loaded_card["git_commit"] != "HEAD"
+    assert loaded_card.heads["fibrosis"].classes == ["F0", "F1", "F2"] and loaded_card.git_commit != "HEAD"
+    assert loaded_card.schema == 2 and loaded_card.input.size == 64 and loaded_card.save_id
     save_checkpoint(tmp_path / "half", model, card, dtype=torch.float16)
     half, _ = load_checkpoint(tmp_path / "half")
     k = "seg.encoder.features.0.0.weight"
@@ -244,3 +245,23 @@ def test_stale_partials_are_cleaned_and_an_output_folder_is_locked(tmp_path):
     with output_lock(tmp_path):  # a dead owner's lock is taken over, and released after
         assert (tmp_path / ".endolift.lock").read_text() == str(__import__("os").getpid())
     assert not (tmp_path / ".endolift.lock").exists()
+
+
+def test_a_malformed_card_is_refused_naming_the_field(tmp_path):
+    import json
+
+    card = tiny_card({"fibrosis": ["F0", "F1", "F2"]})
+    save_checkpoint(tmp_path / "m", build_model(**card["model"]), card)
+    good = json.loads((tmp_path / "m.json").read_text())
+    for mutate, needle in [(lambda d: d.pop("input"), "no 'input' field"),
+                           (lambda d: d["input"].update(size="big"), "input.size"),
+                           (lambda d: d["heads"]["fibrosis"].update(classes=["F0"]), "heads.fibrosis.classes"),
+                           (lambda d: d["heads"]["fibrosis"].update(temperature=-1), "heads.fibrosis.temperature"),
+                           (lambda d: d["heads"]["fibrosis"].update(kind="circular"), "heads.fibrosis.kind")]:
+        bad = json.loads(json.dumps(good))
+        mutate(bad)
+        (tmp_path / "m.json").write_text(json.dumps(bad))
+        with pytest.raises(UserError, match=needle):
+            read_card(tmp_path / "m")
+    (tmp_path / "m.json").write_text(json.dumps(dict(good, unknown_key=1)))
+    assert read_card(tmp_path / "m").extra["unknown_key"] == 1  # unknown fields are kept, not dropped

@@ -1,0 +1,138 @@
+"""The model card: one typed object for everything a checkpoint says about itself (NAME.json).
+
+Loaded and validated by models/checkpoint.py (``read_card``); code reads ``card.input.size``,
+``card.heads["fibrosis"].temperature``, ``card.is_clinical("lift")`` instead of nested dictionary keys, and a card
+that is malformed (a missing field, a wrong type) is refused with one message naming the file and the field.
+``schema`` numbers the layout: 1 = the first cards (no head kinds, temperatures or save ids; still readable),
+2 = this one. Keys this module does not know are kept in ``extra`` and written back unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+from data.errors import UserError
+
+SCHEMA = 2
+KINDS = ("ordinal", "nominal")
+
+
+@dataclass
+class InputSpec:
+    size: int
+    resize: str = "stretch"
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class HeadCard:
+    """What the card says about one attribute head. ``clinical`` is the gate for showing it to a clinician."""
+
+    classes: list[str]
+    kind: str = "nominal"
+    trained: bool = True
+    label_source: str = "unknown"      # synthetic | proxy | real | unknown
+    validated_on_real: bool = False
+    temperature: float = 1.0
+    label_definition: str | None = None
+    n_train_labels: int = 0
+    n_val_labels: int = 0
+    counts: dict[str, Any] = field(default_factory=dict)
+    baseline: dict[str, Any] | None = None      # binary heads: lesion-area-only baseline direction
+    validation: dict[str, Any] | None = None    # metrics on the validation split (calibration)
+    test: dict[str, Any] | None = None          # metrics on test sets (export)
+    training: dict[str, Any] | None = None      # how the head was trained, when added to a shipped segmenter
+
+    @property
+    def clinical(self) -> bool:
+        return bool(self.trained) and self.label_source == "real" and bool(self.validated_on_real)
+
+
+@dataclass
+class ModelCard:
+    name: str
+    model: dict[str, Any]                      # models.build.build_model keyword arguments
+    input: InputSpec
+    heads: dict[str, HeadCard] = field(default_factory=dict)
+    schema: int = SCHEMA
+    format: str | None = None
+    date: str | None = None
+    git_commit: str | None = None
+    save_id: str | None = None
+    intended_use: str | None = None
+    epoch: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    segmentation: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    test_results: dict[str, Any] = field(default_factory=dict)
+    compute: dict[str, Any] = field(default_factory=dict)
+    known_limits: list[str] = field(default_factory=list)
+    licence: dict[str, Any] = field(default_factory=dict)
+    parameters: int | None = None
+    weights_dtype: str | None = None
+    notes: str = ""
+    resume: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def is_clinical(self, head: str) -> bool:
+        h = self.heads.get(head)
+        return h is not None and h.clinical
+
+    @property
+    def covariates(self) -> list[str]:
+        return list(self.model.get("covariates") or [])
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "extra":
+                continue
+            v = getattr(self, f.name)
+            if f.name == "input":
+                v = vars(v).copy()
+            elif f.name == "heads":
+                v = {h: {k: x for k, x in vars(c).items()} for h, c in v.items()}
+            out[f.name] = v
+        return {**self.extra, **out}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "card") -> "ModelCard":
+        """Validate and convert; a problem is a UserError naming ``where`` and the field."""
+        if not isinstance(d, Mapping):
+            raise UserError(f"{where}: a card must be a JSON object")
+        for key in ("name", "model", "input"):
+            if key not in d:
+                raise UserError(f"{where}: the card has no '{key}' field (not an endolift checkpoint card?)")
+        if not isinstance(d["model"], Mapping) or "arch" not in d["model"]:
+            raise UserError(f"{where}: 'model' must hold the model config (with 'arch')")
+        inp = d["input"]
+        if not isinstance(inp, Mapping) or not isinstance(inp.get("size"), int) or inp["size"] <= 0:
+            raise UserError(f"{where}: 'input.size' must be a positive integer")
+        for k in ("mean", "std"):
+            if k in inp and (not isinstance(inp[k], list) or len(inp[k]) != 3):
+                raise UserError(f"{where}: 'input.{k}' must be three numbers")
+        heads = {}
+        for h, info in (d.get("heads") or {}).items():
+            heads[h] = _head(info, f"{where}: heads.{h}")
+        known = {f.name for f in fields(cls)} - {"extra", "input", "heads"}
+        kwargs = {k: d[k] for k in known if k in d}
+        kwargs.setdefault("schema", 1)
+        return cls(input=InputSpec(**{k: inp[k] for k in ("size", "resize", "mean", "std") if k in inp}),
+                   heads=heads, extra={k: v for k, v in d.items() if k not in known | {"input", "heads"}}, **kwargs)
+
+
+def _head(info: Any, where: str) -> HeadCard:
+    if not isinstance(info, Mapping):
+        raise UserError(f"{where} must be an object")
+    classes = info.get("classes")
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        raise UserError(f"{where}.classes must be a list of at least two class names")
+    if info.get("kind", "nominal") not in KINDS:
+        raise UserError(f"{where}.kind must be one of {KINDS}")
+    t = info.get("temperature", 1.0)
+    if not isinstance(t, (int, float)) or isinstance(t, bool) or t <= 0:
+        raise UserError(f"{where}.temperature must be a positive number")
+    names = {f.name for f in fields(HeadCard)}
+    return HeadCard(**{k: v for k, v in info.items() if k in names})
