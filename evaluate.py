@@ -139,7 +139,8 @@ def main(cfg: DictConfig) -> dict:
         unknown = [s for s in wanted if s not in test_sets]
         if unknown:
             raise UserError(f"sets {unknown} are not in data.test_sets ({list(test_sets)})")
-        pred = Predictor.from_checkpoint(cfg.checkpoint, device=cfg.device, precision=cfg.precision, tta=cfg.tta)
+        pred = Predictor.from_checkpoint(cfg.checkpoint, device=cfg.device, precision=cfg.precision, tta=cfg.tta,
+                                     backend=cfg.backend)
         classes = {h: v.classes for h, v in pred.card.heads.items()}
         for name in wanted:
             records = records_from_sources(test_sets[name], heads=classes, covariates=pred.covariates)

@@ -44,7 +44,8 @@ def main(cfg: DictConfig) -> None:
         opts = ReviewOptions(**OmegaConf.to_container(cfg.review, resolve=True))
     except TypeError as e:
         raise UserError(f"unknown review setting: {e}") from None
-    predictor = Predictor.from_checkpoint(cfg.checkpoint, device=cfg.device, precision=cfg.precision, tta=cfg.tta)
+    predictor = Predictor.from_checkpoint(cfg.checkpoint, device=cfg.device, precision=cfg.precision, tta=cfg.tta,
+                                          backend=cfg.backend)
     out_root = Path(cfg.out_dir)
     with output_lock(out_root):
         clean_stale_partials(out_root)

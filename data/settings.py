@@ -138,6 +138,7 @@ TRAIN = {
 
 INFER = {
     "precision": Choice(("auto",) + PRECISIONS),
+    "backend": Choice(("torch", "onnxruntime")),
     "tta": Bool(),
     "frames_as_video": Bool(),
     "review.batch_size": Num(1, 256, integer=True),
@@ -160,6 +161,7 @@ INFER = {
 
 EVALUATE = {
     "precision": Choice(("auto",) + PRECISIONS),
+    "backend": Choice(("torch", "onnxruntime")),
     "tta": Bool(),
     "batch_size": Num(1, 1024, integer=True),
     "nsd_tolerance": Num(0, lo_open=True),

@@ -206,10 +206,19 @@ def main() -> None:
     ap.add_argument("--metrics", default=None, help="evaluate.py's metrics.json of the exported checkpoint "
                     "(export once without it, evaluate the exported weights, export again with it)")
     ap.add_argument("--train-log", default=None, help="train.py's metrics.csv (segmenter export)")
-    ap.add_argument("--wall-hours", type=float, required=True)
+    ap.add_argument("--wall-hours", type=float, default=None, help="training wall time (with --src/--add-heads)")
+    ap.add_argument("--onnx", action="store_true", help="export --dst's checkpoint to DST.onnx (models/onnx.py)")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads training used (default: from the card)")
     ap.add_argument("--notes", default="")
     a = ap.parse_args()
+    if a.onnx:
+        from models.onnx import export_onnx
+
+        path = export_onnx(a.dst)
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+        return None
+    if a.wall_hours is None:
+        ap.error("--wall-hours is required with --src or --add-heads")
     if a.add_heads:
         return add_heads(a)
     if not (a.src and a.train_log):

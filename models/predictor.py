@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data.errors import UserError
 from data.transforms import normalise_batch
 from models.card import ModelCard
 from models.checkpoint import load_checkpoint
@@ -46,10 +47,16 @@ class Prediction:
 
 
 class Predictor:
-    def __init__(self, model: torch.nn.Module, card: ModelCard, *, device: torch.device,
+    def __init__(self, model: Any, card: ModelCard, *, device: torch.device,
                  precision: str = "fp32", tta: bool = False, channels_last: bool = True) -> None:
-        self.model, self.card, self.device = model.to(device).eval(), card, device
-        fold_batchnorm(self.model)
+        """model: an EndoNet, or a models.onnx.OrtModel (ONNX Runtime; fp32 on the CPU, no autocast)."""
+        self.onnx = not isinstance(model, torch.nn.Module)
+        if self.onnx:
+            device, precision, channels_last = torch.device("cpu"), "fp32", False
+        else:
+            model = model.to(device).eval()
+            fold_batchnorm(model)
+        self.model, self.card, self.device = model, card, device
         self.precision, self.tta = precision, tta
         self.size = card.input.size
         self.mean, self.std = card.input.mean, card.input.std
@@ -66,8 +73,17 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str = "auto", precision: str = "auto",
-                        tta: bool = False) -> "Predictor":
-        """precision 'auto': bf16 on CPU (AMX makes it 2-4x faster), fp16 on CUDA, fp32 on MPS."""
+                        tta: bool = False, backend: str = "torch") -> "Predictor":
+        """precision 'auto': bf16 on CPU (AMX makes it 2-4x faster), fp16 on CUDA, fp32 on MPS.
+        backend 'onnxruntime' runs NAME.onnx beside the checkpoint (python -m models.export --onnx)."""
+        if backend == "onnxruntime":
+            from models.checkpoint import read_card
+            from models.onnx import OrtModel
+
+            card = read_card(path)
+            return cls(OrtModel(path, card), card, device=torch.device("cpu"), precision="fp32", tta=tta)
+        if backend != "torch":
+            raise UserError(f"backend '{backend}' is unknown: use torch or onnxruntime")
         dev = pick_device(device)
         model, card = load_checkpoint(path)
         if precision == "auto":
