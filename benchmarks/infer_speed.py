@@ -2,8 +2,11 @@
 
 python benchmarks/infer_speed.py [--checkpoint checkpoints/endolift_polyp_unet_mnv2] [--frames 46]
 1. model only, 352x352: batch 1 and 8, fp32 vs bf16 (+ channels_last); ratios against fp32 batch 1.
-2. end to end (decode + model + smoothing + masks/JSONL + overlay + H.264 encode, report off) on the bundled
-   384x288 clip and on a 1920x1080 clip made by upscaling it; the model's share is the time inside predict().
+2. end to end (decode + model + smoothing + masks/probs PNGs + JSONL + overlay + H.264 encode, report off; the
+   README's default outputs) on the bundled 384x288 clip and on a 1920x1080 clip made by upscaling it, for the
+   serial path (review.streaming=false) and the streaming path (the default), bf16 and fp32; ratio streaming /
+   serial in this run, and the streaming masks' Dice against the serial ones. The model's share is the time inside
+   predict().
 """
 from __future__ import annotations
 
@@ -36,22 +39,33 @@ def model_only(pred: Predictor, batch: int, precision: str, reps: int = 5) -> fl
     return batch * reps / (time.perf_counter() - t0)
 
 
-def end_to_end(pred: Predictor, video: Path, out: Path) -> tuple[float, float, int]:
+def end_to_end(pred: Predictor, video: Path, out: Path, streaming: bool) -> tuple[float, float, int]:
     spent = [0.0]
     original = pred.predict
 
-    def timed(images):
+    def timed(images, *args, **kwargs):
         t = time.perf_counter()
-        r = original(images)
+        r = original(images, *args, **kwargs)
         spent[0] += time.perf_counter() - t
         return r
 
     pred.predict = timed
     t0 = time.perf_counter()
-    summary = process_input(video, predictor=pred, out_dir=out, opts=ReviewOptions(report=False))
+    summary = process_input(video, predictor=pred, out_dir=out, opts=ReviewOptions(report=False, streaming=streaming))
     total = time.perf_counter() - t0
     pred.predict = original
     return summary["frames"] / total, spent[0] / total, summary["frames"]
+
+
+def mask_agreement(a: Path, b: Path) -> float:
+    """Lowest per-frame Dice between two runs' masks/ (1.0 where both are empty)."""
+    worst = 1.0
+    for pa in sorted((a / "masks").iterdir()):
+        x = cv2.imread(str(pa), cv2.IMREAD_GRAYSCALE) > 0
+        y = cv2.imread(str(b / "masks" / pa.name), cv2.IMREAD_GRAYSCALE) > 0
+        s = x.sum() + y.sum()
+        worst = min(worst, 1.0 if s == 0 else 2 * (x & y).sum() / s)
+    return float(worst)
 
 
 def main() -> None:
@@ -80,11 +94,19 @@ def main() -> None:
                 for f in frames:
                     vw.write(f if size is None else cv2.resize(f, size, interpolation=cv2.INTER_CUBIC))
             clips[name] = path
-        for precision in ("fp32", "bf16"):
+        for precision in ("bf16", "fp32"):
             pred.precision = precision
             for name, path in clips.items():
-                fps, share, n = end_to_end(pred, path, tmp / f"out_{name}_{precision}")
-                print(f"end to end  {name:9s} {precision}: {fps:6.1f} frames/s over {n} frames, model {100 * share:.0f}%")
+                res = {}
+                for streaming in (False, True):
+                    out = tmp / f"out_{name}_{precision}_{streaming}"
+                    fps, share, n = end_to_end(pred, path, out, streaming)
+                    res[streaming] = fps
+                    label = "streaming" if streaming else "serial   "
+                    print(f"end to end  {name:9s} {precision} {label}: {fps:6.1f} frames/s over {n} frames, "
+                          f"model {100 * share:.0f}%" + (f"  (x{fps / res[False]:.2f} vs serial)" if streaming else ""))
+                print(f"            {name:9s} {precision} masks, streaming vs serial: min Dice "
+                      f"{mask_agreement(tmp / f'out_{name}_{precision}_False', tmp / f'out_{name}_{precision}_True'):.4f}")
 
 
 if __name__ == "__main__":

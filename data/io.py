@@ -89,12 +89,14 @@ def write_csv_atomic(path: str | Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def write_image_atomic(path: str | Path, array: np.ndarray) -> None:
-    """Write an image (format from the suffix: .png, .jpg) to a temporary name, then rename it into place."""
+def write_image_atomic(path: str | Path, array: np.ndarray, *, png_level: int | None = None) -> None:
+    """Write an image (format from the suffix: .png, .jpg) to a temporary name, then rename it into place.
+    png_level: PNG compression 0 (fastest, largest) .. 9 (OpenCV's default is 3)."""
     path = Path(path)
     if array.ndim == 3:
         array = array[:, :, ::-1]
-    ok, buf = cv2.imencode(path.suffix, array)
+    params = [cv2.IMWRITE_PNG_COMPRESSION, int(png_level)] if png_level is not None and path.suffix == ".png" else []
+    ok, buf = cv2.imencode(path.suffix, array, params)
     if not ok:
         raise RuntimeError(f"image encoding failed for {path}")
     with atomic_write(path) as tmp:

@@ -11,10 +11,21 @@ import cv2
 import numpy as np
 
 
+ANALYSIS_SIZE = 352  # quality is measured on the frame resized to this square, whatever its resolution
+
+
 def frame_quality(image: np.ndarray, area: np.ndarray, *, blur_threshold: float = 60.0,
                   overexposed_threshold: float = 0.08) -> dict[str, Any]:
     """Blur (variance of the Laplacian inside the field; low = blurry) and over-exposure (fraction of the field's
-    pixels with all channels >= 250, i.e. specular glare or a lens against the wall)."""
+    pixels with all channels >= 250, i.e. specular glare or a lens against the wall).
+
+    Measured at ANALYSIS_SIZE x ANALYSIS_SIZE (the model's input size), so the same frame gets the same sharpness
+    from a 384x288 clip, a 1080p recording, or the video path that works at the model's resolution."""
+    a = ANALYSIS_SIZE
+    if image.shape[:2] != (a, a):
+        image = cv2.resize(image, (a, a), interpolation=cv2.INTER_AREA)
+    if area.shape[:2] != (a, a):
+        area = cv2.resize(area.astype(np.uint8), (a, a), interpolation=cv2.INTER_NEAREST)
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     inside = area > 0
     lap = cv2.Laplacian(grey, cv2.CV_32F)

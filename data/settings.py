@@ -157,6 +157,11 @@ INFER = {
     "review.overlay_size": Size(),
     "review.min_informative_frames": Num(1, integer=True),
     "review.abstain_below": Num(0, 1),
+    "review.streaming": Bool(),
+    "review.png_level": Num(0, 9, integer=True),
+    "review.x264_preset": Choice(("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
+                                  "slower", "veryslow")),
+    "review.queue_depth": Num(1, 256, integer=True),
 }
 
 EVALUATE = {

@@ -44,6 +44,7 @@ class Prediction:
     prob: np.ndarray                     # H x W float32 lesion probability at the input resolution
     heads: dict[str, np.ndarray]         # head -> class probabilities (K,), temperature-scaled per the card
     head_logits: dict[str, np.ndarray] = field(default_factory=dict)  # head -> raw outputs (m,), before scaling
+    resized: np.ndarray | None = None    # the S x S x 3 frame the model saw (with full_size=False)
 
 
 class Predictor:
@@ -91,11 +92,14 @@ class Predictor:
         return cls(model, card, device=dev, precision=precision, tta=tta)
 
     @torch.no_grad()
-    def predict(self, images: Sequence[np.ndarray], covariates: np.ndarray | None = None) -> list[Prediction]:
+    def predict(self, images: Sequence[np.ndarray], covariates: np.ndarray | None = None, *,
+                full_size: bool = True) -> list[Prediction]:
         """images: H x W x 3 uint8 RGB frames (sizes may differ) -> one Prediction each.
 
         covariates: B x n clinical covariates in the card's ``model.covariates`` order (NaN = missing), or None
         (all missing) for heads that read them.
+        full_size: probabilities at each frame's resolution; False keeps them at the model's S x S (the video path
+        resizes once, later, in its render thread) and returns the resized frame too.
         """
         if not images:
             return []
@@ -105,8 +109,8 @@ class Predictor:
                 torch.as_tensor(np.asarray(covariates, dtype=np.float32)).reshape(len(images), -1)
             cov = cov.to(self.device)
         s = self.size
-        batch = normalise_batch([cv2.resize(im, (s, s), interpolation=cv2.INTER_AREA) for im in images],
-                                mean=self.mean, std=self.std).to(self.device)
+        small = [cv2.resize(im, (s, s), interpolation=cv2.INTER_AREA) for im in images]
+        batch = normalise_batch(small, mean=self.mean, std=self.std).to(self.device)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.precision):
@@ -123,9 +127,10 @@ class Predictor:
         raw = {h: v.cpu().numpy() for h, v in head_logits.items()}
         results = []
         for i, im in enumerate(images):
-            p = F.interpolate(probs[i: i + 1], size=im.shape[:2], mode="bilinear", align_corners=False)[0, 0]
+            p = F.interpolate(probs[i: i + 1], size=im.shape[:2], mode="bilinear", align_corners=False)[0, 0] \
+                if full_size else probs[i, 0]
             results.append(Prediction(p.cpu().numpy().astype(np.float32), {h: v[i] for h, v in head_probs.items()},
-                                      {h: v[i] for h, v in raw.items()}))
+                                      {h: v[i] for h, v in raw.items()}, None if full_size else small[i]))
         return results
 
 

@@ -26,6 +26,7 @@ from review.describe import clean_mask, lesions
 from review.keyframes import KeyFrames
 from review.overlay import render_overlay
 from review.smoothing import TemporalSmoother
+from review.stream import OrderedWorker, prefetch
 
 
 @dataclass
@@ -47,6 +48,10 @@ class ReviewOptions:
     min_informative_frames: int = 3   # a video's head estimate abstains with fewer informative frames ...
     abstain_below: float = 0.6        # ... or when its aggregated confidence is below this
     covariates: dict[str, float] | None = None  # the case's clinical covariates (heads that read them); None = unknown
+    streaming: bool = True            # videos: decode / model / render+encode overlap in threads (review/stream.py)
+    png_level: int = 1                # PNG compression of masks/probs (0 fastest .. 9 smallest; OpenCV default 3)
+    x264_preset: str = "veryfast"     # libx264 speed/size trade-off of the overlay video
+    queue_depth: int = 16             # frames waiting per stage (bounds memory)
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -63,6 +68,31 @@ def head_estimates(card: ModelCard, probs: dict[str, np.ndarray]) -> dict[str, d
                   "probs": {c: round(float(v), 4) for c, v in zip(classes, p)},
                   "clinically_validated": card.is_clinical(h)}
     return out
+
+
+def scale_lesions(found: list[dict[str, Any]], sx: float, sy: float) -> list[dict[str, Any]]:
+    """Lesions measured on the model's S x S grid -> the frame's pixel coordinates (boxes, areas, contours)."""
+    for d in found:
+        x, y, w, h = d["bbox"]
+        d["bbox"] = [round(x * sx), round(y * sy), max(1, round(w * sx)), max(1, round(h * sy))]
+        d["area_px"] = int(round(d["area_px"] * sx * sy))
+        d["contour"] = [[round(px * sx), round(py * sy)] for px, py in d["contour"]]
+    return found
+
+
+def frame_record(name: str, f: Frame, prob: np.ndarray, mask: np.ndarray, area: np.ndarray,
+                 found: list[dict[str, Any]], est: dict[str, Any], quality: dict[str, Any]) -> dict[str, Any]:
+    """One predictions.jsonl line (prob, mask, area at any one resolution; ``found`` in frame pixels)."""
+    return {"name": name, "index": f.index, "time": round(f.time, 4),
+            "lesion_probability": round(float(prob.max()) if prob.size else 0.0, 4),
+            "area_fraction": round(float(mask.sum()) / max(1, int(area.sum())), 5), "lesions": found, "heads": est,
+            "quality": quality, "informative": bool(found) and not (quality["blurry"] or quality["overexposed"])}
+
+
+def summary_row(rec: dict[str, Any]) -> dict[str, Any]:
+    """What the summary and report keep of a frame (not the contours)."""
+    return {k: v for k, v in rec.items() if k != "lesions"} | {
+        "n_lesions": len(rec["lesions"]), "largest_px": rec["lesions"][0]["area_px"] if rec["lesions"] else 0}
 
 
 def frames_from_folder(files: list[Path], fps: float, errors: list[dict]) -> Iterator[Frame]:
@@ -89,42 +119,36 @@ def process_sequence(frames: Iterable[Frame], *, stem: str, names: list[str] | N
                      ) -> dict[str, Any]:
     """Run the model on a stream of frames. ``video`` (fps, width, height) turns on smoothing and the overlay
     video; ``names`` gives each frame's output stem (images), else ``<stem>_<index:06d>`` (video frames)."""
+    if video and opts.streaming:
+        return process_video_stream(frames, stem=stem, predictor=predictor, out_dir=out_dir, opts=opts, video=video,
+                                    errors=errors)
     smoother = TemporalSmoother(opts.smoothing if video else 1.0)
     records: list[dict[str, Any]] = []
     keep = KeyFrames(opts.key_frames)  # bounded whatever the video's (declared or unknown) length
     writer = None
     area = None
+    cov = covariate_row(predictor, opts)
     # ExitStack closes the overlay writer, then the JSONL, then renames the JSONL into place; on an exception each
     # drops its partial file instead
     with ExitStack() as stack:
         jl = stack.enter_context(stack.enter_context(atomic_write(out_dir / "predictions.jsonl")).open("w"))
-        cov_row = [float((opts.covariates or {}).get(c, np.nan)) for c in predictor.covariates]
-        unknown = sorted(set(opts.covariates or {}) - set(predictor.covariates))
-        if unknown:
-            raise UserError(f"review.covariates {unknown} are not read by this model (it reads {predictor.covariates})")
         for batch in batched(frames, opts.batch_size):
-            preds = predictor.predict([f.image for f in batch], np.array([cov_row] * len(batch), np.float32)
-                                      if predictor.covariates else None)
+            preds = predictor.predict([f.image for f in batch], None if cov is None else np.repeat(cov, len(batch), 0))
             for f, p in zip(batch, preds):
                 if area is None or area.shape != f.image.shape[:2] or not video or f.index % opts.scope_every == 0:
                     area = content_area(f.image) if opts.scope_mask else np.ones(f.image.shape[:2], np.uint8)
                 prob, heads = smoother(p.prob * area, p.heads)
                 mask = clean_mask(prob, area, threshold=opts.threshold, min_area_fraction=opts.min_area_fraction)
                 name = names[f.index] if names else f"{stem}_{f.index:06d}"
-                write_image_atomic(out_dir / "masks" / f"{name}.png", mask * 255)
+                write_image_atomic(out_dir / "masks" / f"{name}.png", mask * 255, png_level=opts.png_level)
                 if opts.write_probs:
-                    write_image_atomic(out_dir / "probs" / f"{name}.png", prob_to_uint8(prob))
-                lesion_p = float(prob.max()) if prob.size else 0.0
+                    write_image_atomic(out_dir / "probs" / f"{name}.png", prob_to_uint8(prob), png_level=opts.png_level)
                 est = head_estimates(predictor.card, heads)
-                quality = frame_quality(f.image, area)
                 found = lesions(prob, mask)
-                rec = {"name": name, "index": f.index, "time": round(f.time, 4), "lesion_probability":
-                       round(lesion_p, 4), "area_fraction": round(float(mask.sum()) / max(1, int(area.sum())), 5),
-                       "lesions": found, "heads": est, "quality": quality,
-                       "informative": bool(found) and not (quality["blurry"] or quality["overexposed"])}
+                rec = frame_record(name, f, prob, mask, area, found, est, frame_quality(f.image, area))
+                lesion_p = rec["lesion_probability"]
                 jl.write(json.dumps(rec) + "\n")
-                records.append({k: v for k, v in rec.items() if k != "lesions"} | {"n_lesions": len(rec["lesions"]),
-                               "largest_px": rec["lesions"][0]["area_px"] if rec["lesions"] else 0})
+                records.append(summary_row(rec))
                 if not opts.overlay and not opts.report:
                     continue
                 shown = f.image if not opts.deidentify else deidentify(f.image, area)
@@ -139,12 +163,95 @@ def process_sequence(frames: Iterable[Frame], *, stem: str, names: list[str] | N
                     if writer is None and opts.overlay:
                         writer = stack.enter_context(VideoWriter(
                             out_dir / f"{stem}_overlay.mp4", fps=video["fps"], width=ov.shape[1],
-                            height=ov.shape[0], crf=opts.crf))
+                            height=ov.shape[0], crf=opts.crf, preset=opts.x264_preset))
                     if writer is not None:
                         writer.write(ov)
                     keep.offer(f.time, lesion_p, f.index, ov)
                 elif opts.overlay:
                     write_image_atomic(out_dir / "overlays" / f"{name}.jpg", ov)
+    return finish(out_dir, stem=stem, records=records, predictor=predictor, video=video, errors=errors, opts=opts,
+                  key_frames=keep.result())
+
+
+def covariate_row(predictor: Predictor, opts: ReviewOptions) -> np.ndarray | None:
+    """1 x n covariates of the case (opts.covariates, NaN where not given) for models that read them."""
+    unknown = sorted(set(opts.covariates or {}) - set(predictor.covariates))
+    if unknown:
+        raise UserError(f"review.covariates {unknown} are not read by this model (it reads {predictor.covariates})")
+    if not predictor.covariates:
+        return None
+    return np.array([[float((opts.covariates or {}).get(c, np.nan)) for c in predictor.covariates]], np.float32)
+
+
+def process_video_stream(frames: Iterable[Frame], *, stem: str, predictor: Predictor, out_dir: Path,
+                         opts: ReviewOptions, video: dict[str, Any], errors: list[dict]) -> dict[str, Any]:
+    """The video path with its stages overlapping (review/stream.py): frames are decoded ahead in one thread; the
+    model and everything measured on the model's S x S grid (field of view, smoothing, specks, lesions, quality,
+    heads) run in this thread; full resolution is touched once per frame, behind, in a render thread (one resize
+    of the probability map, the mask, the overlay blend, H.264 encoding) and a PNG thread. Same files and fields
+    as process_sequence; its masks agree with the serial path's except at the field-of-view edge (Dice >= 0.99,
+    tests/test_video.py)."""
+    s = predictor.size
+    smoother = TemporalSmoother(opts.smoothing)
+    records: list[dict[str, Any]] = []
+    keep = KeyFrames(opts.key_frames)
+    cov = covariate_row(predictor, opts)
+    area = None
+    size = (int(opts.overlay_size[0]), int(opts.overlay_size[1])) if opts.overlay_size else \
+        (int(video["width"]), int(video["height"]))
+    with ExitStack() as stack:  # exits in reverse: render drains, then PNGs, then the video and the JSONL close
+        jl = stack.enter_context(stack.enter_context(atomic_write(out_dir / "predictions.jsonl")).open("w"))
+        writer = stack.enter_context(VideoWriter(out_dir / f"{stem}_overlay.mp4", fps=video["fps"], width=size[0],
+                                                 height=size[1], crf=opts.crf, preset=opts.x264_preset)) \
+            if opts.overlay else None
+        pngs = stack.enter_context(OrderedWorker(opts.queue_depth, "endolift-png"))
+        render = stack.enter_context(OrderedWorker(opts.queue_depth, "endolift-render"))
+
+        def draw(f: Frame, prob_s: np.ndarray, area_s: np.ndarray, name: str, lesion_p: float, lines: list[str]):
+            h, w = f.image.shape[:2]
+            prob = cv2.resize(prob_s, (w, h), interpolation=cv2.INTER_LINEAR)
+            mask = (prob >= opts.threshold).astype(np.uint8)
+            pngs.submit(write_image_atomic, out_dir / "masks" / f"{name}.png", mask * 255, png_level=opts.png_level)
+            if opts.write_probs:
+                pngs.submit(write_image_atomic, out_dir / "probs" / f"{name}.png", prob_to_uint8(prob),
+                            png_level=opts.png_level)
+            if not opts.overlay and not opts.report:
+                return
+            shown = f.image if not opts.deidentify else \
+                deidentify(f.image, cv2.resize(area_s, (w, h), interpolation=cv2.INTER_NEAREST))
+            ov = render_overlay(shown, mask, lesion_prob=lesion_p, time_s=f.time, head_lines=lines)
+            if ov.shape[1] != size[0] or ov.shape[0] != size[1]:
+                ov = cv2.resize(ov, size, interpolation=cv2.INTER_AREA)
+            if writer is not None:
+                writer.write(ov)
+            keep.offer(f.time, lesion_p, f.index, ov)
+
+        for batch in batched(prefetch(frames, 2 * opts.batch_size), opts.batch_size):
+            preds = predictor.predict([f.image for f in batch], None if cov is None else np.repeat(cov, len(batch), 0),
+                                      full_size=False)
+            for f, p in zip(batch, preds):
+                if area is None or f.index % opts.scope_every == 0:
+                    area = content_area(p.resized) if opts.scope_mask else np.ones((s, s), np.uint8)
+                prob_s, heads = smoother(p.prob * area, p.heads)
+                mask_s = clean_mask(prob_s, area, threshold=opts.threshold, min_area_fraction=opts.min_area_fraction)
+                prob_s = np.where((mask_s > 0) | (prob_s < opts.threshold), prob_s, 0.0).astype(np.float32)  # specks
+                h, w = f.image.shape[:2]
+                found = scale_lesions(lesions(prob_s, mask_s), w / s, h / s)
+                name = f"{stem}_{f.index:06d}"
+                est = head_estimates(predictor.card, heads)
+                rec = frame_record(name, f, prob_s, mask_s, area, found, est, frame_quality(p.resized, area))
+                jl.write(json.dumps(rec) + "\n")
+                records.append(summary_row(rec))
+                lines = [f"{hd}: {e['estimate']} ({e['confidence']:.2f})" for hd, e in est.items()
+                         if e["clinically_validated"] and found]
+                render.submit(draw, f, prob_s, area, name, rec["lesion_probability"], lines)
+    return finish(out_dir, stem=stem, records=records, predictor=predictor, video=video, errors=errors, opts=opts,
+                  key_frames=keep.result())
+
+
+def finish(out_dir: Path, *, stem: str, records: list[dict], predictor: Predictor, video: dict | None,
+           errors: list[dict], opts: ReviewOptions, key_frames: list) -> dict[str, Any]:
+    """summary.json, errors.jsonl and (videos) the report, once every frame is done."""
     summary = summarise(records, predictor.card, video, errors, threshold=opts.threshold, opts=opts)
     with atomic_write(out_dir / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
@@ -154,7 +261,7 @@ def process_sequence(frames: Iterable[Frame], *, stem: str, names: list[str] | N
         from review.report import write_report
 
         write_report(out_dir, stem=stem, records=records, summary=summary, card=predictor.card,
-                     key_frames=keep.result(),
+                     key_frames=key_frames,
                      overlay=f"{stem}_overlay.mp4" if opts.overlay else None)
     return summary
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import av
 import numpy as np
 import pytest
@@ -68,3 +70,117 @@ def test_key_frames_stay_bounded_whatever_the_length():
     assert idx == sorted(idx) and 137 in idx and 612 in idx  # the best frames survive every merge
     assert idx[0] < 250 and idx[-1] > 750                     # spread over the whole video
     assert KeyFrames(0).result() == []
+
+
+def _dice(a, b) -> float:
+    import cv2 as _cv2
+
+    x, y = _cv2.imread(str(a), _cv2.IMREAD_GRAYSCALE) > 0, _cv2.imread(str(b), _cv2.IMREAD_GRAYSCALE) > 0
+    s = x.sum() + y.sum()
+    return 1.0 if s == 0 else 2 * (x & y).sum() / s
+
+
+def test_streaming_path_matches_the_serial_one_at_384x288_and_1080p(tmp_path):
+    import cv2 as _cv2
+
+    from data.video import VideoWriter, read_frames
+    from models.predictor import Predictor
+    from review.pipeline import ReviewOptions, process_input
+    from tests.conftest import ROOT
+
+    pred = Predictor.from_checkpoint(ROOT / "checkpoints" / "endolift_polyp_unet_mnv2", device="cpu")
+    clip = ROOT / "samples" / "clinicdb_seq6.mp4"
+    hd = tmp_path / "hd.mp4"
+    with VideoWriter(hd, fps=8, width=1920, height=1080, crf=18) as w:
+        for f in list(read_frames(clip))[:6]:
+            w.write(_cv2.resize(f.image, (1920, 1080), interpolation=_cv2.INTER_CUBIC))
+    for video, n in ((clip, 23), (hd, 6)):
+        outs = {}
+        for streaming in (False, True):
+            out = tmp_path / f"{video.stem}_{streaming}"
+            summary = process_input(video, predictor=pred, out_dir=out, opts=ReviewOptions(streaming=streaming))
+            assert summary["frames"] == n
+            outs[streaming] = out
+        a, b = outs[False], outs[True]
+        for sub in ("masks", "probs"):
+            assert sorted(p.name for p in (a / sub).iterdir()) == sorted(p.name for p in (b / sub).iterdir())
+        # key frames: as many (which frames can differ where lesion probabilities tie near 1.0)
+        assert len(list((a / "keyframes").iterdir())) == len(list((b / "keyframes").iterdir()))
+        assert min(_dice(p, b / "masks" / p.name) for p in (a / "masks").iterdir()) >= 0.99
+        ra = [json.loads(x) for x in (a / "predictions.jsonl").read_text().splitlines()]
+        rb = [json.loads(x) for x in (b / "predictions.jsonl").read_text().splitlines()]
+        assert [r["index"] for r in rb] == list(range(n)) and all(set(x) == set(y) for x, y in zip(ra, rb))
+        assert all(abs(x["area_fraction"] - y["area_fraction"]) < 0.01 for x, y in zip(ra, rb))
+        assert (b / f"{video.stem}_overlay.mp4").is_file() and (b / "report.html").is_file()
+        with av.open(str(b / f"{video.stem}_overlay.mp4")) as c:
+            assert sum(1 for _ in c.decode(c.streams.video[0])) == n
+
+
+def test_streaming_keeps_order_and_counts_with_tiny_queues(tmp_path, tiny_checkpoint, synthetic_video):
+    from models.predictor import Predictor
+    from review.pipeline import ReviewOptions, process_input
+
+    pred = Predictor.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32")
+    out = tmp_path / "o"
+    summary = process_input(synthetic_video, predictor=pred, out_dir=out,
+                            opts=ReviewOptions(batch_size=5, queue_depth=1, threshold=0.001))
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert summary["frames"] == 12 and [r["index"] for r in rows] == list(range(12))
+    assert len(list((out / "masks").iterdir())) == 12 and not list(out.rglob("*.partial*"))
+    with av.open(str(out / "clip_overlay.mp4")) as c:
+        times = [float(f.pts * f.time_base) for f in c.decode(c.streams.video[0])]
+    assert len(times) == 12 and times == sorted(times)
+
+
+def test_stage_workers_pass_errors_to_the_caller():
+    from review.stream import OrderedWorker, prefetch
+
+    def boom(x):
+        raise RuntimeError(f"failed on {x}")
+
+    with pytest.raises(RuntimeError, match="failed on 0"):
+        with OrderedWorker(depth=1) as w:
+            for i in range(5):
+                w.submit(boom, i)
+
+    def frames():
+        yield 1
+        raise ValueError("decoder broke")
+
+    with pytest.raises(ValueError, match="decoder broke"):
+        list(prefetch(frames(), depth=2))
+    assert list(prefetch(range(50), depth=3)) == list(range(50))  # order kept
+
+
+def test_a_video_run_killed_midway_leaves_no_output_under_its_final_name(tmp_path, tiny_checkpoint):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from data.synthetic import synthetic_frame
+    from data.video import VideoWriter
+    from tests.conftest import ROOT
+
+    rng = np.random.default_rng(1)
+    video = tmp_path / "long.mp4"
+    frame = synthetic_frame(rng, (256, 320))["image"]
+    with VideoWriter(video, fps=25, width=320, height=256) as w:
+        for _ in range(600):
+            w.write(frame)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "infer.py", f"input={video}", f"out_dir={out}",
+                             f"checkpoint={tiny_checkpoint}"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and len(list((out / "masks").glob("*.png"))) < 20:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(list((out / "masks").glob("*.png"))) < 600, "the run finished before it could be killed"
+    for final in ("long_overlay.mp4", "predictions.jsonl", "summary.json", "report.html"):
+        assert not (out / final).exists(), final
+    import cv2 as _cv2
+
+    for p in (out / "masks").glob("*.png"):  # every mask under its final name is complete
+        assert _cv2.imread(str(p), _cv2.IMREAD_GRAYSCALE) is not None, p

@@ -1,0 +1,81 @@
+"""Overlapping stages for the video path: decode ahead in one thread, render and encode behind in another.
+
+The heavy parts (FFmpeg decoding and encoding, OpenCV resizing and PNG compression, the model) release Python's GIL,
+so plain threads overlap them on a few cores. Every queue is bounded, so memory stays flat however long the video;
+one worker per stage keeps frames in order. An exception in a worker reaches the main thread at the next submit or
+at the end, and leaving the ``with`` block on an error stops the workers before the writers drop their partial files.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+_DONE = object()
+
+
+def prefetch(items: Iterable[T], depth: int) -> Iterator[T]:
+    """Yield ``items`` while a background thread produces up to ``depth`` of them ahead (e.g. decoded frames)."""
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_DONE)
+        except BaseException as e:  # re-raised in the consumer
+            q.put(e)
+
+    t = threading.Thread(target=produce, name="endolift-prefetch", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        t.join(timeout=5)
+
+
+class OrderedWorker:
+    """One background thread that runs submitted jobs in order, with at most ``depth`` waiting (back-pressure)."""
+
+    def __init__(self, depth: int, name: str = "endolift-worker") -> None:
+        self.depth = max(1, depth)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._pending: deque[Future] = deque()
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self._pending.append(self._pool.submit(fn, *args, **kwargs))
+        while self._pending and (len(self._pending) > self.depth or self._pending[0].done()):
+            self._pending.popleft().result()  # re-raises a worker's exception here
+
+    def __enter__(self) -> "OrderedWorker":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            for f in self._pending:
+                f.cancel()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            return
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True)
