@@ -10,7 +10,6 @@ from typing import Any
 import cv2
 import numpy as np
 
-
 ANALYSIS_SIZE = 352  # quality is measured on the frame resized to this square, whatever its resolution
 
 

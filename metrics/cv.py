@@ -59,7 +59,10 @@ def collect(root: Path) -> dict[str, dict[str, Any]]:
             raise UserError(f"fold {d['fold']} of variant {d['variant']} appears twice: {v['folds'][d['fold']]} and "
                             f"{f} (point at one sweep's folder)")
         v["folds"][d["fold"]] = str(f)
-        v["heads"] = v["heads"] or {h: HeadCard(**info) for h, info in d["heads"].items()}
+        v["heads"] = v["heads"] or {h: HeadCard(**dict(info, temperature=float("nan")))  # each fold has its own
+                                    for h, info in d["heads"].items()}
+        for h, info in d["heads"].items():
+            v.setdefault("temperatures", {}).setdefault(h, {})[d["fold"]] = info["temperature"]
         v["rows"] += [dict(r, fold=d["fold"]) for r in d["rows"]]
     for name, v in by_variant.items():
         groups_per_fold = defaultdict(set)
@@ -95,7 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         res = score_heads(v["rows"], v["heads"], n_boot=a.n_boot, min_frames=a.min_frames,
                           min_confidence=a.min_confidence)
         results[name] = {"folds": folds, "n_rows": len(v["rows"]), "heads": res}
-        md += [f"## Variant `{name}` (head inputs), folds {folds}", "", heads_markdown(res)]
+        temps = "; ".join(f"{h}: " + ", ".join(f"fold {k} {t:.2f}" for k, t in sorted(ts.items()))
+                          for h, ts in v.get("temperatures", {}).items())
+        md += [f"## Variant `{name}` (head inputs), folds {folds}", "", f"Temperatures (each fold's own): {temps}",
+               "", heads_markdown(res)]
         for h, r in res.items():
             curves = {"frames": r["frame"]["reliability"]}
             reliability_diagram(out / f"reliability_{name}_{h}.png", curves, f"{h} ({name}), out-of-fold")

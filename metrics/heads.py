@@ -65,7 +65,9 @@ def score_head(rows: Sequence[Mapping[str, Any]], head: str, info: HeadCard, *, 
     if arr is None:
         return None
     probs, labels, groups, area, informative = arr
-    out: dict[str, Any] = {"classes": list(info.classes), "kind": info.kind, "temperature": info.temperature}
+    t = info.temperature
+    out: dict[str, Any] = {"classes": list(info.classes), "kind": info.kind,
+                           "temperature": t if t == t else None}  # None: pooled over folds with their own
     frame = scores(probs, labels)
     frame.update(n=len(labels), n_cases=len(set(groups)), n_informative=int(informative.sum()),
                  ci95=bootstrap(probs, labels, groups, n_boot=n_boot, seed=seed),
@@ -125,7 +127,8 @@ def heads_markdown(results: Mapping[str, Mapping[str, Any]], title: str = "") ->
     lines = [f"### {title}"] if title else []
     for h, r in results.items():
         f = r["frame"]
-        lines += [f"\n**{h}** ({r['kind']}, classes {', '.join(r['classes'])}; temperature {r['temperature']:.2f})\n",
+        temp = f"; temperature {r['temperature']:.2f}" if r["temperature"] is not None else ""
+        lines += [f"\n**{h}** ({r['kind']}, classes {', '.join(r['classes'])}{temp})\n",
                   "| level | n | AUROC | QWK | macro-F1 | balanced acc. | ECE |", "|---|---|---|---|---|---|---|",
                   f"| frame | {f['n']} ({f['n_cases']} cases) | " + " | ".join(
                       fmt_ci(f[m], f["ci95"].get(m)) for m in ("auroc", "qwk", "macro_f1", "balanced_accuracy", "ece"))
