@@ -162,6 +162,7 @@ INFER = {
     "review.x264_preset": Choice(("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
                                   "slower", "veryslow")),
     "review.queue_depth": Num(1, 256, integer=True),
+    "review.video_probs_at": Choice(("model", "input")),
 }
 
 EVALUATE = {

@@ -93,13 +93,14 @@ class Predictor:
 
     @torch.no_grad()
     def predict(self, images: Sequence[np.ndarray], covariates: np.ndarray | None = None, *,
-                full_size: bool = True) -> list[Prediction]:
+                full_size: bool = True, resized: Sequence[np.ndarray] | None = None) -> list[Prediction]:
         """images: H x W x 3 uint8 RGB frames (sizes may differ) -> one Prediction each.
 
         covariates: B x n clinical covariates in the card's ``model.covariates`` order (NaN = missing), or None
         (all missing) for heads that read them.
         full_size: probabilities at each frame's resolution; False keeps them at the model's S x S (the video path
         resizes once, later, in its render thread) and returns the resized frame too.
+        resized: the frames already resized to S x S with cv2.INTER_AREA (the video path does it while decoding).
         """
         if not images:
             return []
@@ -109,7 +110,8 @@ class Predictor:
                 torch.as_tensor(np.asarray(covariates, dtype=np.float32)).reshape(len(images), -1)
             cov = cov.to(self.device)
         s = self.size
-        small = [cv2.resize(im, (s, s), interpolation=cv2.INTER_AREA) for im in images]
+        small = list(resized) if resized is not None else \
+            [cv2.resize(im, (s, s), interpolation=cv2.INTER_AREA) for im in images]
         batch = normalise_batch(small, mean=self.mean, std=self.std).to(self.device)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)

@@ -31,10 +31,14 @@ def render_overlay(image: np.ndarray, mask: np.ndarray, *, lesion_prob: float, t
     """
     out = image.copy()
     h, w = out.shape[:2]
-    m = mask.astype(bool)
-    if m.any():
-        out[m] = (out[m] * (1 - alpha) + np.array(FILL) * alpha).astype(np.uint8)
-        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    m8 = mask.astype(np.uint8, copy=False)
+    x, y, bw, bh = cv2.boundingRect(m8)  # all the per-pixel work happens inside the lesions' box
+    if bw and bh:
+        roi = out[y:y + bh, x:x + bw]
+        tinted = cv2.addWeighted(roi, 1 - alpha, np.full_like(roi, FILL), alpha, 0)
+        np.copyto(roi, tinted, where=m8[y:y + bh, x:x + bw, None].astype(bool))
+        contours, _ = cv2.findContours(m8[y:y + bh, x:x + bw], cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE,
+                                       offset=(x, y))
         cv2.drawContours(out, contours, -1, EDGE, max(1, round(min(h, w) / 200)), cv2.LINE_AA)
     scale = max(0.35, min(h, w) / 700)
     line = int(28 * scale / 0.7)

@@ -50,7 +50,8 @@ class ReviewOptions:
     covariates: dict[str, float] | None = None  # the case's clinical covariates (heads that read them); None = unknown
     streaming: bool = True            # videos: decode / model / render+encode overlap in threads (review/stream.py)
     png_level: int = 1                # PNG compression of masks/probs (0 fastest .. 9 smallest; OpenCV default 3)
-    x264_preset: str = "veryfast"     # libx264 speed/size trade-off of the overlay video
+    x264_preset: str = "ultrafast"    # libx264 speed/size trade-off of the overlay video
+    video_probs_at: str = "model"     # videos' probs/: at the model's S x S grid ("model") or the frame's size
     queue_depth: int = 16             # frames waiting per stage (bounds memory)
 
 
@@ -140,7 +141,8 @@ def process_sequence(frames: Iterable[Frame], *, stem: str, names: list[str] | N
                 prob, heads = smoother(p.prob * area, p.heads)
                 mask = clean_mask(prob, area, threshold=opts.threshold, min_area_fraction=opts.min_area_fraction)
                 name = names[f.index] if names else f"{stem}_{f.index:06d}"
-                write_image_atomic(out_dir / "masks" / f"{name}.png", mask * 255, png_level=opts.png_level)
+                write_image_atomic(out_dir / "masks" / f"{name}.png", mask * 255, png_level=opts.png_level,
+                                   bilevel=True)
                 if opts.write_probs:
                     write_image_atomic(out_dir / "probs" / f"{name}.png", prob_to_uint8(prob), png_level=opts.png_level)
                 est = head_estimates(predictor.card, heads)
@@ -211,10 +213,11 @@ def process_video_stream(frames: Iterable[Frame], *, stem: str, predictor: Predi
             h, w = f.image.shape[:2]
             prob = cv2.resize(prob_s, (w, h), interpolation=cv2.INTER_LINEAR)
             mask = (prob >= opts.threshold).astype(np.uint8)
-            pngs.submit(write_image_atomic, out_dir / "masks" / f"{name}.png", mask * 255, png_level=opts.png_level)
+            pngs.submit(write_image_atomic, out_dir / "masks" / f"{name}.png", mask * 255, png_level=opts.png_level,
+                        bilevel=True)
             if opts.write_probs:
-                pngs.submit(write_image_atomic, out_dir / "probs" / f"{name}.png", prob_to_uint8(prob),
-                            png_level=opts.png_level)
+                pngs.submit(write_image_atomic, out_dir / "probs" / f"{name}.png",
+                            prob_to_uint8(prob if opts.video_probs_at == "input" else prob_s), png_level=opts.png_level)
             if not opts.overlay and not opts.report:
                 return
             shown = f.image if not opts.deidentify else \
@@ -226,10 +229,20 @@ def process_video_stream(frames: Iterable[Frame], *, stem: str, predictor: Predi
                 writer.write(ov)
             keep.offer(f.time, lesion_p, f.index, ov)
 
-        for batch in batched(prefetch(frames, 2 * opts.batch_size), opts.batch_size):
-            preds = predictor.predict([f.image for f in batch], None if cov is None else np.repeat(cov, len(batch), 0),
-                                      full_size=False)
-            for f, p in zip(batch, preds):
+        def with_small(items: Iterable[Frame]) -> Iterator[tuple[Frame, np.ndarray]]:  # runs in the decode thread
+            for f in items:
+                yield f, cv2.resize(f.image, (s, s), interpolation=cv2.INTER_AREA)
+
+        def model_stage(items: Iterable[tuple[Frame, np.ndarray]]) -> Iterator[list[tuple[Frame, Any]]]:
+            for pairs in batched(items, opts.batch_size):  # runs in the model thread, a batch ahead of this one
+                batch = [f for f, _ in pairs]
+                preds = predictor.predict([f.image for f in batch], None if cov is None else
+                                          np.repeat(cov, len(batch), 0), full_size=False,
+                                          resized=[small for _, small in pairs])
+                yield list(zip(batch, preds))
+
+        for done in prefetch(model_stage(prefetch(with_small(frames), 2 * opts.batch_size)), 1):
+            for f, p in done:
                 if area is None or f.index % opts.scope_every == 0:
                     area = content_area(p.resized) if opts.scope_mask else np.ones((s, s), np.uint8)
                 prob_s, heads = smoother(p.prob * area, p.heads)
