@@ -28,14 +28,17 @@ from review.pipeline import ReviewOptions, process_input  # noqa: E402
 
 
 def model_only(pred: Predictor, batch: int, precision: str, reps: int = 5) -> float:
-    x = torch.randn(batch, 3, pred.size, pred.size).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, pred.size, pred.size).contiguous(memory_format=torch.channels_last).to(pred.device)
     model = pred.model
+    sync = torch.cuda.synchronize if pred.device.type == "cuda" else (lambda: None)
     with torch.no_grad():
         for i in range(reps + 1):
             if i == 1:
+                sync()
                 t0 = time.perf_counter()
-            with autocast(torch.device("cpu"), precision):
+            with autocast(pred.device, precision):
                 model(x)
+        sync()
     return batch * reps / (time.perf_counter() - t0)
 
 
@@ -73,12 +76,14 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "endolift_polyp_unet_mnv2"))
     ap.add_argument("--clip", default=str(ROOT / "samples" / "clinicdb_seq6.mp4"))
     ap.add_argument("--loops", type=int, default=2, help="repeat the clip this many times for the timing")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (fp16 replaces bf16 there)")
     a = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    pred = Predictor.from_checkpoint(a.checkpoint, device="cpu", precision="bf16")
+    pred = Predictor.from_checkpoint(a.checkpoint, device=a.device)
+    half = "fp16" if pred.device.type == "cuda" else "bf16"
     base = None
     for batch in (1, 8):
-        for precision in ("fp32", "bf16"):
+        for precision in ("fp32", half):
             ips = model_only(pred, batch, precision)
             base = base or ips
             print(f"model only  {pred.size}px batch {batch} {precision}: {ips:6.1f} images/s  (x{ips / base:.2f})")
@@ -94,7 +99,7 @@ def main() -> None:
                 for f in frames:
                     vw.write(f if size is None else cv2.resize(f, size, interpolation=cv2.INTER_CUBIC))
             clips[name] = path
-        for precision in ("bf16", "fp32"):
+        for precision in (half, "fp32"):
             pred.precision = precision
             for name, path in clips.items():
                 res = {}
@@ -103,8 +108,9 @@ def main() -> None:
                     fps, share, n = end_to_end(pred, path, out, streaming)
                     res[streaming] = fps
                     label = "streaming" if streaming else "serial   "
-                    print(f"end to end  {name:9s} {precision} {label}: {fps:6.1f} frames/s over {n} frames, "
-                          f"model {100 * share:.0f}%" + (f"  (x{fps / res[False]:.2f} vs serial)" if streaming else ""))
+                    print(f"end to end  {name:9s} {precision} {label}: {fps:6.1f} frames/s over {n} frames "
+                          f"({1000 / fps:.1f} ms a frame), model {100 * share:.0f}%"
+                          + (f"  (x{fps / res[False]:.2f} vs serial)" if streaming else ""))
                 print(f"            {name:9s} {precision} masks, streaming vs serial: min Dice "
                       f"{mask_agreement(tmp / f'out_{name}_{precision}_False', tmp / f'out_{name}_{precision}_True'):.4f}")
 

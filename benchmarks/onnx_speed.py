@@ -1,8 +1,9 @@
 """ONNX Runtime vs PyTorch on this machine: model-only images/s at the checkpoint's input size, one process.
 
 python benchmarks/onnx_speed.py [--checkpoint checkpoints/endolift_polyp_unet_mnv2] [--reps 10]
-Needs CHECKPOINT.onnx (python -m models.export --onnx --dst CHECKPOINT). Prints images/s for PyTorch fp32, PyTorch
-bf16 autocast (+ channels_last, BatchNorm folded, as infer.py runs it) and ONNX Runtime fp32 (CPU provider), at
+Needs CHECKPOINT.onnx (python -m models.export --onnx --dst CHECKPOINT); CHECKPOINT.int8.onnx is timed too when
+present. Prints images/s for PyTorch fp32, PyTorch bf16 autocast (+ channels_last, BatchNorm folded, as infer.py
+runs it), ONNX Runtime fp32 and int8 (CPU provider), at
 batch 1 and 8, each as a ratio to PyTorch fp32 at the same batch. Machines are noisy: compare the ratios.
 """
 from __future__ import annotations
@@ -36,6 +37,8 @@ def main() -> None:
     a = ap.parse_args()
     torch_pred = Predictor.from_checkpoint(a.checkpoint, device="cpu", precision="fp32")
     ort_pred = Predictor.from_checkpoint(a.checkpoint, backend="onnxruntime")
+    int8 = Path(a.checkpoint + ".int8.onnx").is_file()
+    ort8 = Predictor.from_checkpoint(a.checkpoint, backend="onnxruntime-int8") if int8 else None
     s = torch_pred.size
     print(f"{torch.get_num_threads()} threads, input {s}x{s}")
     for batch in (1, 8):
@@ -49,6 +52,8 @@ def main() -> None:
         fp32 = rate(torch_pred.model, xcl, a.reps)
         rows = {"pytorch fp32": fp32, "pytorch bf16": rate(bf16, xcl, a.reps),
                 "onnxruntime fp32": rate(ort_pred.model, x, a.reps)}
+        if ort8 is not None:
+            rows["onnxruntime int8"] = rate(ort8.model, x, a.reps)
         for name, r in rows.items():
             print(f"batch {batch}  {name:18s} {r:7.1f} images/s  x{r / fp32:.2f}")
 

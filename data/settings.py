@@ -138,7 +138,7 @@ TRAIN = {
 
 INFER = {
     "precision": Choice(("auto",) + PRECISIONS),
-    "backend": Choice(("torch", "onnxruntime")),
+    "backend": Choice(("torch", "onnxruntime", "onnxruntime-int8")),
     "tta": Bool(),
     "frames_as_video": Bool(),
     "review.batch_size": Num(1, 256, integer=True),
@@ -167,7 +167,7 @@ INFER = {
 
 EVALUATE = {
     "precision": Choice(("auto",) + PRECISIONS),
-    "backend": Choice(("torch", "onnxruntime")),
+    "backend": Choice(("torch", "onnxruntime", "onnxruntime-int8")),
     "tta": Bool(),
     "batch_size": Num(1, 1024, integer=True),
     "nsd_tolerance": Num(0, lo_open=True),

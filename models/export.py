@@ -208,13 +208,18 @@ def main() -> None:
     ap.add_argument("--train-log", default=None, help="train.py's metrics.csv (segmenter export)")
     ap.add_argument("--wall-hours", type=float, default=None, help="training wall time (with --src/--add-heads)")
     ap.add_argument("--onnx", action="store_true", help="export --dst's checkpoint to DST.onnx (models/onnx.py)")
+    ap.add_argument("--onnx-int8", action="store_true", help="quantise DST.onnx to DST.int8.onnx (static int8)")
+    ap.add_argument("--calibration", default=None, help="with --onnx-int8: a folder of images to calibrate on")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads training used (default: from the card)")
     ap.add_argument("--notes", default="")
     a = ap.parse_args()
-    if a.onnx:
-        from models.onnx import export_onnx
+    if a.onnx or a.onnx_int8:
+        from data.io import list_images
+        from models.onnx import export_onnx, quantize_int8
 
-        path = export_onnx(a.dst)
+        if a.onnx_int8 and not a.calibration:
+            ap.error("--onnx-int8 needs --calibration DIR (a folder of training images)")
+        path = export_onnx(a.dst) if a.onnx else quantize_int8(a.dst, list(list_images(a.calibration).values()))
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
         return None
     if a.wall_hours is None:

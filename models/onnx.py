@@ -36,11 +36,11 @@ class _Outputs(torch.nn.Module):
         return tuple([out["mask"]] + [out[h] for h in self.heads])
 
 
-def onnx_path(stem: str | Path) -> Path:
+def onnx_path(stem: str | Path, int8: bool = False) -> Path:
     from models.checkpoint import _stem
 
     s = _stem(stem)
-    return s.with_name(s.name + ".onnx")
+    return s.with_name(s.name + (".int8.onnx" if int8 else ".onnx"))
 
 
 def export_onnx(stem: str | Path, *, batch: int = 2) -> Path:
@@ -73,15 +73,52 @@ def export_onnx(stem: str | Path, *, batch: int = 2) -> Path:
     return out
 
 
+def quantize_int8(stem: str | Path, calibration: list[Path], *, batch: int = 8) -> Path:
+    """Static int8 quantisation (QDQ, per-channel weights) of ``stem.onnx`` -> ``stem.int8.onnx``, calibrated on
+    the activations of ``calibration`` images preprocessed exactly as the Predictor does."""
+    import cv2
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from data.io import read_image
+    from data.transforms import normalise_batch
+    from models.checkpoint import read_card
+
+    card = read_card(stem)
+    s = card.input.size
+    images = [cv2.resize(read_image(p), (s, s), interpolation=cv2.INTER_AREA) for p in calibration]
+    batches = [normalise_batch(images[i:i + batch], mean=card.input.mean, std=card.input.std).numpy()
+               for i in range(0, len(images), batch)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(batches)
+
+        def get_next(self):
+            b = next(self.it, None)
+            if b is None:
+                return None
+            feed = {"image": b}
+            if card.covariates:
+                feed["covariates"] = np.full((len(b), len(card.covariates)), np.nan, np.float32)
+            return feed
+
+    out = onnx_path(stem, int8=True)
+    with atomic_write(out) as tmp:
+        quantize_static(str(onnx_path(stem)), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+    return out
+
+
 class OrtModel:
     """An ONNX Runtime session called like EndoNet: (image tensor, covariates) -> {"mask": ..., head: ...}."""
 
-    def __init__(self, stem: str | Path, card: Any, *, threads: int | None = None) -> None:
+    def __init__(self, stem: str | Path, card: Any, *, threads: int | None = None, int8: bool = False) -> None:
         import onnxruntime as ort
 
-        path = onnx_path(stem)
+        path = onnx_path(stem, int8)
         if not path.is_file():
-            raise UserError(f"{path} not found: export it with python -m models.export --onnx --dst {stem}")
+            how = "--onnx-int8 --calibration DIR" if int8 else "--onnx"
+            raise UserError(f"{path} not found: export it with python -m models.export {how} --dst {stem}")
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads

@@ -77,14 +77,15 @@ class Predictor:
                         tta: bool = False, backend: str = "torch") -> "Predictor":
         """precision 'auto': bf16 on CPU (AMX makes it 2-4x faster), fp16 on CUDA, fp32 on MPS.
         backend 'onnxruntime' runs NAME.onnx beside the checkpoint (python -m models.export --onnx)."""
-        if backend == "onnxruntime":
+        if backend in ("onnxruntime", "onnxruntime-int8"):
             from models.checkpoint import read_card
             from models.onnx import OrtModel
 
             card = read_card(path)
-            return cls(OrtModel(path, card), card, device=torch.device("cpu"), precision="fp32", tta=tta)
+            return cls(OrtModel(path, card, int8=backend.endswith("int8")), card, device=torch.device("cpu"),
+                       precision="fp32", tta=tta)
         if backend != "torch":
-            raise UserError(f"backend '{backend}' is unknown: use torch or onnxruntime")
+            raise UserError(f"backend '{backend}' is unknown: use torch, onnxruntime or onnxruntime-int8")
         dev = pick_device(device)
         model, card = load_checkpoint(path)
         if precision == "auto":
