@@ -227,8 +227,8 @@ def main(cfg: DictConfig) -> float:
     if rank == 0 and heldout:
         from metrics.cv import write_oof
 
-        write_oof(out_dir / "oof.json", ckpt_dir / "best", heldout, fold=cv["fold"], variant=cfg.model.head_inputs,
-                  device=cfg.trainer.device)
+        write_oof(out_dir / "oof.json", ckpt_dir / "best", heldout, fold=cv["fold"], folds=cv["folds"],
+                  variant=cfg.model.head_inputs, device=cfg.trainer.device)
     if world > 1:
         torch.distributed.destroy_process_group()
     return best

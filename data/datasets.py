@@ -311,7 +311,8 @@ class RecordDataset(Dataset):
         epoch, index = divmod(index, len(self.records))
         sample = dict(self.raw(index))
         if self.seed is not None and hasattr(self.transform, "set_random_seed"):
-            self.transform.set_random_seed((self.seed * 1_000_003 + epoch * 100_003 + index) % 2**32)
+            seed = np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]
+            self.transform.set_random_seed(int(seed))
         if self.transform is not None:
             # unlabelled frames get an all-zero mask and has_mask=False so that mixed batches collate and the loss
             # can leave them out of the segmentation terms

@@ -27,8 +27,8 @@ from metrics.plots import reliability_diagram
 from models.card import HeadCard
 
 
-def write_oof(path: Path, stem: Path, records: Sequence[Any], *, fold: int, variant: str, device: str = "auto"
-              ) -> None:
+def write_oof(path: Path, stem: Path, records: Sequence[Any], *, fold: int, variant: str, folds: int,
+              device: str = "auto") -> None:
     """Predict the held-out fold's records with the (calibrated) checkpoint at ``stem`` into ``path``."""
     from models.predictor import Predictor, predict_records
 
@@ -40,7 +40,7 @@ def write_oof(path: Path, stem: Path, records: Sequence[Any], *, fold: int, vari
         r["baseline_score"] = {h: (info.baseline or {}).get("direction", 1) * r["area_fraction"]
                                for h, info in pred.card.heads.items() if len(info.classes) == 2}
     with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps({"fold": fold, "variant": variant, "heads": heads, "rows": rows}))
+        tmp.write_text(json.dumps({"fold": fold, "folds": folds, "variant": variant, "heads": heads, "rows": rows}))
 
 
 def collect(root: Path) -> dict[str, dict[str, Any]]:
@@ -59,12 +59,17 @@ def collect(root: Path) -> dict[str, dict[str, Any]]:
             raise UserError(f"fold {d['fold']} of variant {d['variant']} appears twice: {v['folds'][d['fold']]} and "
                             f"{f} (point at one sweep's folder)")
         v["folds"][d["fold"]] = str(f)
+        v["k"] = d.get("folds") or v.get("k")
         v["heads"] = v["heads"] or {h: HeadCard(**dict(info, temperature=float("nan")))  # each fold has its own
                                     for h, info in d["heads"].items()}
         for h, info in d["heads"].items():
             v.setdefault("temperatures", {}).setdefault(h, {})[d["fold"]] = info["temperature"]
         v["rows"] += [dict(r, fold=d["fold"]) for r in d["rows"]]
     for name, v in by_variant.items():
+        expected = set(range(v.get("k") or (max(v["folds"]) + 1)))
+        if set(v["folds"]) != expected:
+            raise UserError(f"variant {name}: folds {sorted(v['folds'])} of {len(expected)}; missing "
+                            f"{sorted(expected - set(v['folds']))} (rerun them into the same sweep folder)")
         groups_per_fold = defaultdict(set)
         for r in v["rows"]:
             groups_per_fold[r["group"]].add(r["fold"])

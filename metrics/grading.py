@@ -89,7 +89,7 @@ def bootstrap(probs: np.ndarray, labels: np.ndarray, groups: Sequence[str], *, n
             if s[m] is not None:
                 samples[m].append(s[m])
     a = (1 - level) / 2
-    return {m: ([float(np.quantile(v, a)), float(np.quantile(v, 1 - a))] if len(v) >= n_boot // 2 else None)
+    return {m: ([float(np.quantile(v, a)), float(np.quantile(v, 1 - a))] if v and len(v) >= n_boot // 2 else None)
             for m, v in samples.items()}
 
 
@@ -105,7 +105,8 @@ def paired_bootstrap(metric: Callable[[np.ndarray], float | None], n: int, group
         v = metric(np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))]))
         if v is not None:
             vals.append(v)
-    return [float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975))] if len(vals) >= n_boot // 2 else None
+    return [float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975))] \
+        if vals and len(vals) >= n_boot // 2 else None
 
 
 class GradingMetrics:

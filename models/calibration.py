@@ -49,8 +49,9 @@ def calibrate_checkpoint(stem: Any, records: Sequence[Any], *, device: str = "au
     card = read_card(stem)
     for h, info in card.heads.items():
         known = [r for r in rows if r["labels"].get(h, -1) >= 0]
-        if not known:
-            continue
+        info.temperature = 1.0  # never keep a temperature fitted on other data
+        if len(set(r["labels"][h] for r in known)) < 2:
+            continue  # one class (or none) cannot calibrate: the NLL would fall forever as T shrinks
         t = fit_temperature(np.array([r["logits"][h] for r in known]), np.array([r["labels"][h] for r in known]),
                             info.kind)
         info.temperature = round(t, 4)

@@ -4,10 +4,12 @@ Loaded and validated by models/checkpoint.py (``read_card``); code reads ``card.
 ``card.heads["fibrosis"].temperature``, ``card.is_clinical("lift")`` instead of nested dictionary keys, and a card
 that is malformed (a missing field, a wrong type) is refused with one message naming the file and the field.
 ``schema`` numbers the layout: 1 = the first cards (no head kinds, temperatures or save ids; still readable),
-2 = this one. Keys this module does not know are kept in ``extra`` and written back unchanged.
+2 = this one. Top-level keys this module does not know are kept in ``extra`` and written back unchanged; a head
+entry keeps only the HeadCard fields.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
@@ -132,7 +134,7 @@ def _head(info: Any, where: str) -> HeadCard:
     if info.get("kind", "nominal") not in KINDS:
         raise UserError(f"{where}.kind must be one of {KINDS}")
     t = info.get("temperature", 1.0)
-    if not isinstance(t, (int, float)) or isinstance(t, bool) or t <= 0:
+    if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t <= 0:
         raise UserError(f"{where}.temperature must be a positive number")
     names = {f.name for f in fields(HeadCard)}
     return HeadCard(**{k: v for k, v in info.items() if k in names})

@@ -69,8 +69,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, card: "ModelCard | dict[
     if train_state is not None:
         _atomic_save_tensors(train_state, stem.with_name(stem.name + ".state.safetensors"), metadata=meta)
     _atomic_save_tensors(state, weights, metadata=meta)
-    card = {"format": FORMAT, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": git_commit(), **_as_dict(card), "save_id": save_id, "schema": SCHEMA}
+    given = {k: v for k, v in _as_dict(card).items() if not (k in ("date", "git_commit") and v is None)}
+    card = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "git_commit": git_commit(),
+            **given, "format": FORMAT, "save_id": save_id, "schema": SCHEMA}
     write_card(stem, card)
     return weights
 

@@ -121,8 +121,12 @@ def aggregate_case(probs: np.ndarray, informative: np.ndarray, *, min_frames: in
     argmax and its confidence their max. The case **abstains** (estimate None, "insufficient evidence") when it has
     fewer than ``min_frames`` informative frames or its confidence is below ``min_confidence``.
     """
+    informative = np.asarray(informative, bool)
+    if len(informative) == 0:
+        return {"probs": None, "index": None, "confidence": None, "frames": 0, "abstain": True,
+                "reason": "no frames"}
     probs = np.asarray(probs, dtype=np.float64).reshape(len(informative), -1)
-    sel = probs[np.asarray(informative, bool)]
+    sel = probs[informative]
     n = len(sel)
     if n == 0:
         return {"probs": None, "index": None, "confidence": None, "frames": 0, "abstain": True,

@@ -22,20 +22,23 @@ def prefetch(items: Iterable[T], depth: int) -> Iterator[T]:
     q: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
 
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
-            q.put(_DONE)
+            put(_DONE)
         except BaseException as e:  # re-raised in the consumer
-            q.put(e)
+            put(e)
 
     t = threading.Thread(target=produce, name="endolift-prefetch", daemon=True)
     t.start()
@@ -48,7 +51,7 @@ def prefetch(items: Iterable[T], depth: int) -> Iterator[T]:
                 raise item
             yield item
     finally:
-        stop.set()
+        stop.set()  # the producer's timed puts see it within 0.1 s, even on a full queue
         t.join(timeout=5)
 
 

@@ -124,6 +124,9 @@ def test_cross_validation_runs_end_to_end_and_pools_out_of_fold(tmp_path):
     assert (sweep / "reliability_fused_fibrosis.png").is_file()
     p = run_script("-m", "metrics.cv", str(tmp_path / "cache"))
     assert p.returncode == 2 and "no oof.json" in p.stderr and "Traceback" not in p.stderr
+    next(f for f in oofs if json.loads(f.read_text())["fold"] == 1).unlink()  # a fold that never finished
+    p = run_script("-m", "metrics.cv", str(sweep), "--n-boot", "10")
+    assert p.returncode == 2 and "missing [1]" in p.stderr
 
 
 def test_check_lists_every_problem_in_one_pass_and_finds_near_duplicates(tmp_path, capsys):

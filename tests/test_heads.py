@@ -133,6 +133,7 @@ def test_temperature_scaling_recovers_a_known_temperature():
     y = np.array([rng.choice(3, p=row) for row in p])
     assert fit_temperature(z, y, "nominal") == pytest.approx(2.5, rel=0.1)
     assert fit_temperature(z[:, :2], (y > 0).astype(int) + (y > 1), "ordinal") > 0  # runs on CORN logits
+    assert bootstrap(p, y, [str(i) for i in range(len(y))], n_boot=0)["auroc"] is None  # no resamples: no interval
 
 
 def test_case_aggregation_and_abstention():
@@ -145,6 +146,7 @@ def test_case_aggregation_and_abstention():
     assert low["abstain"] and "confidence" in low["reason"]
     none = aggregate_case(probs, np.zeros(4, bool))
     assert none["abstain"] and none["probs"] is None
+    assert aggregate_case(np.zeros((0, 2)), np.zeros(0, bool))["abstain"]  # a video with no decodable frame
 
 
 def test_grading_scores_match_torchmetrics():

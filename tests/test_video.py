@@ -150,6 +150,15 @@ def test_stage_workers_pass_errors_to_the_caller():
     with pytest.raises(ValueError, match="decoder broke"):
         list(prefetch(frames(), depth=2))
     assert list(prefetch(range(50), depth=3)) == list(range(50))  # order kept
+    import threading
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(KeyError):  # the consumer fails while the producer waits on a full queue
+        for _ in prefetch(iter([1, 2, 3]), depth=1):
+            raise KeyError("consumer")
+    assert time.perf_counter() - t0 < 2 and not any(t.name == "endolift-prefetch" and t.is_alive()
+                                                    for t in threading.enumerate())
 
 
 def test_a_video_run_killed_midway_leaves_no_output_under_its_final_name(tmp_path, tiny_checkpoint):
