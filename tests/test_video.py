@@ -193,3 +193,12 @@ def test_a_video_run_killed_midway_leaves_no_output_under_its_final_name(tmp_pat
 
     for p in (out / "masks").glob("*.png"):  # every mask under its final name is complete
         assert _cv2.imread(str(p), _cv2.IMREAD_GRAYSCALE) is not None, p
+    assert list(out.rglob(f"*.partial-{proc.pid}*"))  # the killed run left its temporary files ...
+    short = tmp_path / "short.mp4"
+    with VideoWriter(short, fps=25, width=320, height=256) as w:
+        for _ in range(3):
+            w.write(frame)
+    p = subprocess.run([sys.executable, "infer.py", f"input={short}", f"out_dir={out}",
+                        f"checkpoint={tiny_checkpoint}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert not list(out.rglob("*.partial-*")) and (out / "short_overlay.mp4").is_file()  # ... the next run removes
