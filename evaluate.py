@@ -2,7 +2,7 @@
 
 python evaluate.py                                    # shipped model on the PraNet-protocol test sets
 python evaluate.py checkpoint=outputs/x/checkpoints/best sets=[kvasir] tta=true
-python evaluate.py pred_dir=../shared/data/pranet-predictions/kvasir gt_dir=../shared/data/kvasir-seg/masks
+python evaluate.py pred_dir=MAPS gt_dir=$ENDOLIFT_DATA/kvasir-seg/masks   # any model's saved probability maps
 Writes metrics.json, results.md and per set: per_image.csv, table.md, dice_hist.png, threshold_dice.png, worst.png.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 python -m data.check --manifest path/manifest.csv --heads fibrosis=F0,F1,F2 lift=adequate,partial,non-lifting
 python -m data.check --manifest frames.csv --cases cases.csv --heads fibrosis=F0,F1,F2 --folds 5 --stratify fibrosis
-python -m data.check --root ../shared/data/cvc-clinicdb --groups-csv sequences.csv
+python -m data.check --root $ENDOLIFT_DATA/cvc-clinicdb --groups-csv sequences.csv
 Exit code 0 when every record is readable and consistent, 2 otherwise (each problem listed on stderr). A case
 (group) with frames in more than one split (train / val / test) is an error: its frames would leak between them.
 Near-duplicate frames across splits (a val/test frame whose 48x36 grey thumbnail is within --near-duplicate grey
