@@ -126,7 +126,7 @@ def markdown_table(results: dict[str, dict]) -> str:
 @hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
 @guard_task
 def main(cfg: DictConfig) -> dict:
-    check_settings(cfg, EVALUATE)
+    check_settings(OmegaConf.to_container(cfg, resolve=True), EVALUATE)
     out_dir = Path(cfg.out_dir)
     results: dict[str, Any] = {}
     if cfg.pred_dir:

@@ -35,7 +35,7 @@ def unique_names(paths: list[Path]) -> list[str]:
 @hydra.main(version_base="1.3", config_path="configs", config_name="infer")
 @guard_task
 def main(cfg: DictConfig) -> None:
-    check_settings(cfg, INFER)
+    check_settings(OmegaConf.to_container(cfg, resolve=True), INFER)
     inputs = cfg.input if OmegaConf.is_list(cfg.input) else [cfg.input]
     if not inputs or any(i is None or str(i) == "" for i in inputs):
         raise UserError("input is empty: give input=PATH (image, folder or video) or input=[A,B]")

@@ -4,11 +4,10 @@ Seeds, builds data/model/loss/optimiser from the Hydra config, runs the visible 
 (mean Dice at 0.5; head NLL when the segmenter is frozen), and writes best/last checkpoints (safetensors + JSON
 card) under the Hydra run directory. With heads, the best checkpoint's heads are then temperature-scaled on the
 validation split (models/calibration.py); in a cross-validation fold (data.cv) the held-out fold is predicted
-into oof.jsonl for `python -m metrics.cv`. Multi-process: torchrun --nproc_per_node=N train.py ...
+into oof.json for `python -m metrics.cv`. Multi-process: torchrun --nproc_per_node=N train.py ...
 """
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 
@@ -20,17 +19,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from data.datasets import records_from_sources
-from data.errors import UserError, guard_task, run_cli
+from data.errors import guard_task, run_cli
 from data.io import clean_stale_partials
 from data.loaders import make_loader
 from data.settings import TRAIN, check_settings
-from data.splits import cv_split, group_split
+from data.splits import training_splits
 from metrics.basic import dice_iou_per_image
 from models import checkpoint as ckpt
-from models.build import build_model
-from models.heads import head_classes, head_probabilities, parse_heads, set_covariate_stats
-from models.runtime import ModelEMA, autocast, init_distributed, pick_device, seed_everything
+from models.build import build_model, prepare_for_training
+from models.heads import head_classes, head_probabilities, parse_heads
+from models.runtime import ModelEMA, autocast, init_distributed, log_epoch, pick_device, seed_everything, unwrap
 
 
 def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
@@ -102,34 +100,23 @@ def validate(model, loader, *, device, cfg, kinds: dict[str, str]) -> dict:
     return stats
 
 
-def unwrap(model):
-    return model.module if hasattr(model, "module") else model
-
-
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 @guard_task
 def main(cfg: DictConfig) -> float:
-    check_settings(cfg, TRAIN)
+    resolved, commit = OmegaConf.to_container(cfg, resolve=True), ckpt.git_commit()
+    check_settings(resolved, TRAIN)
     rank, local_rank, world = init_distributed()
     seed_everything(cfg.seed + rank)
     device = pick_device(cfg.trainer.device)
     if cfg.trainer.threads:
         torch.set_num_threads(int(cfg.trainer.threads))
-    resolved, commit = OmegaConf.to_container(cfg, resolve=True), ckpt.git_commit()
     heads, covs = head_classes(resolved["model"]["heads"]), list(resolved["model"]["covariates"])
     kinds = {h: spec.kind for h, spec in parse_heads(resolved["model"]["heads"]).items()}
-    records = records_from_sources(resolved["data"]["train_sources"], heads, covariates=covs)
-    heldout, cv = [], resolved["data"]["cv"]
-    if cv["folds"]:  # patient-level k-fold: train (and validate) on the other folds, predict this one
-        records, heldout = cv_split(records, folds=cv["folds"], fold=cv["fold"], seed=cv["seed"],
-                                    stratify_head=cv["stratify"])
-    if cfg.data.val_sources:
-        train_recs, val_recs = records, records_from_sources(resolved["data"]["val_sources"], heads, covariates=covs)
-    else:
-        train_recs, val_recs = group_split(records, val_fraction=cfg.data.val_fraction, seed=cfg.data.split_seed)
-    if cfg.data.labelled_only:  # frames no head has a label for teach a frozen segmenter's heads nothing
-        train_recs, val_recs = ([r for r in rs if any(v >= 0 for v in r.labels.values())]
-                                for rs in (train_recs, val_recs))
+    data, cv = resolved["data"], resolved["data"]["cv"]
+    train_recs, val_recs, heldout = training_splits(
+        data["train_sources"], data["val_sources"], heads=heads, covariates=covs, val_fraction=data["val_fraction"],
+        split_seed=data["split_seed"], cv_folds=cv["folds"], cv_fold=cv["fold"], cv_seed=cv["seed"],
+        cv_stratify=cv["stratify"], labelled_only=data["labelled_only"])
     common = dict(size=cfg.data.size, mean=cfg.data.mean, std=cfg.data.std, resize=cfg.data.resize,
                   heads=list(heads), num_workers=cfg.data.num_workers, cache=cfg.data.cache, covariates=covs,
                   quality=cfg.data.frame_quality)
@@ -140,51 +127,31 @@ def main(cfg: DictConfig) -> float:
     counts = {"train": ckpt.label_counts(train_recs, heads), "val": ckpt.label_counts(val_recs, heads)}
 
     model = build_model(**resolved["model"])
-    init = ckpt.init_segmenter(model, cfg.trainer.init_from) if cfg.trainer.init_from else None
     frozen = cfg.trainer.freeze == "segmentation"
-    if frozen:
-        model.freeze_segmentation()
-    elif cfg.trainer.freeze:
-        raise UserError(f"trainer.freeze '{cfg.trainer.freeze}' is unknown: use segmentation or null")
-    if covs:
-        set_covariate_stats(model, [[r.covariates.get(c, float("nan")) for c in covs] for r in train_recs])
-    model = model.to(device)
-    if cfg.trainer.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    init = prepare_for_training(model, init_from=cfg.trainer.init_from, freeze=cfg.trainer.freeze,
+                                covariate_rows=[[r.covariates.get(c, float("nan")) for c in covs] for r in train_recs])
+    model = model.to(device, memory_format=torch.channels_last if cfg.trainer.channels_last else torch.preserve_format)
     loss_fn = instantiate(cfg.loss, heads=resolved["model"]["heads"], segmentation=not frozen)
     optimizer = instantiate(cfg.optim.optimizer)(params=[p for p in model.parameters() if p.requires_grad])
-    steps = len(train_loader) if not cfg.trainer.max_steps_per_epoch else min(len(train_loader),
-                                                                                cfg.trainer.max_steps_per_epoch)
+    steps = min(len(train_loader), cfg.trainer.max_steps_per_epoch or len(train_loader))
     scheduler = instantiate(cfg.optim.scheduler)(optimizer, total_steps=steps * cfg.trainer.max_epochs,
                                                  warmup_steps=steps * cfg.optim.warmup_epochs)
     ema = ModelEMA(model, cfg.trainer.ema.decay) if cfg.trainer.ema.enabled else None
     start_epoch, best = 1, -1.0
+    ckpt_dir = (out_dir := Path(HydraConfig.get().runtime.output_dir)) / "checkpoints"
     if cfg.trainer.resume:
-        resumed, card = ckpt.load_checkpoint(cfg.trainer.resume)
-        model.load_state_dict(resumed.state_dict())
-        state = ckpt.load_train_state(cfg.trainer.resume)
-        if not card.resume:
-            raise UserError(f"trainer.resume={cfg.trainer.resume} has no resume state: resume from a 'last' checkpoint")
-        ckpt.optimizer_from_tensors(optimizer, state, card.resume["optimizer"])
-        scheduler.load_state_dict(card.resume["scheduler"])
-        if ema is not None:
-            ema.shadow = {k[4:]: v.float() for k, v in state.items() if k.startswith("ema/")} or ema.shadow
-        torch.set_rng_state(state["rng/torch"])
-        start_epoch, best = card.resume["epoch"] + 1, card.resume["best"]
+        start_epoch, best = ckpt.restore_training(cfg.trainer.resume, model, optimizer, scheduler, ema)
         if rank == 0:  # the best epoch so far travels with the run
-            ckpt.copy_checkpoint(Path(cfg.trainer.resume).with_name("best"),
-                                 Path(HydraConfig.get().runtime.output_dir) / "checkpoints" / "best")
+            ckpt.copy_checkpoint(Path(cfg.trainer.resume).with_name("best"), ckpt_dir / "best")
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda"
                                                           else None)
 
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    ckpt_dir = out_dir / "checkpoints"
-    if rank == 0:
-        clean_stale_partials(out_dir)  # temporary files of a killed earlier run in this folder
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
+
+        clean_stale_partials(out_dir)  # temporary files of a killed earlier run in this folder
         writer = SummaryWriter(str(out_dir / "tb"))
         print(f"train {len(train_recs)} / val {len(val_recs)} / held-out fold {len(heldout)} images, {steps} "
               f"steps/epoch, device {device}, precision {cfg.trainer.precision}, run dir {out_dir}", flush=True)
@@ -209,42 +176,22 @@ def main(cfg: DictConfig) -> float:
                 ckpt.save_checkpoint(ckpt_dir / "best", eval_model, card)
             if backup is not None:
                 eval_model.load_state_dict(backup)
-            opt_t, opt_rest = ckpt.optimizer_to_tensors(optimizer)
-            ema_t = {f"ema/{k}": v for k, v in ema.shadow.items()} if ema is not None else {}
-            card["resume"] = {"epoch": epoch, "best": best, "optimizer": opt_rest, "scheduler": scheduler.state_dict()}
-            ckpt.save_checkpoint(ckpt_dir / "last", eval_model, card,
-                                 train_state={**opt_t, **ema_t, "rng/torch": torch.get_rng_state()})
+            state, card["resume"] = ckpt.training_state(optimizer, scheduler, ema, epoch=epoch, best=best)
+            ckpt.save_checkpoint(ckpt_dir / "last", eval_model, card, train_state=state)
             log_epoch(out_dir / "metrics.csv", writer, epoch, stats)
         elif backup is not None:
             eval_model.load_state_dict(backup)
     if writer is not None:
         writer.close()
-    if rank == 0 and heads and val_recs:  # temperature scaling + validation metrics into the best card
-        from models.calibration import calibrate_checkpoint
+    if rank == 0 and heads:  # temperature scaling on validation; a CV fold's held-out predictions
+        from models.calibration import finish_heads
 
-        calibrate_checkpoint(ckpt_dir / "best", val_recs, device=cfg.trainer.device, n_boot=cfg.trainer.n_boot,
-                             min_frames=cfg.data.case_min_frames, progress=cfg.trainer.progress)
-    if rank == 0 and heldout:
-        from metrics.cv import write_oof
-
-        write_oof(out_dir / "oof.json", ckpt_dir / "best", heldout, fold=cv["fold"], folds=cv["folds"],
-                  variant=cfg.model.head_inputs, device=cfg.trainer.device)
+        finish_heads(ckpt_dir / "best", val_recs, heldout, oof=out_dir / "oof.json", fold=cv["fold"],
+                     folds=cv["folds"], variant=cfg.model.head_inputs, device=cfg.trainer.device,
+                     n_boot=cfg.trainer.n_boot, min_frames=cfg.data.case_min_frames, progress=cfg.trainer.progress)
     if world > 1:
         torch.distributed.destroy_process_group()
     return best
-
-
-def log_epoch(csv_path: Path, writer, epoch: int, stats: dict) -> None:
-    row = {"epoch": epoch, **{k: round(v, 6) for k, v in stats.items()}}
-    new = not csv_path.exists()
-    with csv_path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
-    for k, v in stats.items():
-        writer.add_scalar(k, v, epoch)
-    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 
 
 if __name__ == "__main__":

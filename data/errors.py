@@ -24,10 +24,16 @@ def guard_task(task):
     def wrapper(*args, **kwargs):
         global _task_started
         _task_started = True
+        from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
         try:
             return task(*args, **kwargs)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except (MissingMandatoryValue, InterpolationResolutionError) as e:  # e.g. data.manifest=??? left unset
+            print(f"error: a setting is missing or cannot be resolved: {str(e).splitlines()[0]} "
+                  "(give it on the command line, e.g. data.manifest=/path/manifest.csv)", file=sys.stderr)
             sys.exit(2)
 
     return wrapper

@@ -3,15 +3,14 @@
 Each script has a table: dotted key -> rule (type, range or choices, whether null is allowed). A bad value stops
 the script with one line naming the key, the value and what is allowed (exit code 2), instead of a traceback deep
 in the library or a silently wrong run. Library code below takes the values as typed keyword arguments.
-Keys absent from a configuration are skipped (a custom data config need not have every optional key).
+Keys absent from a configuration are skipped (a custom data config need not have every optional key). The entry
+scripts pass their configuration as a plain, resolved dict (OmegaConf.to_container), like every library call.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
-
-from omegaconf import DictConfig, OmegaConf
 
 from data.errors import UserError
 
@@ -178,15 +177,13 @@ EVALUATE = {
 }
 
 
-def check_settings(cfg: DictConfig | Mapping[str, Any], rules: Mapping[str, Any]) -> None:
-    """Raise UserError for the first setting that breaks its rule: 'KEY=VALUE is invalid: RULE'."""
+def check_settings(cfg: Mapping[str, Any], rules: Mapping[str, Any]) -> None:
+    """cfg: the resolved configuration as plain dicts and lists. Raise UserError for the first setting that breaks
+    its rule: 'KEY=VALUE is invalid: RULE'."""
     for key, rule in rules.items():
-        value = OmegaConf.select(cfg, key, default=_MISSING) if isinstance(cfg, DictConfig) else \
-            _select(cfg, key)
+        value = _select(cfg, key)
         if value is _MISSING:
             continue
-        if OmegaConf.is_config(value):
-            value = OmegaConf.to_container(value, resolve=True)
         if value is None:
             if getattr(rule, "nullable", False):
                 continue

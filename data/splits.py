@@ -85,3 +85,28 @@ def cv_split(records: Sequence[T], *, folds: int, fold: int, seed: int = 0, stra
         if stratify_head else None
     assigned = group_kfold(records, k=folds, seed=seed, stratify_of=strat)
     return ([r for r, f in zip(records, assigned) if f != fold], [r for r, f in zip(records, assigned) if f == fold])
+
+
+def training_splits(train_sources: Sequence[dict], val_sources: Sequence[dict], *, heads: dict[str, Sequence[str]],
+                    covariates: Sequence[str] = (), val_fraction: float, split_seed: int,
+                    cv_folds: int | None = None, cv_fold: int = 0, cv_seed: int = 0, cv_stratify: str | None = None,
+                    labelled_only: bool = False) -> tuple[list, list, list]:
+    """(train, validation, held-out fold) records for one training run.
+
+    With cv_folds, the fold ``cv_fold`` of a patient-level k-fold split is held out (predicted after training) and
+    the rest is split into train and validation as usual: by ``val_sources`` when given, else by group.
+    labelled_only drops frames no head has a label for (they teach a frozen segmenter's heads nothing).
+    """
+    from data.datasets import records_from_sources
+
+    records = records_from_sources(train_sources, heads, covariates=covariates)
+    heldout: list = []
+    if cv_folds:
+        records, heldout = cv_split(records, folds=cv_folds, fold=cv_fold, seed=cv_seed, stratify_head=cv_stratify)
+    if val_sources:
+        train, val = list(records), records_from_sources(val_sources, heads, covariates=covariates)
+    else:
+        train, val = group_split(records, val_fraction=val_fraction, seed=split_seed)
+    if labelled_only:
+        train, val = ([r for r in rs if any(v >= 0 for v in r.labels.values())] for rs in (train, val))
+    return train, val, heldout

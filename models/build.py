@@ -46,3 +46,20 @@ def build_model(*, arch: str = "unet", encoder: str = "mobilenet_v2", weights: s
                                  hidden=head_hidden, dropout=head_dropout, ring_fraction=ring_fraction)
              for name, spec in parse_heads(heads).items()}
     return EndoNet(seg, built)
+
+
+def prepare_for_training(model: EndoNet, *, init_from: str | None = None, freeze: str | None = None,
+                         covariate_rows: Sequence[Sequence[float]] = ()) -> dict[str, Any] | None:
+    """Before training: copy the segmenter of ``init_from``, freeze it (freeze="segmentation": only the heads
+    train), and standardise covariates with the training rows. Returns init_from's provenance (for the card)."""
+    from models.checkpoint import init_segmenter
+    from models.heads import set_covariate_stats
+
+    init = init_segmenter(model, init_from) if init_from else None
+    if freeze == "segmentation":
+        model.freeze_segmentation()
+    elif freeze:
+        raise UserError(f"trainer.freeze '{freeze}' is unknown: use segmentation or null")
+    if len(covariate_rows):
+        set_covariate_stats(model, covariate_rows)
+    return init

@@ -71,3 +71,17 @@ def _compact(res: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in res.items() if k not in ("classes", "kind", "temperature")}
     out["frame"] = {k: v for k, v in res["frame"].items() if k != "reliability"}
     return out
+
+
+def finish_heads(stem: Any, val_records: Sequence[Any], heldout: Sequence[Any], *, oof: Any, fold: int,
+                 folds: int | None, variant: str, device: str = "auto", n_boot: int = 1000, min_frames: int = 3,
+                 progress: bool = False) -> None:
+    """After training: calibrate the best checkpoint's heads on the validation records, then (in a
+    cross-validation fold) predict the held-out records into ``oof`` for metrics.cv."""
+    if val_records:
+        calibrate_checkpoint(stem, val_records, device=device, n_boot=n_boot, min_frames=min_frames,
+                             progress=progress)
+    if heldout:
+        from metrics.cv import write_oof
+
+        write_oof(oof, stem, heldout, fold=fold, folds=folds, variant=variant, device=device)

@@ -240,6 +240,32 @@ def head_is_clinical(card: "ModelCard | dict[str, Any]", head: str) -> bool:
     return card.is_clinical(head)
 
 
+def training_state(optimizer: torch.optim.Optimizer, scheduler: Any, ema: Any, *, epoch: int, best: float
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """What resuming needs: tensors for NAME.state.safetensors and the card's ``resume`` entry."""
+    opt_t, opt_rest = optimizer_to_tensors(optimizer)
+    ema_t = {f"ema/{k}": v for k, v in ema.shadow.items()} if ema is not None else {}
+    return ({**opt_t, **ema_t, "rng/torch": torch.get_rng_state()},
+            {"epoch": epoch, "best": best, "optimizer": opt_rest, "scheduler": scheduler.state_dict()})
+
+
+def restore_training(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                     ema: Any) -> tuple[int, float]:
+    """Load a 'last' checkpoint's weights, optimiser, scheduler, EMA and RNG into the given objects; return the
+    epoch to start from and the best score so far."""
+    resumed, card = load_checkpoint(path)
+    if not card.resume:
+        raise UserError(f"trainer.resume={path} has no resume state: resume from a 'last' checkpoint")
+    model.load_state_dict(resumed.state_dict())
+    state = load_train_state(path)
+    optimizer_from_tensors(optimizer, state, card.resume["optimizer"])
+    scheduler.load_state_dict(card.resume["scheduler"])
+    if ema is not None:
+        ema.shadow = {k[4:]: v.float() for k, v in state.items() if k.startswith("ema/")} or ema.shadow
+    torch.set_rng_state(state["rng/torch"])
+    return card.resume["epoch"] + 1, card.resume["best"]
+
+
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Split an optimiser state dict into tensors (for safetensors) and a JSON-able rest."""
     sd = opt.state_dict()

@@ -99,3 +99,24 @@ class ModelEMA:
         backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model.load_state_dict({**backup, **{k: v.to(backup[k].dtype) for k, v in self.shadow.items()}})
         return backup
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if hasattr(model, "module") else model
+
+
+def log_epoch(csv_path: Any, writer: Any, epoch: int, stats: dict[str, float]) -> None:
+    """Append one epoch's stats to metrics.csv, TensorBoard and stdout."""
+    import csv
+
+    row = {"epoch": epoch, **{k: round(v, 6) for k, v in stats.items()}}
+    new = not csv_path.exists()
+    with csv_path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+    for k, v in stats.items():
+        writer.add_scalar(k, v, epoch)
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
