@@ -90,6 +90,24 @@ def frame_record(name: str, f: Frame, prob: np.ndarray, mask: np.ndarray, area: 
             "quality": quality, "informative": bool(found) and not (quality["blurry"] or quality["overexposed"])}
 
 
+def measure_frame(f: Frame, prob: np.ndarray, head_probs: dict[str, np.ndarray], area: np.ndarray, *, name: str,
+                  card: ModelCard, opts: ReviewOptions, analysis_image: np.ndarray
+                  ) -> tuple[dict[str, Any], np.ndarray, list[str]]:
+    """Everything both video paths and the image path measure on one frame, at the resolution of ``prob`` (the
+    frame's, or the model's grid; lesions are reported in frame pixels either way): the cleaned mask, lesions,
+    head estimates, quality -> (predictions.jsonl record, mask, overlay lines of clinically validated heads)."""
+    mask = clean_mask(prob, area, threshold=opts.threshold, min_area_fraction=opts.min_area_fraction)
+    h, w = f.image.shape[:2]
+    found = lesions(prob, mask)
+    if prob.shape != (h, w):
+        found = scale_lesions(found, w / prob.shape[1], h / prob.shape[0])
+    est = head_estimates(card, head_probs)
+    rec = frame_record(name, f, prob, mask, area, found, est, frame_quality(analysis_image, area))
+    lines = [f"{hd}: {e['estimate']} ({e['confidence']:.2f})" for hd, e in est.items()
+             if e["clinically_validated"] and found]
+    return rec, mask, lines
+
+
 def summary_row(rec: dict[str, Any]) -> dict[str, Any]:
     """What the summary and report keep of a frame (not the contours)."""
     return {k: v for k, v in rec.items() if k != "lesions"} | {
@@ -139,23 +157,19 @@ def process_sequence(frames: Iterable[Frame], *, stem: str, names: list[str] | N
                 if area is None or area.shape != f.image.shape[:2] or not video or f.index % opts.scope_every == 0:
                     area = content_area(f.image) if opts.scope_mask else np.ones(f.image.shape[:2], np.uint8)
                 prob, heads = smoother(p.prob * area, p.heads)
-                mask = clean_mask(prob, area, threshold=opts.threshold, min_area_fraction=opts.min_area_fraction)
                 name = names[f.index] if names else f"{stem}_{f.index:06d}"
+                rec, mask, lines = measure_frame(f, prob, heads, area, name=name, card=predictor.card, opts=opts,
+                                                 analysis_image=f.image)
                 write_image_atomic(out_dir / "masks" / f"{name}.png", mask * 255, png_level=opts.png_level,
                                    bilevel=True)
                 if opts.write_probs:
                     write_image_atomic(out_dir / "probs" / f"{name}.png", prob_to_uint8(prob), png_level=opts.png_level)
-                est = head_estimates(predictor.card, heads)
-                found = lesions(prob, mask)
-                rec = frame_record(name, f, prob, mask, area, found, est, frame_quality(f.image, area))
                 lesion_p = rec["lesion_probability"]
                 jl.write(json.dumps(rec) + "\n")
                 records.append(summary_row(rec))
                 if not opts.overlay and not opts.report:
                     continue
                 shown = f.image if not opts.deidentify else deidentify(f.image, area)
-                lines = [f"{h}: {e['estimate']} ({e['confidence']:.2f})" for h, e in est.items()
-                         if e["clinically_validated"] and found]
                 ov = render_overlay(shown, mask, lesion_prob=lesion_p, time_s=f.time if video else None,
                                     head_lines=lines)
                 if video and opts.overlay_size:
@@ -246,17 +260,13 @@ def process_video_stream(frames: Iterable[Frame], *, stem: str, predictor: Predi
                 if area is None or f.index % opts.scope_every == 0:
                     area = content_area(p.resized) if opts.scope_mask else np.ones((s, s), np.uint8)
                 prob_s, heads = smoother(p.prob * area, p.heads)
-                mask_s = clean_mask(prob_s, area, threshold=opts.threshold, min_area_fraction=opts.min_area_fraction)
-                prob_s = np.where((mask_s > 0) | (prob_s < opts.threshold), prob_s, 0.0).astype(np.float32)  # specks
-                h, w = f.image.shape[:2]
-                found = scale_lesions(lesions(prob_s, mask_s), w / s, h / s)
                 name = f"{stem}_{f.index:06d}"
-                est = head_estimates(predictor.card, heads)
-                rec = frame_record(name, f, prob_s, mask_s, area, found, est, frame_quality(p.resized, area))
+                rec, mask_s, lines = measure_frame(f, prob_s, heads, area, name=name, card=predictor.card, opts=opts,
+                                                   analysis_image=p.resized)
+                # specks the mask dropped must not come back when the map is resized to the frame
+                prob_s = np.where((mask_s > 0) | (prob_s < opts.threshold), prob_s, 0.0).astype(np.float32)
                 jl.write(json.dumps(rec) + "\n")
                 records.append(summary_row(rec))
-                lines = [f"{hd}: {e['estimate']} ({e['confidence']:.2f})" for hd, e in est.items()
-                         if e["clinically_validated"] and found]
                 render.submit(draw, f, prob_s, area, name, rec["lesion_probability"], lines)
     return finish(out_dir, stem=stem, records=records, predictor=predictor, video=video, errors=errors, opts=opts,
                   key_frames=keep.result())
