@@ -9,7 +9,7 @@ bins. Samples with label -1 (unknown) are skipped and counted. The arithmetic is
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from scipy.stats import rankdata
@@ -72,41 +72,40 @@ def scores(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict[str,
             "confusion": cm.astype(int).tolist()}
 
 
-def bootstrap(probs: np.ndarray, labels: np.ndarray, groups: Sequence[str], *, n_boot: int = 1000, seed: int = 0,
-              level: float = 0.95) -> dict[str, list[float] | None]:
-    """Percentile intervals of every point metric, resampling whole cases (groups) with replacement, so that
-    frames of one patient move together. A resample where a metric is undefined (e.g. AUROC with one class) is
-    left out of that metric's interval."""
-    groups = np.asarray(groups)
-    uniq, inverse = np.unique(groups, return_inverse=True)
+def case_resamples(groups: Sequence[str], n_boot: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """``n_boot`` index sets, each drawing whole cases (groups) with replacement: frames of a patient move together."""
+    uniq, inverse = np.unique(np.asarray(groups), return_inverse=True)
     members = [np.flatnonzero(inverse == g) for g in range(len(uniq))]
     rng = np.random.default_rng(seed)
-    samples: dict[str, list[float]] = {m: [] for m in POINT_METRICS}
     for _ in range(n_boot):
-        pick = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
+        yield np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
+
+
+def interval(values: Sequence[float], n_boot: int, level: float = 0.95) -> list[float] | None:
+    """Percentile interval, or None when fewer than half the resamples defined the metric."""
+    a = (1 - level) / 2
+    return [float(np.quantile(values, a)), float(np.quantile(values, 1 - a))] \
+        if values and len(values) >= n_boot // 2 else None
+
+
+def bootstrap(probs: np.ndarray, labels: np.ndarray, groups: Sequence[str], *, n_boot: int = 1000, seed: int = 0,
+              level: float = 0.95) -> dict[str, list[float] | None]:
+    """Percentile intervals of every point metric over case resamples. A resample where a metric is undefined
+    (e.g. AUROC with one class) is left out of that metric's interval."""
+    samples: dict[str, list[float]] = {m: [] for m in POINT_METRICS}
+    for pick in case_resamples(groups, n_boot, seed):
         s = scores(probs[pick], labels[pick])
         for m in POINT_METRICS:
             if s[m] is not None:
                 samples[m].append(s[m])
-    a = (1 - level) / 2
-    return {m: ([float(np.quantile(v, a)), float(np.quantile(v, 1 - a))] if v and len(v) >= n_boot // 2 else None)
-            for m, v in samples.items()}
+    return {m: interval(v, n_boot, level) for m, v in samples.items()}
 
 
-def paired_bootstrap(metric: Callable[[np.ndarray], float | None], n: int, groups: Sequence[str], *,
+def paired_bootstrap(metric: Callable[[np.ndarray], float | None], groups: Sequence[str], *,
                      n_boot: int = 1000, seed: int = 0) -> list[float] | None:
     """Interval of ``metric(indices)`` over case-resampled index sets (e.g. a difference of two AUROCs)."""
-    groups = np.asarray(groups)
-    uniq, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(len(uniq))]
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(n_boot):
-        v = metric(np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))]))
-        if v is not None:
-            vals.append(v)
-    return [float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975))] \
-        if vals and len(vals) >= n_boot // 2 else None
+    vals = [v for v in (metric(pick) for pick in case_resamples(groups, n_boot, seed)) if v is not None]
+    return interval(vals, n_boot)
 
 
 class GradingMetrics:

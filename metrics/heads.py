@@ -35,7 +35,7 @@ def area_direction(rows: Sequence[Mapping[str, Any]], head: str) -> int:
     return 1 if auc is None or auc >= 0.5 else -1
 
 
-def case_table(rows: Sequence[Mapping[str, Any]], head: str, *, min_frames: int, min_confidence: float
+def case_scores(rows: Sequence[Mapping[str, Any]], head: str, *, min_frames: int, min_confidence: float
                ) -> tuple[np.ndarray, np.ndarray, list[str], int]:
     """Aggregate each case's frames (models.heads.aggregate_case). Returns (probs, labels, groups) of the cases that
     did not abstain, and how many cases abstained. A case's label is its frames' most frequent known label."""
@@ -86,13 +86,13 @@ def score_head(rows: Sequence[Mapping[str, Any]], head: str, info: HeadCard, *, 
             "what": "AUROC of ranking frames by predicted lesion area alone "
                     f"({'larger' if direction > 0 else 'smaller'} = positive; direction fitted on validation)",
             "auroc": binary_auroc(base, labels == 1),
-            "ci95": paired_bootstrap(lambda i: binary_auroc(base[i], labels[i] == 1), len(labels), groups,
+            "ci95": paired_bootstrap(lambda i: binary_auroc(base[i], labels[i] == 1), groups,
                                      n_boot=n_boot, seed=seed),
             "head_minus_baseline_ci95": paired_bootstrap(
                 lambda i: _diff(binary_auroc(probs[i, 1], labels[i] == 1), binary_auroc(base[i], labels[i] == 1)),
-                len(labels), groups, n_boot=n_boot, seed=seed)}
+                groups, n_boot=n_boot, seed=seed)}
     if len(set(groups)) < len(groups):  # some case has several frames: score cases too
-        cp, cl, cg, abstained = case_table(rows, head, min_frames=min_frames, min_confidence=min_confidence)
+        cp, cl, cg, abstained = case_scores(rows, head, min_frames=min_frames, min_confidence=min_confidence)
         case: dict[str, Any] = {"n_cases": len(set(groups)), "abstained": abstained,
                                 "abstention_rate": abstained / max(1, len(set(groups))),
                                 "rule": {"min_frames": min_frames, "min_confidence": min_confidence}}
