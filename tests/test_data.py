@@ -212,3 +212,25 @@ def test_layout_check_of_a_downloaded_copy(tmp_path, capsys):
     next((tmp_path / "cvc-clinicdb" / "images").iterdir()).unlink()
     assert layout_main(["--root", str(tmp_path)]) == 2
     assert "611 images, expected 612" in capsys.readouterr().err
+
+
+def test_frame_quality_measures_glare_and_blur_inside_the_field_only():
+    from data.quality import ANALYSIS_SIZE, frame_quality
+
+    a = ANALYSIS_SIZE
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 200, (a, a, 3), dtype=np.uint8)
+    image[:44, :] = 255                                   # glare, half of it outside the field
+    area = np.zeros((a, a), np.uint8)
+    area[22:, :] = 1
+    q = frame_quality(image, area)
+    inside = area > 0
+    assert q["overexposed_fraction"] == round(22 * a / inside.sum(), 4) and not q["overexposed"]
+    lap = cv2.Laplacian(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.CV_32F)
+    assert abs(q["sharpness"] - round(float(lap[inside].var()), 1)) <= 0.1 and not q["blurry"]
+    blurred = cv2.GaussianBlur(image, (0, 0), 6)
+    assert frame_quality(blurred, area)["blurry"]
+    image[:, :, 2] = 240                                  # one channel below 250: not glare
+    assert frame_quality(image, area)["overexposed_fraction"] == 0.0
+    assert frame_quality(image, np.zeros_like(area)) == {"sharpness": 0.0, "blurry": True,
+                                                         "overexposed_fraction": 0.0, "overexposed": False}
