@@ -137,7 +137,7 @@ def main(cfg: DictConfig) -> float:
     scheduler = instantiate(cfg.optim.scheduler)(optimizer, total_steps=steps * cfg.trainer.max_epochs,
                                                  warmup_steps=steps * cfg.optim.warmup_epochs)
     ema = ModelEMA(model, cfg.trainer.ema.decay) if cfg.trainer.ema.enabled else None
-    start_epoch, best = 1, -1.0
+    start_epoch, best = 1, float("-inf")  # any first score wins: -(head NLL) is below -1 for 3+ classes
     ckpt_dir = (out_dir := Path(HydraConfig.get().runtime.output_dir)) / "checkpoints"
     if cfg.trainer.resume:
         start_epoch, best = ckpt.restore_training(cfg.trainer.resume, model, optimizer, scheduler, ema)
