@@ -162,6 +162,7 @@ INFER = {
                                   "slower", "veryslow")),
     "review.queue_depth": Num(1, 256, integer=True),
     "review.video_probs_at": Choice(("model", "input")),
+    "review.original_video": Bool(),
 }
 
 EVALUATE = {

@@ -25,6 +25,7 @@ from models.predictor import Predictor
 from review.describe import clean_mask, lesions
 from review.keyframes import KeyFrames
 from review.overlay import render_overlay
+from review.segments import GAP_S, lesion_segments
 from review.smoothing import TemporalSmoother
 from review.stream import OrderedWorker, prefetch
 
@@ -53,6 +54,7 @@ class ReviewOptions:
     x264_preset: str = "ultrafast"    # libx264 speed/size trade-off of the overlay video
     video_probs_at: str = "model"     # videos' probs/: at the model's S x S grid ("model") or the frame's size
     queue_depth: int = 16             # frames waiting per stage (bounds memory)
+    original_video: bool = False      # videos: also <stem>_original.mp4, the frames as shown under the overlay
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -111,7 +113,23 @@ def measure_frame(f: Frame, prob: np.ndarray, head_probs: dict[str, np.ndarray],
 def summary_row(rec: dict[str, Any]) -> dict[str, Any]:
     """What the summary and report keep of a frame (not the contours)."""
     return {k: v for k, v in rec.items() if k != "lesions"} | {
-        "n_lesions": len(rec["lesions"]), "largest_px": rec["lesions"][0]["area_px"] if rec["lesions"] else 0}
+        "n_lesions": len(rec["lesions"]), "largest_px": rec["lesions"][0]["area_px"] if rec["lesions"] else 0,
+        "lesion_px": sum(d["area_px"] for d in rec["lesions"])}
+
+
+def fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` at ``size`` (width, height): the overlay's size, which the original video shares so that the report
+    can lay one exactly over the other."""
+    if (image.shape[1], image.shape[0]) == tuple(size):
+        return image
+    return cv2.resize(image, tuple(size), interpolation=cv2.INTER_AREA)
+
+
+def review_video(out_dir: Path, stem: str, kind: str, *, fps: float, size: tuple[int, int], opts: ReviewOptions
+                 ) -> VideoWriter:
+    """``<stem>_overlay.mp4`` or ``<stem>_original.mp4``: H.264 written under a temporary name (data/video.py)."""
+    return VideoWriter(out_dir / f"{stem}_{kind}.mp4", fps=fps, width=size[0], height=size[1], crf=opts.crf,
+                       preset=opts.x264_preset)
 
 
 def frames_from_folder(files: list[Path], fps: float, errors: list[dict]) -> Iterator[Frame]:
@@ -144,10 +162,10 @@ def process_sequence(frames: Iterable[Frame], *, stem: str, names: list[str] | N
     smoother = TemporalSmoother(opts.smoothing if video else 1.0)
     records: list[dict[str, Any]] = []
     keep = KeyFrames(opts.key_frames)  # bounded whatever the video's (declared or unknown) length
-    writer = None
+    writer = original = None
     area = None
     cov = covariate_row(predictor, opts)
-    # ExitStack closes the overlay writer, then the JSONL, then renames the JSONL into place; on an exception each
+    # ExitStack closes the videos, then the JSONL, then renames the JSONL into place; on an exception each
     # drops its partial file instead
     with ExitStack() as stack:
         jl = stack.enter_context(stack.enter_context(atomic_write(out_dir / "predictions.jsonl")).open("w"))
@@ -167,21 +185,25 @@ def process_sequence(frames: Iterable[Frame], *, stem: str, names: list[str] | N
                 lesion_p = rec["lesion_probability"]
                 jl.write(json.dumps(rec) + "\n")
                 records.append(summary_row(rec))
-                if not opts.overlay and not opts.report:
+                if not (opts.overlay or opts.report or opts.original_video):
                     continue
                 shown = f.image if not opts.deidentify else deidentify(f.image, area)
                 ov = render_overlay(shown, mask, lesion_prob=lesion_p, time_s=f.time if video else None,
                                     head_lines=lines)
                 if video and opts.overlay_size:
-                    ov = cv2.resize(ov, (int(opts.overlay_size[0]), int(opts.overlay_size[1])),
-                                    interpolation=cv2.INTER_AREA)
+                    ov = fit(ov, (int(opts.overlay_size[0]), int(opts.overlay_size[1])))
                 if video:
+                    size = (ov.shape[1], ov.shape[0])
                     if writer is None and opts.overlay:
-                        writer = stack.enter_context(VideoWriter(
-                            out_dir / f"{stem}_overlay.mp4", fps=video["fps"], width=ov.shape[1],
-                            height=ov.shape[0], crf=opts.crf, preset=opts.x264_preset))
+                        writer = stack.enter_context(review_video(out_dir, stem, "overlay", fps=video["fps"],
+                                                                  size=size, opts=opts))
+                    if original is None and opts.original_video:
+                        original = stack.enter_context(review_video(out_dir, stem, "original", fps=video["fps"],
+                                                                    size=size, opts=opts))
                     if writer is not None:
                         writer.write(ov)
+                    if original is not None:
+                        original.write(fit(shown, size))
                     keep.offer(f.time, lesion_p, f.index, ov)
                 elif opts.overlay:
                     write_image_atomic(out_dir / "overlays" / f"{name}.jpg", ov)
@@ -217,9 +239,10 @@ def process_video_stream(frames: Iterable[Frame], *, stem: str, predictor: Predi
         (int(video["width"]), int(video["height"]))
     with ExitStack() as stack:  # exits in reverse: render drains, then PNGs, then the video and the JSONL close
         jl = stack.enter_context(stack.enter_context(atomic_write(out_dir / "predictions.jsonl")).open("w"))
-        writer = stack.enter_context(VideoWriter(out_dir / f"{stem}_overlay.mp4", fps=video["fps"], width=size[0],
-                                                 height=size[1], crf=opts.crf, preset=opts.x264_preset)) \
+        writer = stack.enter_context(review_video(out_dir, stem, "overlay", fps=video["fps"], size=size, opts=opts)) \
             if opts.overlay else None
+        original = stack.enter_context(review_video(out_dir, stem, "original", fps=video["fps"], size=size,
+                                                    opts=opts)) if opts.original_video else None
         pngs = stack.enter_context(OrderedWorker(opts.queue_depth, "endolift-png"))
         render = stack.enter_context(OrderedWorker(opts.queue_depth, "endolift-render"))
 
@@ -232,15 +255,15 @@ def process_video_stream(frames: Iterable[Frame], *, stem: str, predictor: Predi
             if opts.write_probs:
                 pngs.submit(write_image_atomic, out_dir / "probs" / f"{name}.png",
                             prob_to_uint8(prob if opts.video_probs_at == "input" else prob_s), png_level=opts.png_level)
-            if not opts.overlay and not opts.report:
+            if not (opts.overlay or opts.report or opts.original_video):
                 return
             shown = f.image if not opts.deidentify else \
                 deidentify(f.image, cv2.resize(area_s, (w, h), interpolation=cv2.INTER_NEAREST))
-            ov = render_overlay(shown, mask, lesion_prob=lesion_p, time_s=f.time, head_lines=lines)
-            if ov.shape[1] != size[0] or ov.shape[0] != size[1]:
-                ov = cv2.resize(ov, size, interpolation=cv2.INTER_AREA)
+            ov = fit(render_overlay(shown, mask, lesion_prob=lesion_p, time_s=f.time, head_lines=lines), size)
             if writer is not None:
                 writer.write(ov)
+            if original is not None:
+                original.write(fit(shown, size))
             keep.offer(f.time, lesion_p, f.index, ov)
 
         def with_small(items: Iterable[Frame]) -> Iterator[tuple[Frame, np.ndarray]]:  # runs in the decode thread
@@ -284,8 +307,8 @@ def finish(out_dir: Path, *, stem: str, records: list[dict], predictor: Predicto
         from review.report import write_report
 
         write_report(out_dir, stem=stem, records=records, summary=summary, card=predictor.card,
-                     key_frames=key_frames,
-                     overlay=f"{stem}_overlay.mp4" if opts.overlay else None)
+                     key_frames=key_frames, overlay=f"{stem}_overlay.mp4" if opts.overlay else None,
+                     original=f"{stem}_original.mp4" if opts.original_video else None)
     return summary
 
 
@@ -293,7 +316,8 @@ def summarise(records: list[dict], card: ModelCard, video: dict | None, errors: 
               opts: ReviewOptions | None = None) -> dict[str, Any]:
     """Case summary: frames with lesion, largest lesion, and for a video one estimate per head, aggregated over its
     informative frames (models.heads.aggregate_case: a lesion in view, not blurry or over-exposed), abstaining
-    ("insufficient evidence") below ``opts.min_informative_frames`` frames or ``opts.abstain_below`` confidence."""
+    ("insufficient evidence") below ``opts.min_informative_frames`` frames or ``opts.abstain_below`` confidence;
+    and for a video its lesion segments (review/segments.py), the stretches in which a lesion is in view."""
     opts = opts or ReviewOptions()
     with_lesion = [r for r in records if r["n_lesions"] > 0]
     largest = max(records, key=lambda r: r["largest_px"], default=None)
@@ -316,6 +340,8 @@ def summarise(records: list[dict], card: ModelCard, video: dict | None, errors: 
             "max_lesion_probability": max((r["lesion_probability"] for r in records), default=0.0),
             "largest_lesion": {"name": largest["name"], "time": largest["time"], "area_px": largest["largest_px"]}
             if largest and largest["largest_px"] else None,
+            "segments": lesion_segments(records, fps=video["fps"]) if video else None,
+            "segment_gap_s": GAP_S if video else None,
             "heads": heads, "video": video, "threshold": threshold, "errors": errors,
             "model": {"name": card.name, "date": card.date, "git_commit": card.git_commit}}
 

@@ -1,68 +1,31 @@
-"""The case report: one self-contained folder (report.html + overlay video + plots + key frames), opens offline.
+"""The case report: one self-contained folder (report.html, the overlay video, optionally the original video, key
+frames) that opens offline and works as a review tool: a timeline drawn in the page that seeks the video by click or
+drag and follows it with a playhead; key frames and a table of lesion segments whose times seek too; a slider that
+fades the overlay to show the frame beneath; frame steps. Printed ("Print to PDF"), it becomes a clean page for the
+patient file: controls and video hidden, tables and key frames kept whole.
 
 The page is rendered from ``review/templates/report.html`` by Jinja2 with autoescaping on, so every value that
 reaches it (file names, labels, error messages, card fields) is escaped in one place; file names inside URLs are
-also percent-encoded. A report travels between people: nothing in an input's name may run as script in it.
+also percent-encoded. A report travels between people: nothing in an input's name may run as script in it. The
+page's one inline script (no library, no network) therefore takes its data from ``data-*`` attributes, never from
+values pasted into script text.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np
-from markupsafe import Markup
 
 from data.io import atomic_write, write_image_atomic
 from models.card import ModelCard
 from review.overlay import timecode
-
-STATE_SCRIPT = """<script>
-// Records the video's state for automated checks (tests/test_report_browser.py); does nothing visible.
-(function () {
-  var b = document.body, v = document.getElementById("overlay");
-  b.dataset.video = v ? "loading" : "none";
-  if (v) {
-    v.addEventListener("canplay", function () { b.dataset.video = "canplay"; });
-    v.addEventListener("error", function () { b.dataset.video = "error"; });
-    if (v.readyState >= 3) { b.dataset.video = "canplay"; }
-  }
-  window.addEventListener("error", function (e) { b.dataset.jsError = String(e.message); });
-})();
-</script>
-"""
+from review.timeline import timeline
 
 DEFAULT_USE = ("Research use only. Not a medical device; estimates must not drive clinical decisions. "
                "Lesion outlines are from a polyp-segmentation model trained on public colonoscopy data.")
-
-
-def timeline_plot(path: Path, records: Sequence[dict[str, Any]], card: ModelCard) -> None:
-    """Lesion probability and area over time; head estimates only for clinically validated heads."""
-    from metrics.plots import pyplot
-
-    plt = pyplot()
-
-    t = np.array([r["time"] for r in records])
-    shown = [h for h in card.heads if card.is_clinical(h)]
-    fig, axes = plt.subplots(2 + len(shown), 1, figsize=(9, 2.2 * (2 + len(shown))), sharex=True)
-    axes[0].plot(t, [r["lesion_probability"] for r in records], color="tab:green")
-    axes[0].set_ylabel("lesion prob.")
-    axes[0].set_ylim(0, 1.02)
-    axes[1].plot(t, [100 * r["area_fraction"] for r in records], color="tab:orange")
-    axes[1].set_ylabel("area (% of view)")
-    for ax, h in zip(axes[2:], shown):
-        for c in card.heads[h].classes:
-            ax.plot(t, [r["heads"][h]["probs"][c] for r in records], label=c)
-        ax.set_ylabel(h)
-        ax.set_ylim(0, 1.02)
-        ax.legend(loc="upper right", fontsize=7)
-    axes[-1].set_xlabel("time (s)")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
 
 
 CLINICAL_TARGETS = ("fibrosis", "lift")  # always listed, so a reader sees when no validated model exists
@@ -97,25 +60,41 @@ def _template():
     return env.get_template("report.html")
 
 
+def segment_row(seg: Mapping[str, Any], pos: Mapping[int, int]) -> dict[str, Any]:
+    """One row of the segments table: time codes as burned into the overlay, frame positions in the video to seek."""
+    peak = seg["peak"]
+    return {"start": timecode(seg["start"]), "start_pos": pos[seg["start_frame"]], "end": timecode(seg["end"]),
+            "end_pos": pos[seg["end_frame"]], "duration": seg["duration"], "frames": seg["frames"],
+            "lesion_frames": seg["lesion_frames"], "peak": timecode(peak["time"]), "peak_pos": pos[peak["frame"]],
+            "peak_px": peak["area_px"], "peak_percent": 100 * peak["area_fraction"],
+            "mean_probability": seg["mean_probability"], "max_probability": seg["max_probability"]}
+
+
 def write_report(out_dir: Path, *, stem: str, records: Sequence[dict[str, Any]], summary: dict[str, Any],
-                 card: ModelCard, key_frames: Sequence[tuple[float, int, np.ndarray]], overlay: str | None
-                 ) -> Path:
-    timeline_plot(out_dir / "timeline.png", records, card)
+                 card: ModelCard, key_frames: Sequence[tuple[float, int, np.ndarray]], overlay: str | None,
+                 original: str | None) -> Path:
+    """records: the video's summary rows in order (the overlay's k-th frame is records[k]); summary: as written
+    to summary.json (its ``segments``, ``video.fps``, ``threshold``); overlay / original: the videos' file names
+    in ``out_dir``, None where not written."""
+    fps = float(summary["video"]["fps"])
+    pos = {r["index"]: k for k, r in enumerate(records)}  # frame index -> position in the videos
     frames = []
     for score, index, image in key_frames:
         name = f"{stem}_{index:06d}.jpg"
         write_image_atomic(out_dir / "keyframes" / name, image)
-        rec = next(r for r in records if r["index"] == index)
-        frames.append({"url": "keyframes/" + quote(name), "index": index, "timecode": timecode(rec["time"]),
-                       "score": score})
+        frames.append({"url": "keyframes/" + quote(name), "index": index, "pos": pos[index],
+                       "timecode": timecode(records[pos[index]]["time"]), "score": score})
     largest = summary.get("largest_lesion")
     page = _template().render(
         stem=stem, intended_use=card.intended_use or DEFAULT_USE, overlay_url=quote(overlay) if overlay else None,
+        original_url=quote(original) if original else None, fps=fps, n_frames=len(records),
+        t0=records[0]["time"], start=timecode(records[0]["time"]),
+        timeline=timeline(records, card, fps=fps, threshold=summary["threshold"], segments=summary["segments"]),
+        segments=[segment_row(s, pos) for s in summary["segments"]], gap_s=summary["segment_gap_s"],
         summary=summary, largest=dict(largest, timecode=timecode(largest["time"])) if largest else None,
         head_rows=[head_row(h, summary["heads"].get(h), card) for h in shown_heads(card)],
         errors=[x["error"] for x in summary.get("errors", [])], key_frames=frames,
-        model_name=str(card.name), model_date=str(card.date),
-        model_commit=str(card.git_commit)[:12], state_script=Markup(STATE_SCRIPT))
+        model_name=str(card.name), model_date=str(card.date), model_commit=str(card.git_commit)[:12])
     path = out_dir / "report.html"
     with atomic_write(path) as tmp:
         tmp.write_text(page)

@@ -77,3 +77,20 @@ def synthetic_video(tmp_path) -> Path:
         for _ in range(12):
             w.write(synthetic_frame(rng, (64, 96))["image"])
     return path
+
+
+def html_tags(html: str) -> list[tuple[str, dict]]:
+    """Every start tag of a page with its attributes, as a browser's parser sees them (for escaping checks)."""
+    from html.parser import HTMLParser
+
+    class Tags(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags: list[tuple[str, dict]] = []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append((tag, dict(attrs)))
+
+    page = Tags()
+    page.feed(html)
+    return page.tags

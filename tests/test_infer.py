@@ -12,7 +12,7 @@ from data.synthetic import synthetic_frame
 from models.checkpoint import load_checkpoint, save_checkpoint
 from review.overlay import render_overlay
 from review.smoothing import TemporalSmoother
-from tests.conftest import run_script, tiny_card
+from tests.conftest import html_tags, run_script, tiny_card
 
 
 def test_video_outputs_follow_the_contract(tmp_path, tiny_checkpoint, synthetic_video):
@@ -36,7 +36,7 @@ def test_video_outputs_follow_the_contract(tmp_path, tiny_checkpoint, synthetic_
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == 12 and summary["video"]["fps"] == 10.0
     html = (out / "report.html").read_text()
-    assert 'src="clip_overlay.mp4"' in html and "timeline.png" in html and "Research use only" in html
+    assert 'src="clip_overlay.mp4"' in html and '<svg id="timeline"' in html and "Research use only" in html
     # heads trained on synthetic labels are never shown to a clinician, in the report or the summary's meaning
     assert html.count("not shown: this head was not trained and validated on real labels") == 2
     assert "<td>insufficient evidence</td>" not in html and "<b>F" not in html
@@ -165,7 +165,6 @@ HOSTILE = ['a" onerror="alert(1)', "<img src=x onerror=alert(1)><script>alert(1)
 
 
 def test_hostile_file_names_cannot_inject_into_the_report(tmp_path, tiny_checkpoint, synthetic_video):
-    from html.parser import HTMLParser
     from urllib.parse import unquote
 
     videos = []
@@ -179,22 +178,13 @@ def test_hostile_file_names_cannot_inject_into_the_report(tmp_path, tiny_checkpo
     folders = sorted(d for d in out.iterdir() if d.is_dir() and not d.name.startswith("."))
     assert len(folders) == 3
 
-    class Tags(HTMLParser):
-        def __init__(self):
-            super().__init__()
-            self.tags = []
-
-        def handle_starttag(self, tag, attrs):
-            self.tags.append((tag, dict(attrs)))
-
     shown = []
     for folder in folders:
-        page = Tags()
         text = (folder / "report.html").read_text()
-        page.feed(text)
-        assert sum(t == "script" for t, _ in page.tags) == 1                   # only the page's own state script
-        assert not any(k.startswith("on") for _, a in page.tags for k in a)    # no injected event handler
-        srcs = [a["src"] for t, a in page.tags if t in ("img", "video")]
+        tags = html_tags(text)
+        assert sum(t == "script" for t, _ in tags) == 1                   # only the page's own state script
+        assert not any(k.startswith("on") for _, a in tags for k in a)    # no injected event handler
+        srcs = [a["src"] for t, a in tags if t in ("img", "video")]
         assert len(srcs) >= 3
         for src in srcs:                                                       # every URL resolves to its file
             assert (folder / unquote(src)).is_file(), src

@@ -1,31 +1,116 @@
-"""A real browser opens the report: headless Chromium (Debian package `chromium`, installed by .ci/run)."""
+"""A real browser opens the report: headless Chromium (Debian package `chromium`, installed by .ci/run).
+
+One report (two synchronised videos, a hostile file name) is opened once: a copy of the page beside it, with a
+script appended that clicks like a reviewer, records what happened in ``document.body.dataset`` and lets Chromium
+dump the DOM; the product page itself carries nothing for the test.
+"""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
+from pathlib import Path
 
+import numpy as np
 import pytest
 
+from review.screenshot import find_chromium, headless, screenshot
 from tests.conftest import run_script
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = find_chromium()
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (apt-get install chromium; "
+                                                         ".ci/run does)")
+STEM = "<img src=x onerror=alert(1)>"
+FPS, FRAMES = 10, 12
+
+# Clicks the timeline at its 00:00.60 tick (a PointerEvent, as a mouse press sends), then the last key frame's
+# picture, then moves the overlay slider to 0; records the video times, the playhead and the overlay's opacity.
+CLICKS = """<script>
+(function () {
+  var b = document.body, v = document.getElementById("overlay"), o = document.getElementById("original");
+  function once(el, name, f) { el.addEventListener(name, f, {once: true}); }
+  function clickTimeline() {
+    var svg = document.getElementById("timeline"), box = svg.getBoundingClientRect();
+    var tick = Array.from(svg.querySelectorAll("text.xtick")).find(function (t) {
+      return t.textContent === "00:00.60";
+    });
+    var r = tick.getBoundingClientRect(), at = {bubbles: true, pointerId: 1, clientX: r.left + r.width / 2,
+                                                clientY: box.top + box.height / 2};
+    once(v, "seeked", function () {
+      b.dataset.timelineSeek = v.currentTime;
+      b.dataset.originalAt = o.currentTime;
+      b.dataset.playhead = document.getElementById("playhead").getAttribute("x1");
+      b.dataset.tickX = tick.getAttribute("x");
+      clickKeyFrame();
+    });
+    svg.dispatchEvent(new PointerEvent("pointerdown", at));
+    window.dispatchEvent(new PointerEvent("pointerup", at));
+  }
+  function clickKeyFrame() {
+    var figures = document.querySelectorAll(".kf figure"), last = figures[figures.length - 1];
+    once(v, "seeked", function () {
+      b.dataset.keyframeSeek = v.currentTime;
+      b.dataset.keyframeCaption = last.querySelector("figcaption").textContent;
+      var mix = document.getElementById("mix");
+      mix.value = "0";
+      mix.dispatchEvent(new Event("input"));
+      b.dataset.overlayOpacity = getComputedStyle(v).opacity;
+      b.dataset.done = "yes";
+    });
+    last.querySelector("img").dispatchEvent(new MouseEvent("click", {bubbles: true}));
+  }
+  if (v.readyState >= 3) { clickTimeline(); } else { once(v, "canplay", clickTimeline); }
+})();
+</script>
+"""
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (apt-get install chromium; .ci/run does)")
-def test_report_opens_and_video_is_playable(tmp_path, tiny_checkpoint, synthetic_video):
-    out = tmp_path / "out"
-    p = run_script("infer.py", f"input={synthetic_video}", f"out_dir={out}", f"checkpoint={tiny_checkpoint}")
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, tiny_checkpoint) -> Path:
+    """report.html of a 12-frame, 10 frames/s clip named like an attack, with the original video beside the
+    overlay (threshold near 0: a lesion in every frame, so a segment and key frames exist)."""
+    from data.synthetic import synthetic_frame
+    from data.video import VideoWriter
+
+    tmp = tmp_path_factory.mktemp("browser")
+    clip = tmp / f"{STEM}.mp4"
+    rng = np.random.default_rng(0)
+    with VideoWriter(clip, fps=FPS, width=96, height=64) as w:
+        for _ in range(FRAMES):
+            w.write(synthetic_frame(rng, (64, 96))["image"])
+    p = run_script("infer.py", f"input='{clip}'", f"out_dir={tmp / 'out'}", f"checkpoint={tiny_checkpoint}",
+                   "review.original_video=true", "review.threshold=0.001")
     assert p.returncode == 0, p.stderr[-2000:]
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-           "--autoplay-policy=no-user-gesture-required", "--virtual-time-budget=8000", "--dump-dom",
-           (out / "report.html").as_uri()]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    return tmp / "out" / "report.html"
+
+
+def test_report_plays_and_seeks_in_a_real_browser(report, tmp_path):
+    page = report.with_name("clicked.html")  # beside the report: the videos' relative URLs still resolve
+    page.write_text(report.read_text().replace("</body>", CLICKS + "</body>"))
+    r = subprocess.run(headless(CHROMIUM, tmp_path / "profile", "--enable-logging=stderr", "--v=0", "--dump-dom",
+                                page.as_uri()), capture_output=True, text=True, timeout=120)
     body = re.search(r"<body[^>]*>", r.stdout)
     assert body, r.stderr[-2000:]
-    assert 'data-video="canplay"' in body.group(0), f"video never became playable: {body.group(0)}"
-    assert "data-js-error" not in body.group(0)
+    state = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', body.group(0)))
+    assert state.get("video") == "canplay", f"video never became playable: {body.group(0)}"
+    assert "js-error" not in state and state.get("done") == "yes", state
     console = [line for line in r.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert not console, console
+    frame = 1 / FPS
+    # the timeline's 00:00.60 mark seeks there, the original follows, the playhead sits on the mark
+    assert abs(float(state["timeline-seek"]) - 0.6) < frame and float(state["original-at"]) == float(
+        state["timeline-seek"])
+    assert abs(float(state["playhead"]) - float(state["tick-x"])) < 900 / FRAMES
+    # a key frame seeks to the time in its caption; the slider fades the overlay out
+    caption = re.search(r"at (\d\d):(\d\d\.\d\d)", state["keyframe-caption"])
+    assert abs(float(state["keyframe-seek"]) - (60 * int(caption[1]) + float(caption[2]))) < frame
+    assert float(state["overlay-opacity"]) == 0
+    # the hostile name is text: no element was made of it, nothing ran
+    assert "<img src=x" not in r.stdout and '<img src="x"' not in r.stdout and "&lt;img src=x" in r.stdout
+
+
+def test_screenshot_command(report, tmp_path):
+    png = screenshot(report, tmp_path / "shot.png", width=800, height=1600)
+    from PIL import Image
+
+    with Image.open(png) as im:
+        assert im.width == 800 and 400 < im.height <= 1600
