@@ -5,6 +5,7 @@ python evaluate.py checkpoint=outputs/x/checkpoints/best sets=[kvasir] tta=true
 python evaluate.py pred_dir=MAPS gt_dir=$ENDOLIFT_DATA/kvasir-seg/masks   # any model's saved probability maps
 Writes metrics.json, results.md and per set: per_image.csv, table.md, dice_hist.png, threshold_dice.png, worst.png.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,13 +42,15 @@ def score_checkpoint(cfg: DictConfig, pred, records: list[Record], set_dir: Path
             seg.update(prob, sample["mask"], record.id)
 
     rows = predict_records(pred, records, batch_size=cfg.batch_size, progress=set_dir.name, on_frame=on_frame)
-    head_results = score_heads(rows, pred.card.heads, n_boot=cfg.n_boot, min_frames=cfg.case_min_frames,
-                               min_confidence=cfg.case_min_confidence)
+    head_results = score_heads(
+        rows, pred.card.heads, n_boot=cfg.n_boot, min_frames=cfg.case_min_frames, min_confidence=cfg.case_min_confidence
+    )
     if head_results:
         set_dir.mkdir(parents=True, exist_ok=True)
         for h, r in head_results.items():
-            reliability_diagram(set_dir / f"reliability_{h}.png", {"frames": r["frame"]["reliability"]},
-                                f"{h}: {set_dir.name}")
+            reliability_diagram(
+                set_dir / f"reliability_{h}.png", {"frames": r["frame"]["reliability"]}, f"{h}: {set_dir.name}"
+            )
         with atomic_write(set_dir / "head_predictions.jsonl") as tmp:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     by_id = {r.id: r for r in records}
@@ -82,8 +85,10 @@ def score_folders(cfg: DictConfig) -> tuple[dict, dict, Any]:
         if not common:
             raise UserError(f"no prediction in {pred_dir} is named like a mask in {gt_dir}")
         if len(common) < len(gts):
-            print(f"note: scoring the {len(common)} masks that have a prediction; {len(gts) - len(common)} masks in "
-                  f"{gt_dir} have none (set gt_list=FILE to require a prediction for each listed mask)")
+            print(
+                f"note: scoring the {len(common)} masks that have a prediction; {len(gts) - len(common)} masks in "
+                f"{gt_dir} have none (set gt_list=FILE to require a prediction for each listed mask)"
+            )
     seg = SegmentationMetrics(nsd_tolerance=cfg.nsd_tolerance)
     import cv2
 
@@ -93,8 +98,10 @@ def score_folders(cfg: DictConfig) -> tuple[dict, dict, Any]:
             raise UserError(f"cannot decode prediction {preds[s]}")
         seg.update(prob, read_mask(gts[s]), s)
     if seg.n_resized:
-        print(f"note: {seg.n_resized} maps differed in size from their mask and were resized (bilinear) to it, "
-              "as PraNet's toolbox does")
+        print(
+            f"note: {seg.n_resized} maps differed in size from their mask and were resized (bilinear) to it, "
+            "as PraNet's toolbox does"
+        )
 
     def load(name: str):
         image_dir = gt_dir.parent / "images"
@@ -119,8 +126,10 @@ def write_set(set_dir: Path, name: str, seg: dict, per_image: list[dict], load, 
 
 def markdown_table(results: dict[str, dict]) -> str:
     head = "| set | n | " + " | ".join(TABLE_KEYS) + " |\n|" + "---|" * (len(TABLE_KEYS) + 2) + "\n"
-    return head + "".join(f"| {k} | {v['n_images']} | " + " | ".join(f"{v[m]:.3f}" for m in TABLE_KEYS) + " |\n"
-                          for k, v in results.items())
+    return head + "".join(
+        f"| {k} | {v['n_images']} | " + " | ".join(f"{v[m]:.3f}" for m in TABLE_KEYS) + " |\n"
+        for k, v in results.items()
+    )
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
@@ -139,8 +148,9 @@ def main(cfg: DictConfig) -> dict:
         unknown = [s for s in wanted if s not in test_sets]
         if unknown:
             raise UserError(f"sets {unknown} are not in data.test_sets ({list(test_sets)})")
-        pred = Predictor.from_checkpoint(cfg.checkpoint, device=cfg.device, precision=cfg.precision, tta=cfg.tta,
-                                     backend=cfg.backend)
+        pred = Predictor.from_checkpoint(
+            cfg.checkpoint, device=cfg.device, precision=cfg.precision, tta=cfg.tta, backend=cfg.backend
+        )
         classes = {h: v.classes for h, v in pred.card.heads.items()}
         for name in wanted:
             records = records_from_sources(test_sets[name], heads=classes, covariates=pred.covariates)
@@ -149,8 +159,7 @@ def main(cfg: DictConfig) -> dict:
                 write_set(out_dir / name, name, seg, per_image, load, cfg.gallery)
             results[name] = {"segmentation": seg, "heads": head_results}
     with atomic_write(out_dir / "metrics.json") as tmp:
-        tmp.write_text(json.dumps({"config": OmegaConf.to_container(cfg, resolve=True), "results": results},
-                                  indent=2))
+        tmp.write_text(json.dumps({"config": OmegaConf.to_container(cfg, resolve=True), "results": results}, indent=2))
     table = markdown_table({k: v["segmentation"] for k, v in results.items() if v["segmentation"]})
     table += "".join("\n" + heads_markdown(v["heads"], title=f"Heads: {k}") for k, v in results.items() if v["heads"])
     with atomic_write(out_dir / "results.md") as tmp:

@@ -6,6 +6,7 @@ python infer.py 'input=[a.jpg,frames/,clip.mp4]' out_dir=out    # one subfolder 
 Exit codes: 0 all inputs processed; 2 a user error (bad path/file/setting) or some inputs/frames failed (the rest
 were still written); 1 a bug.
 """
+
 from __future__ import annotations
 
 import sys
@@ -44,34 +45,40 @@ def main(cfg: DictConfig) -> None:
         opts = ReviewOptions(**OmegaConf.to_container(cfg.review, resolve=True))
     except TypeError as e:
         raise UserError(f"unknown review setting: {e}") from None
-    predictor = Predictor.from_checkpoint(cfg.checkpoint, device=cfg.device, precision=cfg.precision, tta=cfg.tta,
-                                          backend=cfg.backend)
+    predictor = Predictor.from_checkpoint(
+        cfg.checkpoint, device=cfg.device, precision=cfg.precision, tta=cfg.tta, backend=cfg.backend
+    )
     out_root = Path(cfg.out_dir)
     with output_lock(out_root):
         clean_stale_partials(out_root)
-        failures = run_inputs(paths, predictor=predictor, out_root=out_root, opts=opts,
-                              frames_as_video=cfg.frames_as_video)
+        failures = run_inputs(
+            paths, predictor=predictor, out_root=out_root, opts=opts, frames_as_video=cfg.frames_as_video
+        )
     if failures:
         sys.exit(2)
 
 
-def run_inputs(paths: list[Path], *, predictor, out_root: Path, opts: ReviewOptions, frames_as_video: bool
-               ) -> list[str]:
+def run_inputs(
+    paths: list[Path], *, predictor, out_root: Path, opts: ReviewOptions, frames_as_video: bool
+) -> list[str]:
     """Process each input into its folder; one bad input never stops the others. Returns the error messages."""
     failures: list[str] = []
     for path, name in zip(paths, unique_names(paths)):
         out_dir = out_root if len(paths) == 1 else out_root / name
         t0 = time.perf_counter()
         try:
-            summary = process_input(path, predictor=predictor, out_dir=out_dir, opts=opts,
-                                    frames_as_video=frames_as_video)
+            summary = process_input(
+                path, predictor=predictor, out_dir=out_dir, opts=opts, frames_as_video=frames_as_video
+            )
         except UserError as e:
             failures.append(str(e))
             print(f"error: {e}", file=sys.stderr)
             continue
         dt = time.perf_counter() - t0
-        print(f"{path}: {summary['frames']} frames in {dt:.1f}s ({summary['frames'] / max(dt, 1e-9):.1f} frames/s), "
-              f"lesion in {summary['frames_with_lesion']} -> {out_dir}")
+        print(
+            f"{path}: {summary['frames']} frames in {dt:.1f}s ({summary['frames'] / max(dt, 1e-9):.1f} frames/s), "
+            f"lesion in {summary['frames_with_lesion']} -> {out_dir}"
+        )
         for err in summary["errors"]:
             failures.append(err["error"])
             print(f"error: {err['error']}", file=sys.stderr)

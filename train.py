@@ -6,6 +6,7 @@ card) under the Hydra run directory. With heads, the best checkpoint's heads are
 validation split (models/calibration.py); in a cross-validation fold (data.cv) the held-out fold is predicted
 into oof.json for `python -m metrics.cv`. Multi-process: torchrun --nproc_per_node=N train.py ...
 """
+
 from __future__ import annotations
 
 import time
@@ -33,8 +34,12 @@ from models.runtime import ModelEMA, autocast, init_distributed, log_epoch, pick
 
 def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    out = {"image": batch["image"].to(device, memory_format=fmt), "mask": batch["mask"].to(device),
-           "has_mask": batch["has_mask"].to(device), "labels": {k: v.to(device) for k, v in batch["labels"].items()}}
+    out = {
+        "image": batch["image"].to(device, memory_format=fmt),
+        "mask": batch["mask"].to(device),
+        "has_mask": batch["has_mask"].to(device),
+        "labels": {k: v.to(device) for k, v in batch["labels"].items()},
+    }
     return out | {k: batch[k].to(device) for k in ("covariates", "poor_quality") if k in batch}
 
 
@@ -114,28 +119,67 @@ def main(cfg: DictConfig) -> float:
     kinds = {h: spec.kind for h, spec in parse_heads(resolved["model"]["heads"]).items()}
     data, cv = resolved["data"], resolved["data"]["cv"]
     train_recs, val_recs, heldout = training_splits(
-        data["train_sources"], data["val_sources"], heads=heads, covariates=covs, val_fraction=data["val_fraction"],
-        split_seed=data["split_seed"], cv_folds=cv["folds"], cv_fold=cv["fold"], cv_seed=cv["seed"],
-        cv_stratify=cv["stratify"], labelled_only=data["labelled_only"])
-    common = dict(size=cfg.data.size, mean=cfg.data.mean, std=cfg.data.std, resize=cfg.data.resize,
-                  heads=list(heads), num_workers=cfg.data.num_workers, cache=cfg.data.cache, covariates=covs,
-                  quality=cfg.data.frame_quality)
-    train_loader = make_loader(train_recs, augment=[instantiate(t) for t in cfg.augment.train], train=True,
-                               batch_size=cfg.data.batch_size, world_size=world, rank=rank, seed=cfg.seed, **common)
-    val_loader = make_loader(val_recs, augment=[instantiate(t) for t in cfg.augment.eval], train=False,
-                             batch_size=cfg.data.batch_size, **common) if val_recs else None
+        data["train_sources"],
+        data["val_sources"],
+        heads=heads,
+        covariates=covs,
+        val_fraction=data["val_fraction"],
+        split_seed=data["split_seed"],
+        cv_folds=cv["folds"],
+        cv_fold=cv["fold"],
+        cv_seed=cv["seed"],
+        cv_stratify=cv["stratify"],
+        labelled_only=data["labelled_only"],
+    )
+    common = dict(
+        size=cfg.data.size,
+        mean=cfg.data.mean,
+        std=cfg.data.std,
+        resize=cfg.data.resize,
+        heads=list(heads),
+        num_workers=cfg.data.num_workers,
+        cache=cfg.data.cache,
+        covariates=covs,
+        quality=cfg.data.frame_quality,
+    )
+    train_loader = make_loader(
+        train_recs,
+        augment=[instantiate(t) for t in cfg.augment.train],
+        train=True,
+        batch_size=cfg.data.batch_size,
+        world_size=world,
+        rank=rank,
+        seed=cfg.seed,
+        **common,
+    )
+    val_loader = (
+        make_loader(
+            val_recs,
+            augment=[instantiate(t) for t in cfg.augment.eval],
+            train=False,
+            batch_size=cfg.data.batch_size,
+            **common,
+        )
+        if val_recs
+        else None
+    )
     counts = {"train": ckpt.label_counts(train_recs, heads), "val": ckpt.label_counts(val_recs, heads)}
 
     model = build_model(**resolved["model"])
     frozen = cfg.trainer.freeze == "segmentation"
-    init = prepare_for_training(model, init_from=cfg.trainer.init_from, freeze=cfg.trainer.freeze,
-                                covariate_rows=[[r.covariates.get(c, float("nan")) for c in covs] for r in train_recs])
+    init = prepare_for_training(
+        model,
+        init_from=cfg.trainer.init_from,
+        freeze=cfg.trainer.freeze,
+        covariate_rows=[[r.covariates.get(c, float("nan")) for c in covs] for r in train_recs],
+    )
     model = model.to(device, memory_format=torch.channels_last if cfg.trainer.channels_last else torch.preserve_format)
     loss_fn = instantiate(cfg.loss, heads=resolved["model"]["heads"], segmentation=not frozen)
     optimizer = instantiate(cfg.optim.optimizer)(params=[p for p in model.parameters() if p.requires_grad])
     steps = min(len(train_loader), cfg.trainer.max_steps_per_epoch or len(train_loader))
-    scheduler = instantiate(cfg.optim.scheduler)(optimizer, total_steps=steps * cfg.trainer.max_epochs,
-                                                 warmup_steps=steps * cfg.optim.warmup_epochs)
+    scheduler = instantiate(cfg.optim.scheduler)(
+        optimizer, total_steps=steps * cfg.trainer.max_epochs, warmup_steps=steps * cfg.optim.warmup_epochs
+    )
     ema = ModelEMA(model, cfg.trainer.ema.decay) if cfg.trainer.ema.enabled else None
     start_epoch, best = 1, float("-inf")  # any first score wins: -(head NLL) is below -1 for 3+ classes
     ckpt_dir = (out_dir := Path(HydraConfig.get().runtime.output_dir)) / "checkpoints"
@@ -144,8 +188,9 @@ def main(cfg: DictConfig) -> float:
         if rank == 0:  # the best epoch so far travels with the run
             ckpt.copy_checkpoint(Path(cfg.trainer.resume).with_name("best"), ckpt_dir / "best")
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda"
-                                                          else None)
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[local_rank] if device.type == "cuda" else None
+        )
 
     writer = None
     if rank == 0:
@@ -153,14 +198,18 @@ def main(cfg: DictConfig) -> float:
 
         clean_stale_partials(out_dir)  # temporary files of a killed earlier run in this folder
         writer = SummaryWriter(str(out_dir / "tb"))
-        print(f"train {len(train_recs)} / val {len(val_recs)} / held-out fold {len(heldout)} images, {steps} "
-              f"steps/epoch, device {device}, precision {cfg.trainer.precision}, run dir {out_dir}", flush=True)
+        print(
+            f"train {len(train_recs)} / val {len(val_recs)} / held-out fold {len(heldout)} images, {steps} "
+            f"steps/epoch, device {device}, precision {cfg.trainer.precision}, run dir {out_dir}",
+            flush=True,
+        )
     for epoch in range(start_epoch, cfg.trainer.max_epochs + 1):
         train_loader.sampler.set_epoch(epoch)
         # each epoch's randomness (dropout, multi-scale) from (seed, rank, epoch): a resumed run continues exactly
         seed_everything((cfg.seed + rank) * 100_003 + epoch)
-        stats = train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler, ema, device=device, cfg=cfg,
-                                epoch=epoch, rank=rank)
+        stats = train_one_epoch(
+            model, train_loader, loss_fn, optimizer, scheduler, ema, device=device, cfg=cfg, epoch=epoch, rank=rank
+        )
         eval_model = unwrap(model)
         backup = ema.copy_to(eval_model) if ema is not None else None
         if val_loader is not None and rank == 0:
@@ -168,9 +217,17 @@ def main(cfg: DictConfig) -> float:
         if rank == 0:
             nlls = [v for k, v in stats.items() if k.startswith("val/nll_")]
             score = -sum(nlls) / len(nlls) if frozen and nlls else stats.get("val/dice", -stats["train/total"])
-            card = ckpt.training_card(resolved, epoch=epoch, metrics=stats, n_train=len(train_recs),
-                                      n_val=len(val_recs), counts=counts, device=str(device), commit=commit,
-                                      init_from=init)
+            card = ckpt.training_card(
+                resolved,
+                epoch=epoch,
+                metrics=stats,
+                n_train=len(train_recs),
+                n_val=len(val_recs),
+                counts=counts,
+                device=str(device),
+                commit=commit,
+                init_from=init,
+            )
             if score > best:
                 best = score
                 ckpt.save_checkpoint(ckpt_dir / "best", eval_model, card)
@@ -186,9 +243,19 @@ def main(cfg: DictConfig) -> float:
     if rank == 0 and heads:  # temperature scaling on validation; a CV fold's held-out predictions
         from models.calibration import finish_heads
 
-        finish_heads(ckpt_dir / "best", val_recs, heldout, oof=out_dir / "oof.json", fold=cv["fold"],
-                     folds=cv["folds"], variant=cfg.model.head_inputs, device=cfg.trainer.device,
-                     n_boot=cfg.trainer.n_boot, min_frames=cfg.data.case_min_frames, progress=cfg.trainer.progress)
+        finish_heads(
+            ckpt_dir / "best",
+            val_recs,
+            heldout,
+            oof=out_dir / "oof.json",
+            fold=cv["fold"],
+            folds=cv["folds"],
+            variant=cfg.model.head_inputs,
+            device=cfg.trainer.device,
+            n_boot=cfg.trainer.n_boot,
+            min_frames=cfg.data.case_min_frames,
+            progress=cfg.trainer.progress,
+        )
     if world > 1:
         torch.distributed.destroy_process_group()
     return best

@@ -8,6 +8,7 @@ python benchmarks/infer_speed.py [--checkpoint checkpoints/endolift_polyp_unet_m
    serial in this run, and the streaming masks' Dice against the serial ones. The model's share is the time inside
    predict().
 """
+
 from __future__ import annotations
 
 import argparse
@@ -108,11 +109,15 @@ def main() -> None:
                     fps, share, n = end_to_end(pred, path, out, streaming)
                     res[streaming] = fps
                     label = "streaming" if streaming else "serial   "
-                    print(f"end to end  {name:9s} {precision} {label}: {fps:6.1f} frames/s over {n} frames "
-                          f"({1000 / fps:.1f} ms a frame), model {100 * share:.0f}%"
-                          + (f"  (x{fps / res[False]:.2f} vs serial)" if streaming else ""))
-                print(f"            {name:9s} {precision} masks, streaming vs serial: min Dice "
-                      f"{mask_agreement(tmp / f'out_{name}_{precision}_False', tmp / f'out_{name}_{precision}_True'):.4f}")
+                    print(
+                        f"end to end  {name:9s} {precision} {label}: {fps:6.1f} frames/s over {n} frames "
+                        f"({1000 / fps:.1f} ms a frame), model {100 * share:.0f}%"
+                        + (f"  (x{fps / res[False]:.2f} vs serial)" if streaming else "")
+                    )
+                print(
+                    f"            {name:9s} {precision} masks, streaming vs serial: min Dice "
+                    f"{mask_agreement(tmp / f'out_{name}_{precision}_False', tmp / f'out_{name}_{precision}_True'):.4f}"
+                )
 
 
 if __name__ == "__main__":

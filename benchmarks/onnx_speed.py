@@ -6,6 +6,7 @@ present. Prints images/s for PyTorch fp32, PyTorch bf16 autocast (+ channels_las
 runs it), ONNX Runtime fp32 and int8 (CPU provider), at
 batch 1 and 8, each as a ratio to PyTorch fp32 at the same batch. Machines are noisy: compare the ratios.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,11 @@ def main() -> None:
                 return torch_pred.model(t)
 
         fp32 = rate(torch_pred.model, xcl, a.reps)
-        rows = {"pytorch fp32": fp32, "pytorch bf16": rate(bf16, xcl, a.reps),
-                "onnxruntime fp32": rate(ort_pred.model, x, a.reps)}
+        rows = {
+            "pytorch fp32": fp32,
+            "pytorch bf16": rate(bf16, xcl, a.reps),
+            "onnxruntime fp32": rate(ort_pred.model, x, a.reps),
+        }
         if ort8 is not None:
             rows["onnxruntime int8"] = rate(ort8.model, x, a.reps)
         for name, r in rows.items():

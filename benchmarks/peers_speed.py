@@ -5,6 +5,7 @@ Models: the shipped U-Net/MobileNetV2 (slim decoder), smp U-Net ResNet-34, a U-N
 one with a Res2Net-50 encoder (timm, PraNet's backbone), at batch 1 and 8, fp32 and bf16 (+ channels_last); each
 printed as images/s and as a ratio to the shipped model in the same setting.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,7 @@ from models.build import build_model  # noqa: E402
 from models.runtime import autocast  # noqa: E402
 
 PEERS = {
-    "shipped U-Net MobileNetV2 (slim)": dict(encoder="mobilenet_v2",
-                                             decoder={"decoder_channels": [96, 64, 32, 16, 8]}),
+    "shipped U-Net MobileNetV2 (slim)": dict(encoder="mobilenet_v2", decoder={"decoder_channels": [96, 64, 32, 16, 8]}),
     "smp U-Net ResNet-34": dict(encoder="resnet34"),
     "U-Net ResNet-50": dict(encoder="resnet50"),
     "U-Net Res2Net-50 (PraNet's backbone)": dict(encoder="tu-res2net50_26w_4s"),

@@ -3,6 +3,7 @@
 python benchmarks/train_speed.py [--size 352] [--batch 16] [--steps 5]
 Prints each mode's images/s and its ratio to the fp32 baseline measured in the same process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,9 @@ def main() -> None:
     ap.add_argument("--arch", default="unet")
     ap.add_argument("--encoder", default="mobilenet_v2")
     a = ap.parse_args()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {a.arch}/{a.encoder} {a.size}px batch {a.batch}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, {a.arch}/{a.encoder} {a.size}px batch {a.batch}"
+    )
     base = None
     for mode in ("fp32", "fp32+cl", "bf16", "bf16+cl"):
         ips = run(mode, a.size, a.batch, a.steps, a.arch, a.encoder)

@@ -6,6 +6,7 @@ Writes two synthetic 1920x1080 videos (moving synthetic endoscopy frames) of SHO
 size (ru_maxrss from wait4) and the long/short ratio. The frame rate is lowered (default 5 frames/s) so that a
 10-minute video (3000 frames) runs in minutes on 2 cores: memory grows with frames, not with seconds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,10 @@ def main() -> None:
             n = make_video(video, seconds, a.fps)
             rss, wall = peak_rss_mb(["infer.py", f"input={video}", f"out_dir={tmp / ('out_' + label)}"])
             res[label] = rss
-            print(f"{label:5s} {seconds:6.0f} s at {a.fps:g} frames/s ({n} frames of 1920x1080): "
-                  f"peak RSS {rss:7.1f} MB, {wall:6.1f} s ({n / wall:.1f} frames/s incl. start-up)")
+            print(
+                f"{label:5s} {seconds:6.0f} s at {a.fps:g} frames/s ({n} frames of 1920x1080): "
+                f"peak RSS {rss:7.1f} MB, {wall:6.1f} s ({n / wall:.1f} frames/s incl. start-up)"
+            )
         print(f"long / short peak RSS: x{res['long'] / res['short']:.3f}")
 
 

@@ -11,13 +11,15 @@ sequence leak as surely as a shared patient id. Label counts are reported per he
 cross-validation fold with --folds. Every problem is listed in one pass (a bad label does not hide the rest).
 Without --heads, the manifest's extra columns are taken as heads and counted by value.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,8 +30,9 @@ from data.splits import group_kfold
 THUMB = (48, 36)
 
 
-def near_duplicates(records: Sequence[Record], thumbs: dict[int, np.ndarray], threshold: float
-                    ) -> list[tuple[str, str, float]]:
+def near_duplicates(
+    records: Sequence[Record], thumbs: dict[int, np.ndarray], threshold: float
+) -> list[tuple[str, str, float]]:
     """(held-out id, closest training id, mean abs grey difference) for every val/test record whose thumbnail is
     within ``threshold`` grey levels of a training record's."""
     train = [i for i, r in enumerate(records) if r.split in (None, "train") and i in thumbs]
@@ -46,8 +49,9 @@ def near_duplicates(records: Sequence[Record], thumbs: dict[int, np.ndarray], th
     return out
 
 
-def audit(records: Sequence[Record], heads: dict[str, Sequence[str]], *, near_duplicate: float = 10.0
-          ) -> dict[str, Any]:
+def audit(
+    records: Sequence[Record], heads: dict[str, Sequence[str]], *, near_duplicate: float = 10.0
+) -> dict[str, Any]:
     """Read every record; return counts, label distributions, mask coverage and the list of problems."""
     import cv2
 
@@ -61,8 +65,9 @@ def audit(records: Sequence[Record], heads: dict[str, Sequence[str]], *, near_du
         except UserError as e:
             problems.append(str(e))
             continue
-        thumbs[i] = cv2.resize(cv2.cvtColor(s["image"], cv2.COLOR_RGB2GRAY), THUMB,
-                               interpolation=cv2.INTER_AREA).astype(np.float32)
+        thumbs[i] = cv2.resize(
+            cv2.cvtColor(s["image"], cv2.COLOR_RGB2GRAY), THUMB, interpolation=cv2.INTER_AREA
+        ).astype(np.float32)
         sizes[f"{s['image'].shape[1]}x{s['image'].shape[0]}"] += 1
         if "mask" in s:
             frac = float(s["mask"].mean())
@@ -74,28 +79,45 @@ def audit(records: Sequence[Record], heads: dict[str, Sequence[str]], *, near_du
     for g, sp in sorted(splits_of.items()):
         named = sorted(x for x in sp if x)
         if len(named) > 1:
-            problems.append(f"case/group '{g}' has frames in splits {named}: its frames leak between them "
-                            "(put every frame of a patient in one split)")
+            problems.append(
+                f"case/group '{g}' has frames in splits {named}: its frames leak between them "
+                "(put every frame of a patient in one split)"
+            )
 
     dups = near_duplicates(records, thumbs, near_duplicate)
     for held, train, d in dups[:20]:
-        problems.append(f"near-duplicate across splits: {held} is within {d:.1f} grey levels of training frame "
-                        f"{train} (48x36 thumbnails; --near-duplicate sets the threshold)")
+        problems.append(
+            f"near-duplicate across splits: {held} is within {d:.1f} grey levels of training frame "
+            f"{train} (48x36 thumbnails; --near-duplicate sets the threshold)"
+        )
     if len(dups) > 20:
         problems.append(f"... and {len(dups) - 20} more near-duplicate held-out frames ({len(dups)} in all)")
 
     def count(rs: Sequence[Record]) -> dict[str, dict[str, int]]:
-        return {h: dict(Counter(c[r.labels.get(h, -1)] if r.labels.get(h, -1) >= 0 else "unknown" for r in rs))
-                for h, c in heads.items()}
+        return {
+            h: dict(Counter(c[r.labels.get(h, -1)] if r.labels.get(h, -1) >= 0 else "unknown" for r in rs))
+            for h, c in heads.items()
+        }
 
     labels = count(records)
-    by_split = {sp: count([r for r in records if (r.split or "unsplit") == sp])
-                for sp in sorted({r.split or "unsplit" for r in records})}
+    by_split = {
+        sp: count([r for r in records if (r.split or "unsplit") == sp])
+        for sp in sorted({r.split or "unsplit" for r in records})
+    }
     cov = np.array(coverage) if coverage else np.zeros(1)
-    return {"records": len(records), "groups": len({r.group for r in records}), "with_mask": len(coverage),
-            "empty_masks": empty_masks, "mask_coverage_median": float(np.median(cov)),
-            "mask_coverage_range": [float(cov.min()), float(cov.max())], "sizes": dict(sizes.most_common(5)),
-            "labels": labels, "labels_by_split": by_split, "near_duplicates": len(dups), "problems": problems}
+    return {
+        "records": len(records),
+        "groups": len({r.group for r in records}),
+        "with_mask": len(coverage),
+        "empty_masks": empty_masks,
+        "mask_coverage_median": float(np.median(cov)),
+        "mask_coverage_range": [float(cov.min()), float(cov.max())],
+        "sizes": dict(sizes.most_common(5)),
+        "labels": labels,
+        "labels_by_split": by_split,
+        "near_duplicates": len(dups),
+        "problems": problems,
+    }
 
 
 def heads_from_columns(manifest: Path, cases: str | None, covariates: Sequence[str]) -> dict[str, list[str]]:
@@ -127,21 +149,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, default=None, help="report label counts per patient-level CV fold")
     ap.add_argument("--stratify", default=None, help="head whose labels balance the folds")
     ap.add_argument("--seed", type=int, default=0, help="fold seed (data.cv.seed)")
-    ap.add_argument("--near-duplicate", type=float, default=10.0,
-                    help="grey-level threshold for near-duplicate frames across splits (0 = off)")
+    ap.add_argument(
+        "--near-duplicate",
+        type=float,
+        default=10.0,
+        help="grey-level threshold for near-duplicate frames across splits (0 = off)",
+    )
     a = ap.parse_args(argv)
     label_problems: list[str] = []
     try:
         heads = {h: c.split(",") for h, c in (x.split("=", 1) for x in a.heads)}
         if a.manifest and not a.heads:
             heads = heads_from_columns(Path(a.manifest), a.cases, a.covariates)
-        records = (manifest_records(a.manifest, heads=heads, cases=a.cases, covariates=a.covariates,
-                                    errors=label_problems) if a.manifest
-                   else folder_records(a.root, groups_csv=a.groups_csv, split_file=a.split_file, require_masks=False))
+        records = (
+            manifest_records(a.manifest, heads=heads, cases=a.cases, covariates=a.covariates, errors=label_problems)
+            if a.manifest
+            else folder_records(a.root, groups_csv=a.groups_csv, split_file=a.split_file, require_masks=False)
+        )
         folds = None
         if a.folds:
-            strat = (lambda r: r.labels.get(a.stratify) if r.labels.get(a.stratify, -1) >= 0 else None) \
-                if a.stratify else None
+            strat = (
+                (lambda r: r.labels.get(a.stratify) if r.labels.get(a.stratify, -1) >= 0 else None)
+                if a.stratify
+                else None
+            )
             folds = group_kfold(records, k=a.folds, seed=a.seed, stratify_of=strat)
     except (UserError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -149,9 +180,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = audit(records, heads, near_duplicate=a.near_duplicate)
     report["problems"] = label_problems + report["problems"]
     if folds is not None:
-        report["labels_by_fold"] = {f: {h: dict(Counter(heads[h][r.labels[h]] if r.labels.get(h, -1) >= 0 else
-                                                        "unknown" for r, fi in zip(records, folds) if fi == f))
-                                        for h in heads} for f in range(a.folds)}
+        report["labels_by_fold"] = {
+            f: {
+                h: dict(
+                    Counter(
+                        heads[h][r.labels[h]] if r.labels.get(h, -1) >= 0 else "unknown"
+                        for r, fi in zip(records, folds)
+                        if fi == f
+                    )
+                )
+                for h in heads
+            }
+            for f in range(a.folds)
+        }
     for p in report.pop("problems"):
         print(f"error: {p}", file=sys.stderr)
         report.setdefault("n_problems", 0)

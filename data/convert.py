@@ -20,6 +20,7 @@ An export's file names are untrusted (no absolute paths, no '..'); every image i
 declares must match the file; any problem stops the run with one line naming the file (exit code 2) and nothing is
 written: the dataset is built in a hidden folder beside OUT and renamed into place only when complete.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,6 +76,7 @@ class Frame:
 
 # --- shared checks ------------------------------------------------------------------------------------------------
 
+
 def _load_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -98,8 +100,10 @@ def safe_name(name: Any, where: str, inside: str = "the image folder") -> str:
     text = str(name).replace("\\", "/")
     path = PurePosixPath(text)
     if not text.strip() or path.is_absolute() or re.match(r"^[A-Za-z]:", text) or ".." in path.parts or "\0" in text:
-        raise UserError(f"{where}: file name {str(name)!r} must be a relative path inside {inside} "
-                        "(no absolute path, no '..'): fix the name in the export")
+        raise UserError(
+            f"{where}: file name {str(name)!r} must be a relative path inside {inside} "
+            "(no absolute path, no '..'): fix the name in the export"
+        )
     return path.as_posix()
 
 
@@ -109,8 +113,10 @@ def _find_image(names: Sequence[str], dirs: Sequence[Path], where: str) -> tuple
         for n in names:
             if (d / n).is_file():
                 return n, d / n
-    raise UserError(f"{where}: image {names[0]!r} not found in {', '.join(map(str, dirs)) or 'any folder'} "
-                    "(pass --images with the folder holding the frames)")
+    raise UserError(
+        f"{where}: image {names[0]!r} not found in {', '.join(map(str, dirs)) or 'any folder'} "
+        "(pass --images with the folder holding the frames)"
+    )
 
 
 def _polygon(parts: list, h: int, w: int, where: str) -> np.ndarray:
@@ -155,17 +161,24 @@ def _coco_segmentation(seg: Any, h: int, w: int, where: str) -> np.ndarray:
         raise UserError(f"{where}: segmentation must be polygons or an RLE object")
     size, counts = _need(seg, "size", where, list), _need(seg, "counts", where, (list, str))
     if [int(s) for s in size if isinstance(s, (int, float))] != [h, w]:
-        raise UserError(f"{where}: RLE size {size} [height, width] does not match the image ([{h}, {w}]): "
-                        "re-export the annotations for these very images")
+        raise UserError(
+            f"{where}: RLE size {size} [height, width] does not match the image ([{h}, {w}]): "
+            "re-export the annotations for these very images"
+        )
     try:
         runs = counts if isinstance(counts, list) else coco_rle_counts(counts)
     except ValueError as e:
         raise UserError(f"{where}: compressed RLE counts cannot be read ({e})") from None
     if not all(isinstance(c, int) and c >= 0 for c in runs) or sum(runs) != h * w:
-        raise UserError(f"{where}: RLE runs cover {sum(r for r in runs if isinstance(r, int))} pixels, the "
-                        f"{w}x{h} image has {h * w} (a corrupt or foreign RLE): re-export it")
-    rle = coco_mask.frPyObjects({"size": [h, w], "counts": runs}, h, w) if isinstance(counts, list) \
+        raise UserError(
+            f"{where}: RLE runs cover {sum(r for r in runs if isinstance(r, int))} pixels, the "
+            f"{w}x{h} image has {h * w} (a corrupt or foreign RLE): re-export it"
+        )
+    rle = (
+        coco_mask.frPyObjects({"size": [h, w], "counts": runs}, h, w)
+        if isinstance(counts, list)
         else {"size": [h, w], "counts": counts.encode()}
+    )
     return coco_mask.decode(rle).astype(bool)
 
 
@@ -192,7 +205,7 @@ def ls_rle_decode(rle: Sequence[int], where: str = "brush") -> np.ndarray:
 
     def read(n: int) -> int:
         start = take(n)
-        return int(bits[start:start + n], 2)
+        return int(bits[start : start + n], 2)
 
     num, word = read(32), read(5) + 1
     sizes = [read(4) + 1 for _ in range(4)]
@@ -214,6 +227,7 @@ def ls_rle_decode(rle: Sequence[int], where: str = "brush") -> np.ndarray:
 
 
 # --- readers: export -> (category names, frames) ------------------------------------------------------------------
+
 
 def _scalars(d: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if not isinstance(v, (dict, list))}
@@ -252,8 +266,9 @@ def read_coco(path: Path, image_dirs: Sequence[Path], notes: list[str]) -> tuple
         if not isinstance(attrs, dict):
             raise UserError(f"{w}: 'attributes' must be an object")
         w += f" of {by_id[iid]['file_name']!r}"
-        shapes[iid].append(Shape((names[cid],), partial(_coco_segmentation, _need(a, "segmentation", w), where=w),
-                                 attrs))
+        shapes[iid].append(
+            Shape((names[cid],), partial(_coco_segmentation, _need(a, "segmentation", w), where=w), attrs)
+        )
 
     def frames() -> Iterable[Frame]:
         for iid, im in by_id.items():
@@ -280,8 +295,10 @@ def read_cvat_mask(root: Path, image_dirs: Sequence[Path], notes: list[str]) -> 
     its category the class colour under most of it (the format carries no attributes)."""
     lists = sorted((root / "ImageSets" / "Segmentation").glob("*.txt"))
     if not lists or not (root / "SegmentationClass").is_dir():
-        raise UserError(f"{root}: not a CVAT 'Segmentation mask 1.1' export (ImageSets/Segmentation/*.txt and "
-                        "SegmentationClass/ are missing): export the task in that format")
+        raise UserError(
+            f"{root}: not a CVAT 'Segmentation mask 1.1' export (ImageSets/Segmentation/*.txt and "
+            "SegmentationClass/ are missing): export the task in that format"
+        )
     labelmap = root / "labelmap.txt"
     if not labelmap.is_file():
         raise UserError(f"{labelmap}: missing (CVAT writes it with the export: re-export the task)")
@@ -306,8 +323,10 @@ def read_cvat_mask(root: Path, image_dirs: Sequence[Path], notes: list[str]) -> 
             unknown = sorted(set(np.unique(cls).tolist()) - set(colours) - background)
             if unknown:
                 c = unknown[0]
-                raise UserError(f"{root / 'SegmentationClass' / stem}.png: colour {(c >> 16, c >> 8 & 255, c & 255)}"
-                                " is not in labelmap.txt (was the mask resized or saved as JPEG? re-export it)")
+                raise UserError(
+                    f"{root / 'SegmentationClass' / stem}.png: colour {(c >> 16, c >> 8 & 255, c & 255)}"
+                    " is not in labelmap.txt (was the mask resized or saved as JPEG? re-export it)"
+                )
             obj_path = root / "SegmentationObject" / f"{stem}.png"
             if obj_path.is_file():
                 obj = _read_colour_png(obj_path, where)
@@ -320,8 +339,9 @@ def read_cvat_mask(root: Path, image_dirs: Sequence[Path], notes: list[str]) -> 
             else:
                 parts = [(cls == c, int(c)) for c in np.unique(cls)]
             shapes = [Shape((colours[c],), lambda h, w, m=m & (cls == c): m) for m, c in parts if c not in background]
-            name, file = _find_image([f"{stem}{e}" for e in IMAGE_EXTS + tuple(e.upper() for e in IMAGE_EXTS)],
-                                     image_dirs, where)
+            name, file = _find_image(
+                [f"{stem}{e}" for e in IMAGE_EXTS + tuple(e.upper() for e in IMAGE_EXTS)], image_dirs, where
+            )
             yield Frame(name, file, where, shapes, {}, cls.shape)
 
     return {n for c, n in colours.items() if c not in background}, frames()
@@ -343,8 +363,10 @@ def _ls_brush(value: dict, h: int, w: int, where: str) -> np.ndarray:
         raise UserError(f"{where}: brush format {value.get('format')!r} is not 'rle'")
     flat = ls_rle_decode(_need(value, "rle", where, list), where)
     if flat.size != h * w * 4:
-        raise UserError(f"{where}: brush RLE holds {flat.size} values, the {w}x{h} image needs {h * w * 4} (RGBA): "
-                        "was the image replaced after annotation?")
+        raise UserError(
+            f"{where}: brush RLE holds {flat.size} values, the {w}x{h} image needs {h * w * 4} (RGBA): "
+            "was the image replaced after annotation?"
+        )
     return flat.reshape(h, w, 4)[:, :, 3] > 0  # alpha: every pixel the brush touched, as Label Studio's COCO export
 
 
@@ -362,8 +384,10 @@ def read_labelstudio(path: Path, image_dirs: Sequence[Path], notes: list[str]) -
     the region's attributes. A task without a submitted annotation was never annotated and is left out."""
     tasks = _load_json(path)
     if not isinstance(tasks, list) or not all(isinstance(t, dict) and "data" in t for t in tasks):
-        raise UserError(f"{path}: not a Label Studio JSON export (a list of tasks with 'data' and 'annotations'; "
-                        "JSON-MIN and CSV exports carry no masks): export the project as JSON")
+        raise UserError(
+            f"{path}: not a Label Studio JSON export (a list of tasks with 'data' and 'annotations'; "
+            "JSON-MIN and CSV exports carry no masks): export the project as JSON"
+        )
     categories: set[str] = set()
     out, skipped, several, other = [], 0, 0, Counter()
     for i, task in enumerate(tasks):
@@ -375,8 +399,9 @@ def read_labelstudio(path: Path, image_dirs: Sequence[Path], notes: list[str]) -
         several += len(anns) > 1
         ann = max(anns, key=lambda a: (bool(a.get("ground_truth")), str(a.get("updated_at", "")), a.get("id") or 0))
         data = _need(task, "data", where, dict)
-        url = data.get("image") or next((v for v in data.values() if isinstance(v, str)
-                                         and unquote(v).lower().endswith(IMAGE_EXTS)), None)
+        url = data.get("image") or next(
+            (v for v in data.values() if isinstance(v, str) and unquote(v).lower().endswith(IMAGE_EXTS)), None
+        )
         if not isinstance(url, str):
             raise UserError(f"{where}: no image in its data (expected a field 'image' with the image's URL)")
         regions: dict[Any, Shape] = {}
@@ -420,6 +445,7 @@ READERS = {"coco": read_coco, "cvat-mask": read_cvat_mask, "labelstudio": read_l
 
 # --- conversion ---------------------------------------------------------------------------------------------------
 
+
 def _unpack(src: Path, into: Path) -> Path:
     """A zip export, extracted after checking every member's name; its single top folder when it has one."""
     try:
@@ -444,8 +470,14 @@ def _value(v: Any) -> str:
     return "" if v is None else str(v).strip()
 
 
-def _build(frames: Iterable[Frame], stage: Path, *, is_lesion: Callable[[tuple[str, ...]], bool],
-           group_of: Callable[[Frame], str], labels: Mapping[str, str]) -> dict[str, Any]:
+def _build(
+    frames: Iterable[Frame],
+    stage: Path,
+    *,
+    is_lesion: Callable[[tuple[str, ...]], bool],
+    group_of: Callable[[Frame], str],
+    labels: Mapping[str, str],
+) -> dict[str, Any]:
     """Write images/ and masks/ under ``stage``; return the manifest rows and what was counted."""
     rows, seen, attrs_seen = [], {}, set()
     objects, ignored, empty, bare = 0, Counter(), 0, []
@@ -459,8 +491,10 @@ def _build(frames: Iterable[Frame], stage: Path, *, is_lesion: Callable[[tuple[s
             raise UserError(f"{f.image}: cannot read image (listed in {f.where}): replace the file or remove it")
         h, w = img.shape[:2]
         if f.size is not None and tuple(f.size) != (h, w):
-            raise UserError(f"{f.where}: the export says {f.size[1]}x{f.size[0]} but {f.image} is {w}x{h} "
-                            "(export the annotations for these very images)")
+            raise UserError(
+                f"{f.where}: the export says {f.size[1]}x{f.size[0]} but {f.image} is {w}x{h} "
+                "(export the annotations for these very images)"
+            )
         mask = np.zeros((h, w), bool)
         for s in f.shapes:
             drawn = s.draw(h, w)
@@ -478,16 +512,24 @@ def _build(frames: Iterable[Frame], stage: Path, *, is_lesion: Callable[[tuple[s
             attrs_seen.update(k for a in sources for k in a)
             values = sorted({_value(a.get(attr)) for a in sources} - {""})
             if len(values) > 1:
-                raise UserError(f"{f.where}: conflicting '{attr}' values {values} (--label {head}={attr}): one "
-                                "frame takes one label; fix the annotations")
+                raise UserError(
+                    f"{f.where}: conflicting '{attr}' values {values} (--label {head}={attr}): one "
+                    "frame takes one label; fix the annotations"
+                )
             row[head] = values[0] if values else ""
         (stage / "images" / f.name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(f.image, stage / "images" / f.name)
         (stage / "masks" / stem).parent.mkdir(parents=True, exist_ok=True)
         (stage / "masks" / f"{stem}.png").write_bytes(cv2.imencode(".png", mask.astype(np.uint8) * 255)[1].tobytes())
         rows.append(row)
-    return {"rows": rows, "objects": objects, "ignored": ignored, "empty": empty, "bare": bare,
-            "attrs_seen": attrs_seen}
+    return {
+        "rows": rows,
+        "objects": objects,
+        "ignored": ignored,
+        "empty": empty,
+        "bare": bare,
+        "attrs_seen": attrs_seen,
+    }
 
 
 def _write_csv(path: Path, rows: list[dict[str, str]], columns: Sequence[str]) -> None:
@@ -505,18 +547,29 @@ def _case_rows(rows: list[dict[str, str]], heads: Sequence[str], src: Path) -> l
         case = cases.setdefault(r["group"], {"group": r["group"], **{h: "" for h in heads}})
         for h in heads:
             if r[h] and case[h] and r[h] != case[h]:
-                raise UserError(f"{src}: case '{r['group']}' has conflicting '{h}' labels '{case[h]}' "
-                                f"({origin[r['group'], h]}) and '{r[h]}' ({r['image']}) (--case-labels: one label "
-                                "per case; fix the annotations or drop --case-labels)")
+                raise UserError(
+                    f"{src}: case '{r['group']}' has conflicting '{h}' labels '{case[h]}' "
+                    f"({origin[r['group'], h]}) and '{r[h]}' ({r['image']}) (--case-labels: one label "
+                    "per case; fix the annotations or drop --case-labels)"
+                )
             if r[h] and not case[h]:
                 case[h], origin[r["group"], h] = r[h], r["image"]
     return [cases[g] for g in sorted(cases)]
 
 
-def convert(*, fmt: str, src: str | Path, out: str | Path, images: str | Path | None = None,
-            group: str | None = None, group_column: str | None = None, lesion: Sequence[str] = (),
-            labels: Mapping[str, str] | None = None, case_labels: bool = False,
-            overwrite: bool = False) -> dict[str, Any]:
+def convert(
+    *,
+    fmt: str,
+    src: str | Path,
+    out: str | Path,
+    images: str | Path | None = None,
+    group: str | None = None,
+    group_column: str | None = None,
+    lesion: Sequence[str] = (),
+    labels: Mapping[str, str] | None = None,
+    case_labels: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Convert the export ``src`` (format ``fmt``) into the dataset folder ``out``; return the summary.
 
     images: folder holding the frames (default: the export's own image folder). group: regex whose first capture
@@ -531,13 +584,17 @@ def convert(*, fmt: str, src: str | Path, out: str | Path, images: str | Path | 
     if group and group_column:
         raise UserError("give --group or --group-column, not both")
     if fmt == "cvat-mask" and (labels or group_column):
-        raise UserError("CVAT's Segmentation mask 1.1 export carries no attributes, so --label and --group-column "
-                        "cannot be read from it: use --group REGEX, or export the task as COCO 1.0 (it keeps "
-                        "attributes) and convert it with format coco")
+        raise UserError(
+            "CVAT's Segmentation mask 1.1 export carries no attributes, so --label and --group-column "
+            "cannot be read from it: use --group REGEX, or export the task as COCO 1.0 (it keeps "
+            "attributes) and convert it with format coco"
+        )
     for head, attr in labels.items():
         if not head or not attr or head in RESERVED or not re.fullmatch(r"[\w.-]+", head):
-            raise UserError(f"--label {head}={attr}: HEAD must be a column name other than {', '.join(RESERVED)}, "
-                            "ATTRIBUTE not empty")
+            raise UserError(
+                f"--label {head}={attr}: HEAD must be a column name other than {', '.join(RESERVED)}, "
+                "ATTRIBUTE not empty"
+            )
     if case_labels and not labels:
         raise UserError("--case-labels needs --label HEAD=ATTRIBUTE")
     try:
@@ -589,15 +646,18 @@ def convert(*, fmt: str, src: str | Path, out: str | Path, images: str | Path | 
                 return value
             return PurePosixPath(f.name).with_suffix("").as_posix()
 
-        built = _build(frames, stage, is_lesion=lambda cats: any(c in chosen for c in cats), group_of=group_of,
-                       labels=labels)
+        built = _build(
+            frames, stage, is_lesion=lambda cats: any(c in chosen for c in cats), group_of=group_of, labels=labels
+        )
         rows = built["rows"]
         if not rows:
             raise UserError(f"{src}: no annotated images in the export")
         for head, attr in labels.items():
             if attr not in built["attrs_seen"]:
-                raise UserError(f"{src}: attribute '{attr}' (--label {head}={attr}) is on no image or annotation "
-                                f"(attributes seen: {sorted(built['attrs_seen'])})")
+                raise UserError(
+                    f"{src}: attribute '{attr}' (--label {head}={attr}) is on no image or annotation "
+                    f"(attributes seen: {sorted(built['attrs_seen'])})"
+                )
         heads = list(labels)
         if case_labels:
             cases = _case_rows(rows, heads, src)
@@ -621,16 +681,28 @@ def convert(*, fmt: str, src: str | Path, out: str | Path, images: str | Path | 
         raise
 
     if not group and not group_column:
-        notes.insert(0, "no --group or --group-column: each image is its own group, so splits cannot keep a "
-                        "patient's frames together")
+        notes.insert(
+            0,
+            "no --group or --group-column: each image is its own group, so splits cannot keep a "
+            "patient's frames together",
+        )
     if built["bare"] and fmt != "labelstudio":  # COCO and CVAT list every frame of a task, annotated or not
-        notes.append(f"{len(built['bare'])} images have no annotated object at all (e.g. {built['bare'][0]}): written "
-                     "with empty masks; remove their rows if they were never annotated")
+        notes.append(
+            f"{len(built['bare'])} images have no annotated object at all (e.g. {built['bare'][0]}): written "
+            "with empty masks; remove their rows if they were never annotated"
+        )
     labelled = cases if case_labels else rows
-    return {"out": str(out), "images": len(rows), "masks": len(rows), "empty_masks": built["empty"],
-            "lesion_objects": built["objects"], "groups": len({r["group"] for r in rows}),
-            "labels": {h: dict(Counter(r[h] or "unknown" for r in labelled)) for h in heads},
-            "ignored_categories": dict(built["ignored"]), "warnings": notes}
+    return {
+        "out": str(out),
+        "images": len(rows),
+        "masks": len(rows),
+        "empty_masks": built["empty"],
+        "lesion_objects": built["objects"],
+        "groups": len({r["group"] for r in rows}),
+        "labels": {h: dict(Counter(r[h] or "unknown" for r in labelled)) for h in heads},
+        "ignored_categories": dict(built["ignored"]),
+        "warnings": notes,
+    }
 
 
 def parse_labels(items: Sequence[str]) -> dict[str, str]:
@@ -653,17 +725,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     grouping = ap.add_mutually_exclusive_group()
     grouping.add_argument("--group", metavar="REGEX", help="case id = first capture group in the image name")
     grouping.add_argument("--group-column", metavar="NAME", help="case id = this image field / attribute / data field")
-    ap.add_argument("--lesion", nargs="+", action="extend", default=[], metavar="CATEGORY",
-                    help="categories that mean lesion (default: every category)")
-    ap.add_argument("--label", nargs="+", action="extend", default=[], metavar="HEAD=ATTRIBUTE",
-                    help="head label column from a frame or object attribute (Label Studio: a Choices name)")
+    ap.add_argument(
+        "--lesion",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="CATEGORY",
+        help="categories that mean lesion (default: every category)",
+    )
+    ap.add_argument(
+        "--label",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="HEAD=ATTRIBUTE",
+        help="head label column from a frame or object attribute (Label Studio: a Choices name)",
+    )
     ap.add_argument("--case-labels", action="store_true", help="write the labels per group into cases.csv")
     ap.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     a = ap.parse_args(argv)
     try:
-        summary = convert(fmt=a.format, src=a.src, out=a.out, images=a.images, group=a.group,
-                          group_column=a.group_column, lesion=a.lesion, labels=parse_labels(a.label),
-                          case_labels=a.case_labels, overwrite=a.overwrite)
+        summary = convert(
+            fmt=a.format,
+            src=a.src,
+            out=a.out,
+            images=a.images,
+            group=a.group,
+            group_column=a.group_column,
+            lesion=a.lesion,
+            labels=parse_labels(a.label),
+            case_labels=a.case_labels,
+            overwrite=a.overwrite,
+        )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

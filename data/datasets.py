@@ -8,13 +8,15 @@ Labels may be given per frame (a column of the manifest) or per case (``cases.cs
 head columns and clinical covariates, joined to the frames of that group; a frame's own label wins).
 Before the transform, ``image`` is H x W x 3 uint8 RGB and ``mask`` H x W uint8 0/1.
 """
+
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -85,13 +87,16 @@ def folder_records(
         wanted = _read_list(root / split_file)
         missing = [s for s in wanted if s not in images]
         if missing:
-            raise UserError(f"{len(missing)} names in {root / split_file} have no image in {img_dir}, e.g. {missing[0]}")
+            raise UserError(
+                f"{len(missing)} names in {root / split_file} have no image in {img_dir}, e.g. {missing[0]}"
+            )
         stems = wanted
     if require_masks and masks_dir is not None:
         unpaired = [s for s in stems if s not in masks]
         if unpaired:
             raise UserError(
-                f"{len(unpaired)} images in {img_dir} have no mask in {root / masks_dir}, e.g. {images[unpaired[0]].name}"
+                f"{len(unpaired)} images in {img_dir} have no mask in {root / masks_dir}, "
+                f"e.g. {images[unpaired[0]].name}"
                 " (add the mask, remove the image, or set require_masks: false)"
             )
     groups: dict[str, str] = {}
@@ -112,8 +117,13 @@ def folder_records(
     positives = {h: set(_read_list(root / f)) for h, f in (binary_labels or {}).items()}
     prefix = f"{name}/" if name else ""
     return [
-        Record(images[s], masks.get(s), id=f"{prefix}{s}", group=f"{prefix}{groups.get(s, s)}",
-               labels={h: int(s in pos) for h, pos in positives.items()})
+        Record(
+            images[s],
+            masks.get(s),
+            id=f"{prefix}{s}",
+            group=f"{prefix}{groups.get(s, s)}",
+            labels={h: int(s in pos) for h, pos in positives.items()},
+        )
         for s in stems
     ]
 
@@ -134,8 +144,7 @@ def _parse_label(value: Any, head: str, classes: Sequence[str] | None, where: st
     return idx
 
 
-def _label_or_report(value: Any, head: str, classes: Sequence[str] | None, where: str,
-                     errors: list[str] | None) -> int:
+def _label_or_report(value: Any, head: str, classes: Sequence[str] | None, where: str, errors: list[str] | None) -> int:
     try:
         return _parse_label(value, head, classes, where)
     except UserError as e:
@@ -179,8 +188,9 @@ def read_table(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def case_table(path: Path, *, heads: dict[str, Sequence[str]], covariates: Sequence[str]
-               ) -> dict[str, tuple[dict[str, int], dict[str, float]]]:
+def case_table(
+    path: Path, *, heads: dict[str, Sequence[str]], covariates: Sequence[str]
+) -> dict[str, tuple[dict[str, int], dict[str, float]]]:
     """``cases.csv``: group -> (head labels, covariates). Columns: ``group`` + any head + any covariate."""
     rows = read_table(path)
     if rows and "group" not in rows[0]:
@@ -194,14 +204,22 @@ def case_table(path: Path, *, heads: dict[str, Sequence[str]], covariates: Seque
         g = str(row["group"]).strip()
         if g in out:
             raise UserError(f"{where}: case '{g}' appears twice (one row per case)")
-        out[g] = ({h: _parse_label(row.get(h), h, c, where) for h, c in heads.items()},
-                  {c: _parse_covariate(row.get(c), c, where) for c in covariates})
+        out[g] = (
+            {h: _parse_label(row.get(h), h, c, where) for h, c in heads.items()},
+            {c: _parse_covariate(row.get(c), c, where) for c in covariates},
+        )
     return out
 
 
 def manifest_records(
-    path: str | Path, *, name: str = "", heads: dict[str, Sequence[str]] | None = None, split: str | None = None,
-    cases: str | None = None, covariates: Sequence[str] = (), errors: list[str] | None = None
+    path: str | Path,
+    *,
+    name: str = "",
+    heads: dict[str, Sequence[str]] | None = None,
+    split: str | None = None,
+    cases: str | None = None,
+    covariates: Sequence[str] = (),
+    errors: list[str] | None = None,
 ) -> list[Record]:
     """Read a CSV or JSONL manifest. Columns: ``image`` (required), ``mask``, one per head, ``group``, ``split``.
 
@@ -240,8 +258,17 @@ def manifest_records(
         if cases and group not in table:
             case_cov = {c: float("nan") for c in covariates}
         labels = {h: v if v >= 0 else case_labels.get(h, -1) for h, v in labels.items()}
-        out.append(Record(image, mask, id=f"{prefix}{stem}", group=f"{prefix}{group}", labels=labels,
-                          split=row_split, covariates=dict(case_cov)))
+        out.append(
+            Record(
+                image,
+                mask,
+                id=f"{prefix}{stem}",
+                group=f"{prefix}{group}",
+                labels=labels,
+                split=row_split,
+                covariates=dict(case_cov),
+            )
+        )
     if not out:
         raise UserError(f"manifest {path} has no rows with split '{split}'")
     return out
@@ -250,8 +277,12 @@ def manifest_records(
 def load_raw(record: Record, heads: Sequence[str] = ()) -> dict[str, Any]:
     """Read one record into the untransformed sample contract (uint8 image, 0/1 mask), checking sizes agree."""
     image = read_image(record.image)
-    sample: dict[str, Any] = {"image": image, "id": record.id, "group": record.group,
-                              "labels": {h: record.labels.get(h, -1) for h in heads}}
+    sample: dict[str, Any] = {
+        "image": image,
+        "id": record.id,
+        "group": record.group,
+        "labels": {h: record.labels.get(h, -1) for h in heads},
+    }
     if record.mask is not None:
         mask = read_mask(record.mask)
         if mask.shape != image.shape[:2]:
@@ -272,9 +303,17 @@ class RecordDataset(Dataset):
         resizes to a fixed square anyway (the PraNet protocol does).
     """
 
-    def __init__(self, records: Sequence[Record], *, transform: Callable[..., dict] | None = None,
-                 heads: Sequence[str] = (), cache_size: int | None = None, covariates: Sequence[str] = (),
-                 quality: bool = False, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        records: Sequence[Record],
+        *,
+        transform: Callable[..., dict] | None = None,
+        heads: Sequence[str] = (),
+        cache_size: int | None = None,
+        covariates: Sequence[str] = (),
+        quality: bool = False,
+        seed: int | None = None,
+    ) -> None:
         if not records:
             raise UserError("dataset is empty (check the data sources and split lists)")
         self.records = list(records)
@@ -325,15 +364,20 @@ class RecordDataset(Dataset):
         sample["labels"] = {h: torch.tensor(v, dtype=torch.long) for h, v in sample["labels"].items()}
         if self.covariates:
             cov = self.records[index].covariates
-            sample["covariates"] = torch.tensor([cov.get(c, float("nan")) for c in self.covariates],
-                                                dtype=torch.float32)
+            sample["covariates"] = torch.tensor(
+                [cov.get(c, float("nan")) for c in self.covariates], dtype=torch.float32
+            )
         if self.quality:
             sample["poor_quality"] = torch.tensor(sample["poor_quality"])
         return sample
 
 
-def records_from_sources(sources: Sequence[dict[str, Any]], heads: dict[str, Sequence[str]] | None = None,
-                         split: str | None = None, covariates: Sequence[str] = ()) -> list[Record]:
+def records_from_sources(
+    sources: Sequence[dict[str, Any]],
+    heads: dict[str, Sequence[str]] | None = None,
+    split: str | None = None,
+    covariates: Sequence[str] = (),
+) -> list[Record]:
     """Combine several sources. Each source is a dict with ``kind`` (folder | manifest | synthetic) + its kwargs."""
     from data.synthetic import ensure_synthetic_dataset
 
@@ -344,14 +388,19 @@ def records_from_sources(sources: Sequence[dict[str, Any]], heads: dict[str, Seq
         if kind == "folder":
             out += folder_records(**src)
         elif kind == "manifest":
-            out += manifest_records(src.pop("path"), heads=heads, split=src.pop("split", split),
-                                    covariates=covariates, **src)
+            out += manifest_records(
+                src.pop("path"), heads=heads, split=src.pop("split", split), covariates=covariates, **src
+            )
         elif kind == "synthetic":
             manifest = ensure_synthetic_dataset(**{k: v for k, v in src.items() if k != "name"})
-            out += manifest_records(manifest, name=src.get("name", "synthetic"), heads=heads, split=split,
-                                    cases="cases.csv" if (manifest.parent / "cases.csv").is_file() else None,
-                                    covariates=covariates)
+            out += manifest_records(
+                manifest,
+                name=src.get("name", "synthetic"),
+                heads=heads,
+                split=split,
+                cases="cases.csv" if (manifest.parent / "cases.csv").is_file() else None,
+                covariates=covariates,
+            )
         else:
             raise UserError(f"data source {i}: unknown kind '{kind}' (use folder, manifest or synthetic)")
     return out
-

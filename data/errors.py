@@ -32,15 +32,20 @@ def guard_task(task):
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         except (MissingMandatoryValue, InterpolationResolutionError) as e:  # e.g. data.manifest=??? left unset
-            print(f"error: a setting is missing or cannot be resolved: {str(e).splitlines()[0]} "
-                  "(give it on the command line, e.g. data.manifest=/path/manifest.csv)", file=sys.stderr)
+            print(
+                f"error: a setting is missing or cannot be resolved: {str(e).splitlines()[0]} "
+                "(give it on the command line, e.g. data.manifest=/path/manifest.csv)",
+                file=sys.stderr,
+            )
             sys.exit(2)
 
     return wrapper
 
 
-QUOTE_HINT = ("a value with spaces or quotes must be quoted for Hydra, inside the shell's quotes: "
-              "\"input='/path/name with spaces.png'\" (README, 'Paths with spaces')")
+QUOTE_HINT = (
+    "a value with spaces or quotes must be quoted for Hydra, inside the shell's quotes: "
+    "\"input='/path/name with spaces.png'\" (README, 'Paths with spaces')"
+)
 
 
 def check_command_line(argv: list[str]) -> None:

@@ -1,10 +1,11 @@
 """Reading images and masks from disk with checks that name the file and the fix."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -89,8 +90,9 @@ def write_csv_atomic(path: str | Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def write_image_atomic(path: str | Path, array: np.ndarray, *, png_level: int | None = None,
-                       bilevel: bool = False) -> None:
+def write_image_atomic(
+    path: str | Path, array: np.ndarray, *, png_level: int | None = None, bilevel: bool = False
+) -> None:
     """Write an image (format from the suffix: .png, .jpg) to a temporary name, then rename it into place.
     png_level: PNG compression 0 (fastest, largest) .. 9 (OpenCV's default is 3). bilevel: a 0/255 mask as a
     1-bit PNG (it reads back as the same 8-bit 0/255 image; about 7x faster to write at 1080p, 3x smaller)."""
@@ -152,8 +154,10 @@ def output_lock(folder: str | Path) -> Iterator[Path]:
             except (OSError, ValueError):
                 other = 0
             if other and other != os.getpid() and _pid_alive(other):
-                raise UserError(f"another endolift process (pid {other}) is writing into {folder}: wait for it to "
-                                "finish or choose another out_dir") from None
+                raise UserError(
+                    f"another endolift process (pid {other}) is writing into {folder}: wait for it to "
+                    "finish or choose another out_dir"
+                ) from None
             lock.unlink(missing_ok=True)
     else:
         raise UserError(f"cannot lock output folder {folder} (remove {lock} if no endolift process is running)")

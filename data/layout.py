@@ -18,22 +18,27 @@ The split lists are the "PraNet protocol" (PraNet's released test names; the res
 Kvasir-Sessile names; sequences.csv maps each CVC-ClinicDB frame to its video sequence (from the dataset's own
 README). Both datasets are for research and education only (see README, Licences).
 """
+
 from __future__ import annotations
 
 import argparse
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from data.io import IMAGE_EXTS, atomic_write
 
 LISTS = Path(__file__).resolve().parent / "lists"
 EXPECTED = {  # dataset -> (folder -> count), list files shipped in data/lists/<dataset>/ and where they go
-    "kvasir-seg": ({"images": 1000, "masks": 1000},
-                   {"pranet_train.txt": "splits", "pranet_test.txt": "splits", "kvasir_sessile_subset.txt": "splits"}),
-    "cvc-clinicdb": ({"images": 612, "masks": 612},
-                     {"pranet_train.txt": "splits", "pranet_test.txt": "splits", "sequences.csv": "."}),
+    "kvasir-seg": (
+        {"images": 1000, "masks": 1000},
+        {"pranet_train.txt": "splits", "pranet_test.txt": "splits", "kvasir_sessile_subset.txt": "splits"},
+    ),
+    "cvc-clinicdb": (
+        {"images": 612, "masks": 612},
+        {"pranet_train.txt": "splits", "pranet_test.txt": "splits", "sequences.csv": "."},
+    ),
 }
 
 
@@ -74,8 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = ap.parse_args(argv)
     root = Path(a.root)
     if not root.is_dir():
-        print(f"error: {root} is not a folder (download the datasets there, see python -m data.layout --help)",
-              file=sys.stderr)
+        print(
+            f"error: {root} is not a folder (download the datasets there, see python -m data.layout --help)",
+            file=sys.stderr,
+        )
         return 2
     problems = check(root, install=a.install)
     for p in problems:

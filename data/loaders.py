@@ -5,10 +5,12 @@ function of (seed, epoch, index) - not of which worker process draws it or of wh
 the same seed see the same batches, and a run killed and resumed from its last epoch continues exactly as the
 uninterrupted run would have (the model's own random state is saved with the checkpoint).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -40,24 +42,53 @@ class EpochSampler(Sampler[int]):
             order = list(range(self.n))
         total = self.per_rank * self.world_size
         order = (order * math.ceil(total / max(1, self.n)))[:total]
-        return iter([self.epoch * self.n + i for i in order[self.rank::self.world_size]])
+        return iter([self.epoch * self.n + i for i in order[self.rank :: self.world_size]])
 
     def __len__(self) -> int:
         return self.per_rank
 
 
-def make_loader(records: Sequence[Record], *, augment: Sequence[A.BasicTransform], size: int, mean: Sequence[float],
-                std: Sequence[float], resize: str, heads: Sequence[str], batch_size: int, num_workers: int,
-                cache: bool, train: bool, world_size: int = 1, rank: int = 0, seed: int = 0,
-                covariates: Sequence[str] = (), quality: bool = False) -> DataLoader:
+def make_loader(
+    records: Sequence[Record],
+    *,
+    augment: Sequence[A.BasicTransform],
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    resize: str,
+    heads: Sequence[str],
+    batch_size: int,
+    num_workers: int,
+    cache: bool,
+    train: bool,
+    world_size: int = 1,
+    rank: int = 0,
+    seed: int = 0,
+    covariates: Sequence[str] = (),
+    quality: bool = False,
+) -> DataLoader:
     """One loader. Training shuffles and drops the last partial batch; under DDP each rank gets its share.
     covariates: clinical covariate names each sample carries; quality: add the poor_quality flag (blur, glare)."""
     tf = build_transform(augment, size=size, mean=mean, std=std, resize=resize)
     cache_size = size if cache and resize == "stretch" else None
-    ds = RecordDataset(records, transform=tf, heads=heads, cache_size=cache_size, covariates=covariates,
-                       quality=quality, seed=seed if train else None)
-    sampler = EpochSampler(len(ds), shuffle=train, seed=seed, world_size=world_size if train else 1,
-                           rank=rank if train else 0)
+    ds = RecordDataset(
+        records,
+        transform=tf,
+        heads=heads,
+        cache_size=cache_size,
+        covariates=covariates,
+        quality=quality,
+        seed=seed if train else None,
+    )
+    sampler = EpochSampler(
+        len(ds), shuffle=train, seed=seed, world_size=world_size if train else 1, rank=rank if train else 0
+    )
     kwargs: dict[str, Any] = {"persistent_workers": True} if num_workers > 0 else {}
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      drop_last=train and len(sampler) > batch_size, **kwargs)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=train and len(sampler) > batch_size,
+        **kwargs,
+    )

@@ -3,6 +3,7 @@
 Used when training heads on case-level labels (uninformative frames are down-weighted), when aggregating frame
 estimates into a case estimate, and in the per-frame JSONL.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -13,8 +14,9 @@ import numpy as np
 ANALYSIS_SIZE = 352  # quality is measured on the frame resized to this square, whatever its resolution
 
 
-def frame_quality(image: np.ndarray, area: np.ndarray, *, blur_threshold: float = 60.0,
-                  overexposed_threshold: float = 0.08) -> dict[str, Any]:
+def frame_quality(
+    image: np.ndarray, area: np.ndarray, *, blur_threshold: float = 60.0, overexposed_threshold: float = 0.08
+) -> dict[str, Any]:
     """Blur (variance of the Laplacian inside the field; low = blurry) and over-exposure (fraction of the field's
     pixels with all channels >= 250, i.e. specular glare or a lens against the wall).
 
@@ -34,8 +36,12 @@ def frame_quality(image: np.ndarray, area: np.ndarray, *, blur_threshold: float 
         sharpness = float(sd[0, 0]) ** 2
         glare = cv2.inRange(image, (250, 250, 250), (255, 255, 255))  # 255 where every channel >= 250
         over = cv2.countNonZero(cv2.bitwise_and(glare, glare, mask=inside)) / n
-    return {"sharpness": round(sharpness, 1), "blurry": sharpness < blur_threshold,
-            "overexposed_fraction": round(over, 4), "overexposed": over > overexposed_threshold}
+    return {
+        "sharpness": round(sharpness, 1),
+        "blurry": sharpness < blur_threshold,
+        "overexposed_fraction": round(over, 4),
+        "overexposed": over > overexposed_threshold,
+    }
 
 
 def poor_quality(image: np.ndarray) -> bool:
@@ -46,8 +52,7 @@ def poor_quality(image: np.ndarray) -> bool:
     return bool(q["blurry"] or q["overexposed"])
 
 
-def is_informative(area_fraction: float, quality: dict[str, Any] | bool, *, min_lesion_fraction: float = 0.002
-                   ) -> bool:
+def is_informative(area_fraction: float, quality: dict[str, Any] | bool, *, min_lesion_fraction: float = 0.002) -> bool:
     """A frame can be graded when a lesion is visible (predicted area >= min_lesion_fraction of the frame) and the
     frame is neither blurry nor over-exposed. quality: frame_quality()'s dict or poor_quality()'s bool."""
     poor = quality if isinstance(quality, bool) else bool(quality["blurry"] or quality["overexposed"])

@@ -3,6 +3,7 @@
 Scopes burn text, clocks and picture-in-picture boxes into the black border (see Kvasir-SEG); predictions there
 are meaningless, so they are masked out, and ``deidentify`` can blur everything outside the field.
 """
+
 from __future__ import annotations
 
 import cv2

@@ -6,11 +6,13 @@ in the library or a silently wrong run. Library code below takes the values as t
 Keys absent from a configuration are skipped (a custom data config need not have every optional key). The entry
 scripts pass their configuration as a plain, resolved dict (OmegaConf.to_container), like every library call.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from data.errors import UserError
 
@@ -22,7 +24,7 @@ class Num:
     lo: float | None = None
     hi: float | None = None
     integer: bool = False
-    lo_open: bool = False           # lo itself not allowed
+    lo_open: bool = False  # lo itself not allowed
     hi_open: bool = False
     nullable: bool = False
     multiple_of: int | None = None
@@ -72,22 +74,32 @@ class Bool:
 @dataclass(frozen=True)
 class Size:
     """[width, height] in pixels, each an even integer in 16..8192 (H.264 with 4:2:0 needs even sides)."""
+
     nullable: bool = True
 
     def check(self, v: Any) -> str | None:
-        ok = isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 2 and all(
-            isinstance(x, int) and not isinstance(x, bool) and 16 <= x <= 8192 and x % 2 == 0 for x in v)
+        ok = (
+            isinstance(v, Sequence)
+            and not isinstance(v, str)
+            and len(v) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) and 16 <= x <= 8192 and x % 2 == 0 for x in v)
+        )
         return None if ok else "must be [width, height], even integers in 16..8192, or null"
 
 
 @dataclass(frozen=True)
 class Scales:
     """A list of positive scale factors, or null."""
+
     nullable: bool = True
 
     def check(self, v: Any) -> str | None:
-        ok = isinstance(v, Sequence) and not isinstance(v, str) and len(v) > 0 and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and 0.25 <= x <= 4 for x in v)
+        ok = (
+            isinstance(v, Sequence)
+            and not isinstance(v, str)
+            and len(v) > 0
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0.25 <= x <= 4 for x in v)
+        )
         return None if ok else "must be a non-empty list of scale factors in 0.25..4, or null"
 
 
@@ -158,8 +170,9 @@ INFER = {
     "review.abstain_below": Num(0, 1),
     "review.streaming": Bool(),
     "review.png_level": Num(0, 9, integer=True),
-    "review.x264_preset": Choice(("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
-                                  "slower", "veryslow")),
+    "review.x264_preset": Choice(
+        ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+    ),
     "review.queue_depth": Num(1, 256, integer=True),
     "review.video_probs_at": Choice(("model", "input")),
     "review.original_video": Bool(),

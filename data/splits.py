@@ -1,17 +1,20 @@
 """Group-aware splits: frames of one patient / video / sequence never straddle train and validation."""
+
 from __future__ import annotations
 
 import random
 from collections import defaultdict
-from typing import Sequence, TypeVar
+from collections.abc import Sequence
+from typing import TypeVar
 
 from data.errors import UserError
 
 T = TypeVar("T")
 
 
-def group_split(records: Sequence[T], *, val_fraction: float, seed: int = 0,
-                group_of=lambda r: r.group) -> tuple[list[T], list[T]]:
+def group_split(
+    records: Sequence[T], *, val_fraction: float, seed: int = 0, group_of=lambda r: r.group
+) -> tuple[list[T], list[T]]:
     """Split records into (train, val) with whole groups on each side.
 
     Groups are shuffled with ``seed`` and taken into validation until it holds at least ``val_fraction`` of the
@@ -41,8 +44,9 @@ def group_split(records: Sequence[T], *, val_fraction: float, seed: int = 0,
     return train, val
 
 
-def group_kfold(records: Sequence[T], *, k: int, seed: int = 0, group_of=lambda r: r.group,
-                stratify_of=None) -> list[int]:
+def group_kfold(
+    records: Sequence[T], *, k: int, seed: int = 0, group_of=lambda r: r.group, stratify_of=None
+) -> list[int]:
     """Assign each record a fold 0..k-1 with whole groups (patients) in one fold, stratified when possible.
 
     stratify_of(record) -> a label or None. A group's stratum is its most frequent known label ('unknown' when it
@@ -76,21 +80,35 @@ def group_kfold(records: Sequence[T], *, k: int, seed: int = 0, group_of=lambda 
     return [fold_of_group[group_of(r)] for r in records]
 
 
-def cv_split(records: Sequence[T], *, folds: int, fold: int, seed: int = 0, stratify_head: str | None = None
-             ) -> tuple[list[T], list[T]]:
+def cv_split(
+    records: Sequence[T], *, folds: int, fold: int, seed: int = 0, stratify_head: str | None = None
+) -> tuple[list[T], list[T]]:
     """(records outside fold ``fold``, records in it) of a patient-level, label-stratified k-fold split."""
     if not 0 <= fold < folds:
         raise UserError(f"data.cv.fold must be in 0..{folds - 1}, got {fold}")
-    strat = (lambda r: r.labels.get(stratify_head, -1) if r.labels.get(stratify_head, -1) >= 0 else None) \
-        if stratify_head else None
+    strat = (
+        (lambda r: r.labels.get(stratify_head, -1) if r.labels.get(stratify_head, -1) >= 0 else None)
+        if stratify_head
+        else None
+    )
     assigned = group_kfold(records, k=folds, seed=seed, stratify_of=strat)
     return ([r for r, f in zip(records, assigned) if f != fold], [r for r, f in zip(records, assigned) if f == fold])
 
 
-def training_splits(train_sources: Sequence[dict], val_sources: Sequence[dict], *, heads: dict[str, Sequence[str]],
-                    covariates: Sequence[str] = (), val_fraction: float, split_seed: int,
-                    cv_folds: int | None = None, cv_fold: int = 0, cv_seed: int = 0, cv_stratify: str | None = None,
-                    labelled_only: bool = False) -> tuple[list, list, list]:
+def training_splits(
+    train_sources: Sequence[dict],
+    val_sources: Sequence[dict],
+    *,
+    heads: dict[str, Sequence[str]],
+    covariates: Sequence[str] = (),
+    val_fraction: float,
+    split_seed: int,
+    cv_folds: int | None = None,
+    cv_fold: int = 0,
+    cv_seed: int = 0,
+    cv_stratify: str | None = None,
+    labelled_only: bool = False,
+) -> tuple[list, list, list]:
     """(train, validation, held-out fold) records for one training run.
 
     With cv_folds, the fold ``cv_fold`` of a patient-level k-fold split is held out (predicted after training) and

@@ -4,6 +4,7 @@ NOT clinical data. The labels are defined by how each frame was drawn (a fibrosi
 muscle-like streaks to the lesion; lift follows the grade with noise), so a head can learn them and the training
 and evaluation mechanics can be proven; nothing learned here says anything about real fibrosis.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,8 +29,7 @@ def content_disc(h: int, w: int) -> np.ndarray:
     return (inside & cut).astype(np.uint8)
 
 
-COVARIATES = ("prior_radiotherapy", "weeks_since_rt", "dose_gy", "distance_av_cm", "prior_attempt",
-              "lesion_size_mm")
+COVARIATES = ("prior_radiotherapy", "weeks_since_rt", "dose_gy", "distance_av_cm", "prior_attempt", "lesion_size_mm")
 BLUE = np.array([70, 110, 200], np.float32)  # indigo-carmine-stained injection cushion
 
 
@@ -40,17 +40,27 @@ def synthetic_case(rng: np.random.Generator, missing_rate: float = 0.1) -> dict[
     rt = int(rng.random() < 0.5)
     grade = int(rng.choice(3, p=[0.2, 0.35, 0.45] if rt else [0.6, 0.3, 0.1]))
     lift = int(np.clip(grade + rng.choice([-1, 0, 1], p=[0.15, 0.7, 0.15]), 0, 2))
-    cov = {"prior_radiotherapy": float(rt), "weeks_since_rt": float(rng.uniform(6, 20)) if rt else float("nan"),
-           "dose_gy": float(rng.choice([25.0, 50.4])) if rt else 0.0, "distance_av_cm": float(rng.uniform(1, 10)),
-           "prior_attempt": float(rng.random() < 0.15 + 0.2 * (grade == 2)),
-           "lesion_size_mm": float(rng.uniform(10, 50))}
+    cov = {
+        "prior_radiotherapy": float(rt),
+        "weeks_since_rt": float(rng.uniform(6, 20)) if rt else float("nan"),
+        "dose_gy": float(rng.choice([25.0, 50.4])) if rt else 0.0,
+        "distance_av_cm": float(rng.uniform(1, 10)),
+        "prior_attempt": float(rng.random() < 0.15 + 0.2 * (grade == 2)),
+        "lesion_size_mm": float(rng.uniform(10, 50)),
+    }
     cov = {k: (float("nan") if rng.random() < missing_rate else v) for k, v in cov.items()}
     return {"fibrosis": grade, "lift": lift, "covariates": cov, "scale": float(rng.uniform(0.14, 0.26))}
 
 
-def synthetic_frame(rng: np.random.Generator, size: tuple[int, int] = (96, 128), fibrosis: int | None = None,
-                    with_lesion: bool = True, lift: int | None = None, scale: float | None = None,
-                    blur: bool = False) -> dict[str, Any]:
+def synthetic_frame(
+    rng: np.random.Generator,
+    size: tuple[int, int] = (96, 128),
+    fibrosis: int | None = None,
+    with_lesion: bool = True,
+    lift: int | None = None,
+    scale: float | None = None,
+    blur: bool = False,
+) -> dict[str, Any]:
     """One frame: pink mucosa with vessels and vignetting, a reddish lesion blob, a black scope border.
 
     What the labels change (so that heads can learn them; NOT clinical appearance, a drawing convention):
@@ -112,9 +122,16 @@ def synthetic_frame(rng: np.random.Generator, size: tuple[int, int] = (96, 128),
     return {"image": img, "mask": mask * disc, "labels": {"fibrosis": grade, "lift": lift}}
 
 
-def ensure_synthetic_dataset(root: str | Path, n: int = 32, size: tuple[int, int] | list[int] = (96, 128),
-                             seed: int = 0, n_groups: int = 8, label_level: str = "frame",
-                             hidden_fraction: float = 0.0, uninformative_rate: float = 0.0) -> Path:
+def ensure_synthetic_dataset(
+    root: str | Path,
+    n: int = 32,
+    size: tuple[int, int] | list[int] = (96, 128),
+    seed: int = 0,
+    n_groups: int = 8,
+    label_level: str = "frame",
+    hidden_fraction: float = 0.0,
+    uninformative_rate: float = 0.0,
+) -> Path:
     """Write (once) ``n`` synthetic frames of ``n_groups`` cases under ``root/<fingerprint>/``; return the manifest.
 
     ``manifest.csv``: image, mask, group (+ fibrosis, lift per frame when label_level is "frame").
@@ -123,8 +140,9 @@ def ensure_synthetic_dataset(root: str | Path, n: int = 32, size: tuple[int, int
     lesion or are blurred (they still carry their case's label). Regenerated only when the parameters change.
     """
     size = (int(size[0]), int(size[1]))
-    key = hashlib.sha1(f"{n}-{size}-{seed}-{n_groups}-{label_level}-{hidden_fraction}-{uninformative_rate}-v2"
-                       .encode()).hexdigest()[:10]
+    key = hashlib.sha1(
+        f"{n}-{size}-{seed}-{n_groups}-{label_level}-{hidden_fraction}-{uninformative_rate}-v2".encode()
+    ).hexdigest()[:10]
     folder = Path(root) / f"synthetic-{key}"
     manifest = folder / "manifest.csv"
     if manifest.is_file():
@@ -138,8 +156,15 @@ def ensure_synthetic_dataset(root: str | Path, n: int = 32, size: tuple[int, int
         case = cases[g]
         odd = rng.random() < uninformative_rate
         blank = odd and rng.random() < 0.5
-        s = synthetic_frame(rng, size, fibrosis=case["fibrosis"], lift=case["lift"], scale=case["scale"],
-                            with_lesion=not blank, blur=odd and not blank)
+        s = synthetic_frame(
+            rng,
+            size,
+            fibrosis=case["fibrosis"],
+            lift=case["lift"],
+            scale=case["scale"],
+            with_lesion=not blank,
+            blur=odd and not blank,
+        )
         write_image_atomic(folder / "images" / f"{i:05d}.png", s["image"])
         write_image_atomic(folder / "masks" / f"{i:05d}.png", s["mask"] * 255)
         row = {"image": f"images/{i:05d}.png", "mask": f"masks/{i:05d}.png", "group": f"case{g:03d}"}
@@ -151,11 +176,12 @@ def ensure_synthetic_dataset(root: str | Path, n: int = 32, size: tuple[int, int
         row = {"group": f"case{g:03d}"}
         if label_level == "case":
             known = g not in hidden
-            row.update(fibrosis=FIBROSIS_CLASSES[case["fibrosis"]] if known else "",
-                       lift=LIFT_CLASSES[case["lift"]] if known else "")
+            row.update(
+                fibrosis=FIBROSIS_CLASSES[case["fibrosis"]] if known else "",
+                lift=LIFT_CLASSES[case["lift"]] if known else "",
+            )
         row.update({k: "" if np.isnan(v) else round(v, 2) for k, v in case["covariates"].items()})
         case_rows.append(row)
     write_csv_atomic(folder / "cases.csv", case_rows)
     write_csv_atomic(manifest, rows)  # last: its presence means the dataset is complete
     return manifest
-

@@ -2,10 +2,11 @@
 
 Image and mask always go through one ``A.Compose`` call, so every geometric transform moves both together.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations otherwise calls out at import
 
@@ -18,9 +19,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def build_transform(augment: Sequence[A.BasicTransform], *, size: int | Sequence[int],
-                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                    resize: str = "stretch") -> A.Compose:
+def build_transform(
+    augment: Sequence[A.BasicTransform],
+    *,
+    size: int | Sequence[int],
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    resize: str = "stretch",
+) -> A.Compose:
     """Compose ``augment`` (already-built albumentations transforms) + resize + normalise + to-tensor.
 
     size: output side (int) or (height, width).
@@ -37,11 +43,14 @@ def build_transform(augment: Sequence[A.BasicTransform], *, size: int | Sequence
     return A.Compose([*augment, *sizing, A.Normalize(mean=mean, std=std), ToTensorV2()])
 
 
-def normalise_batch(images: np.ndarray | Sequence[np.ndarray], *, mean: Sequence[float] = IMAGENET_MEAN,
-                    std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+def normalise_batch(
+    images: np.ndarray | Sequence[np.ndarray],
+    *,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> torch.Tensor:
     """B x H x W x 3 uint8 RGB (already at model size) -> B x 3 x H x W float32 normalised tensor."""
     arr = torch.from_numpy(np.ascontiguousarray(np.stack(list(images)))).permute(0, 3, 1, 2).float().div_(255.0)
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return (arr - m) / s
-

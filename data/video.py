@@ -3,13 +3,14 @@
 
 OpenCV's wheel cannot write H.264; PyAV encodes with libx264 so overlays play in browsers.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
 import av
 import numpy as np
@@ -19,9 +20,9 @@ from data.errors import UserError
 
 @dataclass
 class Frame:
-    index: int          # 0-based decode order
-    time: float         # presentation time in seconds (from the stream's timestamps, else index / fps)
-    image: np.ndarray   # H x W x 3 uint8 RGB
+    index: int  # 0-based decode order
+    time: float  # presentation time in seconds (from the stream's timestamps, else index / fps)
+    image: np.ndarray  # H x W x 3 uint8 RGB
 
 
 @dataclass
@@ -29,7 +30,7 @@ class VideoInfo:
     fps: float
     width: int
     height: int
-    n_frames: int       # as the container declares it (0 when unknown)
+    n_frames: int  # as the container declares it (0 when unknown)
 
 
 def probe(path: str | Path) -> VideoInfo:
@@ -63,12 +64,17 @@ def read_frames(path: str | Path, errors: list[dict[str, str]] | None = None) ->
                 yield Frame(index, t, frame.to_ndarray(format="rgb24"))
                 index += 1
     except av.error.FFmpegError as e:
-        _report(path, f"{path}: decoding stopped after {index} frames ({e}); the rest of the file is unreadable",
-                errors)
+        _report(
+            path, f"{path}: decoding stopped after {index} frames ({e}); the rest of the file is unreadable", errors
+        )
         return
     if info.n_frames and index < info.n_frames:  # FFmpeg stops quietly at the end of a cut-off file
-        _report(path, f"{path}: decoding stopped after {index} of {info.n_frames} declared frames; the file looks "
-                "truncated (the decodable frames were processed)", errors)
+        _report(
+            path,
+            f"{path}: decoding stopped after {index} of {info.n_frames} declared frames; the file looks "
+            "truncated (the decodable frames were processed)",
+            errors,
+        )
 
 
 def _report(path: str | Path, msg: str, errors: list[dict[str, str]] | None) -> None:
@@ -84,8 +90,9 @@ class VideoWriter:
     with VideoWriter(path, fps=25, width=W, height=H) as w: w.write(rgb)
     """
 
-    def __init__(self, path: str | Path, *, fps: float, width: int, height: int, crf: int = 23,
-                 preset: str = "veryfast") -> None:
+    def __init__(
+        self, path: str | Path, *, fps: float, width: int, height: int, crf: int = 23, preset: str = "veryfast"
+    ) -> None:
         self.path = Path(path)
         # the pid keeps two processes writing the same output from sharing a temp file
         self.tmp = self.path.with_name(f"{self.path.stem}.partial-{os.getpid()}.mp4")
@@ -94,7 +101,7 @@ class VideoWriter:
         self._container = None
         self.frames_written = 0
 
-    def __enter__(self) -> "VideoWriter":
+    def __enter__(self) -> VideoWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # faststart moves the index (moov) to the front when the file is closed, so browsers start playing at once.
         # It does not make a cut-off file decodable (the index is written last): that is why frames go to a

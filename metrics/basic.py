@@ -1,4 +1,5 @@
 """Per-image overlap scores on binary masks (numpy or torch), the building block of the metric objects."""
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@ Rules for empty masks (documented in the README; a miss never drops out of an av
 - prediction and truth both empty: HD95 = 0, NSD = 1 (correctly nothing there);
 - exactly one empty: HD95 = the image diagonal (the largest possible distance), NSD = 0.
 """
+
 from __future__ import annotations
 
 import numpy as np

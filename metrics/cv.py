@@ -11,14 +11,16 @@ macro-F1, balanced accuracy and ECE, per frame and per case, each with a bootstr
 and for binary heads the lesion-area-only baseline. Variants are compared on the same folds (same patients).
 Exit code 2 with one line when the folder holds no complete set of folds.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from data.errors import UserError
 from data.io import atomic_write
@@ -27,18 +29,24 @@ from metrics.plots import reliability_diagram
 from models.card import HeadCard
 
 
-def write_oof(path: Path, stem: Path, records: Sequence[Any], *, fold: int, variant: str, folds: int,
-              device: str = "auto") -> None:
+def write_oof(
+    path: Path, stem: Path, records: Sequence[Any], *, fold: int, variant: str, folds: int, device: str = "auto"
+) -> None:
     """Predict the held-out fold's records with the (calibrated) checkpoint at ``stem`` into ``path``."""
     from models.predictor import Predictor, predict_records
 
     pred = Predictor.from_checkpoint(stem, device=device)
     rows = predict_records(pred, list(records))
-    heads = {h: {"classes": info.classes, "kind": info.kind, "temperature": info.temperature,
-                 "baseline": info.baseline} for h, info in pred.card.heads.items()}
+    heads = {
+        h: {"classes": info.classes, "kind": info.kind, "temperature": info.temperature, "baseline": info.baseline}
+        for h, info in pred.card.heads.items()
+    }
     for r in rows:  # the fold's own baseline direction (fitted on its validation split) travels with each row
-        r["baseline_score"] = {h: (info.baseline or {}).get("direction", 1) * r["area_fraction"]
-                               for h, info in pred.card.heads.items() if len(info.classes) == 2}
+        r["baseline_score"] = {
+            h: (info.baseline or {}).get("direction", 1) * r["area_fraction"]
+            for h, info in pred.card.heads.items()
+            if len(info.classes) == 2
+        }
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps({"fold": fold, "folds": folds, "variant": variant, "heads": heads, "rows": rows}))
 
@@ -56,20 +64,26 @@ def collect(root: Path) -> dict[str, dict[str, Any]]:
             raise UserError(f"cannot read {f} ({e})") from None
         v = by_variant[d["variant"]]
         if d["fold"] in v["folds"]:
-            raise UserError(f"fold {d['fold']} of variant {d['variant']} appears twice: {v['folds'][d['fold']]} and "
-                            f"{f} (point at one sweep's folder)")
+            raise UserError(
+                f"fold {d['fold']} of variant {d['variant']} appears twice: {v['folds'][d['fold']]} and "
+                f"{f} (point at one sweep's folder)"
+            )
         v["folds"][d["fold"]] = str(f)
         v["k"] = d.get("folds") or v.get("k")
-        v["heads"] = v["heads"] or {h: HeadCard(**dict(info, temperature=float("nan")))  # each fold has its own
-                                    for h, info in d["heads"].items()}
+        v["heads"] = v["heads"] or {
+            h: HeadCard(**dict(info, temperature=float("nan")))  # each fold has its own
+            for h, info in d["heads"].items()
+        }
         for h, info in d["heads"].items():
             v.setdefault("temperatures", {}).setdefault(h, {})[d["fold"]] = info["temperature"]
         v["rows"] += [dict(r, fold=d["fold"]) for r in d["rows"]]
     for name, v in by_variant.items():
         expected = set(range(v.get("k") or (max(v["folds"]) + 1)))
         if set(v["folds"]) != expected:
-            raise UserError(f"variant {name}: folds {sorted(v['folds'])} of {len(expected)}; missing "
-                            f"{sorted(expected - set(v['folds']))} (rerun them into the same sweep folder)")
+            raise UserError(
+                f"variant {name}: folds {sorted(v['folds'])} of {len(expected)}; missing "
+                f"{sorted(expected - set(v['folds']))} (rerun them into the same sweep folder)"
+            )
         groups_per_fold = defaultdict(set)
         for r in v["rows"]:
             groups_per_fold[r["group"]].add(r["fold"])
@@ -94,35 +108,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     out = Path(a.out or a.root)
     out.mkdir(parents=True, exist_ok=True)
-    results, md = {}, ["# Cross-validation report", "",
-                       f"Pooled out-of-fold predictions under `{a.root}`; 95% intervals: {a.n_boot} bootstrap "
-                       "resamples of cases (patients). Each fold's probabilities are calibrated on that fold's own "
-                       "validation split; no held-out patient chose anything.", ""]
+    results, md = (
+        {},
+        [
+            "# Cross-validation report",
+            "",
+            f"Pooled out-of-fold predictions under `{a.root}`; 95% intervals: {a.n_boot} bootstrap "
+            "resamples of cases (patients). Each fold's probabilities are calibrated on that fold's own "
+            "validation split; no held-out patient chose anything.",
+            "",
+        ],
+    )
     for name, v in sorted(variants.items()):
         folds = sorted(v["folds"])
-        res = score_heads(v["rows"], v["heads"], n_boot=a.n_boot, min_frames=a.min_frames,
-                          min_confidence=a.min_confidence)
+        res = score_heads(
+            v["rows"], v["heads"], n_boot=a.n_boot, min_frames=a.min_frames, min_confidence=a.min_confidence
+        )
         results[name] = {"folds": folds, "n_rows": len(v["rows"]), "heads": res}
-        temps = "; ".join(f"{h}: " + ", ".join(f"fold {k} {t:.2f}" for k, t in sorted(ts.items()))
-                          for h, ts in v.get("temperatures", {}).items())
-        md += [f"## Variant `{name}` (head inputs), folds {folds}", "", f"Temperatures (each fold's own): {temps}",
-               "", heads_markdown(res)]
+        temps = "; ".join(
+            f"{h}: " + ", ".join(f"fold {k} {t:.2f}" for k, t in sorted(ts.items()))
+            for h, ts in v.get("temperatures", {}).items()
+        )
+        md += [
+            f"## Variant `{name}` (head inputs), folds {folds}",
+            "",
+            f"Temperatures (each fold's own): {temps}",
+            "",
+            heads_markdown(res),
+        ]
         for h, r in res.items():
             curves = {"frames": r["frame"]["reliability"]}
             reliability_diagram(out / f"reliability_{name}_{h}.png", curves, f"{h} ({name}), out-of-fold")
             md.append(f"![reliability {h} {name}](reliability_{name}_{h}.png)\n")
     if len(results) > 1:  # the comparison a study needs: what do the images add to the covariates?
-        md += ["## Variants side by side (same folds, same patients)", "",
-               "| head | variant | frame AUROC | frame QWK | case AUROC | case QWK |", "|---|---|---|---|---|---|"]
+        md += [
+            "## Variants side by side (same folds, same patients)",
+            "",
+            "| head | variant | frame AUROC | frame QWK | case AUROC | case QWK |",
+            "|---|---|---|---|---|---|",
+        ]
         for h in sorted({h for r in results.values() for h in r["heads"]}):
             for name, r in sorted(results.items()):
                 x = r["heads"].get(h)
                 if x:
                     c = x.get("case", {})
-                    md.append(f"| {h} | {name} | {fmt_ci(x['frame']['auroc'], x['frame']['ci95']['auroc'])} | "
-                              f"{fmt_ci(x['frame']['qwk'], x['frame']['ci95']['qwk'])} | "
-                              f"{fmt_ci(c.get('auroc'), c.get('ci95', {}).get('auroc'))} | "
-                              f"{fmt_ci(c.get('qwk'), c.get('ci95', {}).get('qwk'))} |")
+                    md.append(
+                        f"| {h} | {name} | {fmt_ci(x['frame']['auroc'], x['frame']['ci95']['auroc'])} | "
+                        f"{fmt_ci(x['frame']['qwk'], x['frame']['ci95']['qwk'])} | "
+                        f"{fmt_ci(c.get('auroc'), c.get('ci95', {}).get('auroc'))} | "
+                        f"{fmt_ci(c.get('qwk'), c.get('ci95', {}).get('qwk'))} |"
+                    )
     with atomic_write(out / "cv_results.json") as tmp:
         tmp.write_text(json.dumps(results, indent=2, default=float))
     with atomic_write(out / "cv_report.md") as tmp:

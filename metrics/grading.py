@@ -7,9 +7,11 @@ AUROC (binary: of the positive class's probability; more classes: one-vs-rest ma
 bins. Samples with label -1 (unknown) are skipped and counted. The arithmetic is plain numpy so that a bootstrap of
 1000 resamples takes about a second; tests/test_metrics.py checks it against torchmetrics.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
@@ -64,12 +66,15 @@ def scores(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict[str,
     w = (idx[:, None] - idx[None, :]) ** 2 / max(1, (k - 1) ** 2)
     expected = np.outer(support, predicted) / max(1.0, cm.sum())
     denom = (w * expected).sum()
-    return {"accuracy": float(tp.sum() / max(1.0, cm.sum())),
-            "balanced_accuracy": float(recall[present].mean()) if present.any() else None,
-            "macro_f1": float(f1[present | (predicted > 0)].mean()),
-            "qwk": float(1 - (w * cm).sum() / denom) if denom > 0 else None,
-            "auroc": auroc(probs, labels), "ece": ece(probs, labels, n_bins),
-            "confusion": cm.astype(int).tolist()}
+    return {
+        "accuracy": float(tp.sum() / max(1.0, cm.sum())),
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else None,
+        "macro_f1": float(f1[present | (predicted > 0)].mean()),
+        "qwk": float(1 - (w * cm).sum() / denom) if denom > 0 else None,
+        "auroc": auroc(probs, labels),
+        "ece": ece(probs, labels, n_bins),
+        "confusion": cm.astype(int).tolist(),
+    }
 
 
 def case_resamples(groups: Sequence[str], n_boot: int, seed: int = 0) -> Iterator[np.ndarray]:
@@ -84,12 +89,22 @@ def case_resamples(groups: Sequence[str], n_boot: int, seed: int = 0) -> Iterato
 def interval(values: Sequence[float], n_boot: int, level: float = 0.95) -> list[float] | None:
     """Percentile interval, or None when fewer than half the resamples defined the metric."""
     a = (1 - level) / 2
-    return [float(np.quantile(values, a)), float(np.quantile(values, 1 - a))] \
-        if values and len(values) >= n_boot // 2 else None
+    return (
+        [float(np.quantile(values, a)), float(np.quantile(values, 1 - a))]
+        if values and len(values) >= n_boot // 2
+        else None
+    )
 
 
-def bootstrap(probs: np.ndarray, labels: np.ndarray, groups: Sequence[str], *, n_boot: int = 1000, seed: int = 0,
-              level: float = 0.95) -> dict[str, list[float] | None]:
+def bootstrap(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    groups: Sequence[str],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, list[float] | None]:
     """Percentile intervals of every point metric over case resamples. A resample where a metric is undefined
     (e.g. AUROC with one class) is left out of that metric's interval."""
     samples: dict[str, list[float]] = {m: [] for m in POINT_METRICS}
@@ -101,8 +116,9 @@ def bootstrap(probs: np.ndarray, labels: np.ndarray, groups: Sequence[str], *, n
     return {m: interval(v, n_boot, level) for m, v in samples.items()}
 
 
-def paired_bootstrap(metric: Callable[[np.ndarray], float | None], groups: Sequence[str], *,
-                     n_boot: int = 1000, seed: int = 0) -> list[float] | None:
+def paired_bootstrap(
+    metric: Callable[[np.ndarray], float | None], groups: Sequence[str], *, n_boot: int = 1000, seed: int = 0
+) -> list[float] | None:
     """Interval of ``metric(indices)`` over case-resampled index sets (e.g. a difference of two AUROCs)."""
     vals = [v for v in (metric(pick) for pick in case_resamples(groups, n_boot, seed)) if v is not None]
     return interval(vals, n_boot)
@@ -149,7 +165,13 @@ def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) ->
     for lo, hi in zip(edges[:-1], edges[1:]):
         sel = (conf > lo) & (conf <= hi)
         n = int(sel.sum())
-        rows.append({"lo": float(lo), "hi": float(hi), "n": n,
-                     "confidence": float(conf[sel].mean()) if n else None,
-                     "accuracy": float((pred[sel] == labels[sel]).mean()) if n else None})
+        rows.append(
+            {
+                "lo": float(lo),
+                "hi": float(hi),
+                "n": n,
+                "confidence": float(conf[sel].mean()) if n else None,
+                "accuracy": float((pred[sel] == labels[sel]).mean()) if n else None,
+            }
+        )
     return rows

@@ -1,8 +1,10 @@
 """Evaluation figures: Dice histogram, threshold-vs-Dice curve, gallery of the worst images with contours."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -51,8 +53,9 @@ def threshold_curve(path: Path, dice_curve: Sequence[float], title: str) -> None
     plt.close(fig)
 
 
-def worst_gallery(path: Path, per_image: Sequence[dict[str, Any]], load: Callable[[str], tuple], n: int = 8,
-                  title: str = "") -> None:
+def worst_gallery(
+    path: Path, per_image: Sequence[dict[str, Any]], load: Callable[[str], tuple], n: int = 8, title: str = ""
+) -> None:
     """The n lowest-Dice images; truth contour green, prediction (p >= 0.5) contour magenta.
 
     load(name) -> (image H x W x 3 uint8 RGB, gt H x W bool, prob H x W uint8).

@@ -7,6 +7,7 @@ at 256 thresholds, averaged over images, then ``mean_dice``/``mean_iou`` are the
 alpha 0.5), E-measure (Fan et al. IJCAI'18; mean and max over thresholds) and MAE use the continuous map.
 Alongside: Dice, IoU, precision and recall of the map thresholded at 0.5 (no normalisation), HD95 and NSD.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -26,8 +27,12 @@ def _binary_scores(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     dice, iou = dice_iou_per_image(torch.from_numpy(pred[None]), torch.from_numpy(gt[None]))
     tp = float((pred & gt).sum())
     ps, gs = float(pred.sum()), float(gt.sum())
-    return {"dice": float(dice[0]), "iou": float(iou[0]),
-            "precision": tp / ps if ps else (1.0 if gs == 0 else 0.0), "recall": tp / gs if gs else 1.0}
+    return {
+        "dice": float(dice[0]),
+        "iou": float(iou[0]),
+        "precision": tp / ps if ps else (1.0 if gs == 0 else 0.0),
+        "recall": tp / gs if gs else 1.0,
+    }
 
 
 class SegmentationMetrics:
@@ -44,9 +49,12 @@ class SegmentationMetrics:
 
     def reset(self) -> None:
         self._sm, self._wf, self._em, self._mae = sod.Smeasure(), sod.WeightedFmeasure(), sod.Emeasure(), sod.MAE()
-        self._fm = sod.FmeasureV2(metric_handlers={
-            "dice": sod.DICEHandler(with_dynamic=True, with_adaptive=False),
-            "iou": sod.IOUHandler(with_dynamic=True, with_adaptive=False)})
+        self._fm = sod.FmeasureV2(
+            metric_handlers={
+                "dice": sod.DICEHandler(with_dynamic=True, with_adaptive=False),
+                "iou": sod.IOUHandler(with_dynamic=True, with_adaptive=False),
+            }
+        )
         self.per_image: list[dict[str, Any]] = []
         self.n_resized = 0
 
@@ -62,9 +70,14 @@ class SegmentationMetrics:
         for m in (self._sm, self._wf, self._em, self._mae, self._fm):
             m.step(pred=prob, gt=gt_u8)
         pred_b, gt_b = prob >= 128, gt_u8 > 128  # 0.5 on the raw map (128/255 = 0.502)
-        row: dict[str, Any] = {"name": name, **_binary_scores(pred_b, gt_b),
-                               "s_measure": float(self._sm.sms[-1]), "mae": float(self._mae.maes[-1]),
-                               "gt_fraction": float(gt_b.mean()), "pred_fraction": float(pred_b.mean())}
+        row: dict[str, Any] = {
+            "name": name,
+            **_binary_scores(pred_b, gt_b),
+            "s_measure": float(self._sm.sms[-1]),
+            "mae": float(self._mae.maes[-1]),
+            "gt_fraction": float(gt_b.mean()),
+            "pred_fraction": float(pred_b.mean()),
+        }
         if self.boundary:
             row["hd95"] = hd95(pred_b, gt_b)
             row[f"nsd@{self.nsd_tolerance:g}"] = nsd(pred_b, gt_b, self.nsd_tolerance)
@@ -79,16 +92,22 @@ class SegmentationMetrics:
         dice_curve, iou_curve = fm["dice"]["dynamic"], fm["iou"]["dynamic"]
         out: dict[str, Any] = {
             "n_images": len(self.per_image),
-            "mean_dice": float(np.mean(dice_curve)), "mean_iou": float(np.mean(iou_curve)),
-            "max_dice": float(np.max(dice_curve)), "max_iou": float(np.max(iou_curve)),
-            "weighted_f": float(self._wf.get_results()["wfm"]), "s_measure": float(self._sm.get_results()["sm"]),
-            "max_e_measure": float(np.max(em)), "mean_e_measure": float(np.mean(em)),
-            "mae": float(self._mae.get_results()["mae"]), "n_resized": self.n_resized,
+            "mean_dice": float(np.mean(dice_curve)),
+            "mean_iou": float(np.mean(iou_curve)),
+            "max_dice": float(np.max(dice_curve)),
+            "max_iou": float(np.max(iou_curve)),
+            "weighted_f": float(self._wf.get_results()["wfm"]),
+            "s_measure": float(self._sm.get_results()["sm"]),
+            "max_e_measure": float(np.max(em)),
+            "mean_e_measure": float(np.mean(em)),
+            "mae": float(self._mae.get_results()["mae"]),
+            "n_resized": self.n_resized,
         }
         for key in ("dice", "iou", "precision", "recall", "hd95", f"nsd@{self.nsd_tolerance:g}"):
             if key in self.per_image[0]:
                 out[f"{key}@0.5" if key in ("dice", "iou", "precision", "recall") else key] = float(
-                    np.mean([r[key] for r in self.per_image]))
+                    np.mean([r[key] for r in self.per_image])
+                )
         # pysodmetrics' 256 thresholds run from 255 down to 0; store them ascending with their threshold
         out["dice_curve"] = [float(v) for v in np.asarray(dice_curve)[::-1]]
         return out

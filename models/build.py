@@ -1,7 +1,9 @@
 """Model factory: segmentation_models_pytorch's own factory for the segmenter, plus our heads (docs/ARCHITECTURE.md)."""
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import segmentation_models_pytorch as smp
 
@@ -14,11 +16,22 @@ from models.weights import load_encoder_weights, resolve_weights
 ARCHITECTURES = ("unet", "unetplusplus", "fpn", "deeplabv3plus")
 
 
-def build_model(*, arch: str = "unet", encoder: str = "mobilenet_v2", weights: str | None = None,
-                weights_path: str | None = None, weights_dirs: Sequence[str] = (),
-                heads: dict[str, Any] | None = None, head_hidden: int = 128, head_dropout: float = 0.2,
-                head_levels: int = 2, head_inputs: str = "image", covariates: Sequence[str] = (),
-                ring_fraction: float = 0.08, decoder: dict[str, Any] | None = None) -> EndoNet:
+def build_model(
+    *,
+    arch: str = "unet",
+    encoder: str = "mobilenet_v2",
+    weights: str | None = None,
+    weights_path: str | None = None,
+    weights_dirs: Sequence[str] = (),
+    heads: dict[str, Any] | None = None,
+    head_hidden: int = 128,
+    head_dropout: float = 0.2,
+    head_levels: int = 2,
+    head_inputs: str = "image",
+    covariates: Sequence[str] = (),
+    ring_fraction: float = 0.08,
+    decoder: dict[str, Any] | None = None,
+) -> EndoNet:
     """Build encoder -> decoder -> heads.
 
     arch: one of ARCHITECTURES. encoder: any smp encoder name (mobilenet_v2, resnet34, efficientnet-b0,
@@ -42,14 +55,28 @@ def build_model(*, arch: str = "unet", encoder: str = "mobilenet_v2", weights: s
     if not 1 <= head_levels <= len(seg.encoder.out_channels) - 1:
         raise UserError(f"model.head_levels must be 1..{len(seg.encoder.out_channels) - 1}, got {head_levels}")
     in_ch = list(seg.encoder.out_channels[-head_levels:])
-    built = {name: AttributeHead(in_ch, spec.n_outputs, n_covariates=len(covariates), inputs=head_inputs,
-                                 hidden=head_hidden, dropout=head_dropout, ring_fraction=ring_fraction)
-             for name, spec in parse_heads(heads).items()}
+    built = {
+        name: AttributeHead(
+            in_ch,
+            spec.n_outputs,
+            n_covariates=len(covariates),
+            inputs=head_inputs,
+            hidden=head_hidden,
+            dropout=head_dropout,
+            ring_fraction=ring_fraction,
+        )
+        for name, spec in parse_heads(heads).items()
+    }
     return EndoNet(seg, built)
 
 
-def prepare_for_training(model: EndoNet, *, init_from: str | None = None, freeze: str | None = None,
-                         covariate_rows: Sequence[Sequence[float]] = ()) -> dict[str, Any] | None:
+def prepare_for_training(
+    model: EndoNet,
+    *,
+    init_from: str | None = None,
+    freeze: str | None = None,
+    covariate_rows: Sequence[Sequence[float]] = (),
+) -> dict[str, Any] | None:
     """Before training: copy the segmenter of ``init_from``, freeze it (freeze="segmentation": only the heads
     train), and standardise covariates with the training rows. Returns init_from's provenance (for the card)."""
     from models.checkpoint import init_segmenter

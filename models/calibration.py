@@ -6,9 +6,11 @@ heads, the predicted class. For ordinal (CORN) heads the K-1 conditional logits 
 (applied by models/predictor.py), the validation metrics before and after, and, for binary heads, the direction of
 the lesion-area-only baseline, fitted here on validation so that test data never chooses it.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,8 +23,7 @@ def nll(logits: np.ndarray, labels: np.ndarray, kind: str, temperature: float) -
     return float(-np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, None)).mean())
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, kind: str, *, lo: float = 0.05, hi: float = 20.0
-                    ) -> float:
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, kind: str, *, lo: float = 0.05, hi: float = 20.0) -> float:
     """T minimising the NLL of ``labels`` (N, 0..K-1) under ``logits`` (N x m): a log-spaced grid, then a finer
     grid around the best point (the NLL is smooth and one-dimensional; no optimiser state to go wrong)."""
     logits, labels = np.asarray(logits, np.float64), np.asarray(labels, np.int64)
@@ -34,8 +35,16 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, kind: str, *, lo: fl
     return float(min(fine, key=lambda t: nll(logits, labels, kind, t)))
 
 
-def calibrate_checkpoint(stem: Any, records: Sequence[Any], *, device: str = "auto", batch_size: int = 8,
-                         n_boot: int = 1000, min_frames: int = 3, progress: bool = False) -> dict[str, Any]:
+def calibrate_checkpoint(
+    stem: Any,
+    records: Sequence[Any],
+    *,
+    device: str = "auto",
+    batch_size: int = 8,
+    n_boot: int = 1000,
+    min_frames: int = 3,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Fit each head's temperature on ``records`` (the validation split) with the checkpoint at ``stem``, then
     rewrite its card with, per head: temperature, baseline direction (binary heads) and validation metrics
     (before and after scaling, with case-resampled 95% intervals). Returns the heads' validation results."""
@@ -52,8 +61,9 @@ def calibrate_checkpoint(stem: Any, records: Sequence[Any], *, device: str = "au
         info.temperature = 1.0  # never keep a temperature fitted on other data
         if len(set(r["labels"][h] for r in known)) < 2:
             continue  # one class (or none) cannot calibrate: the NLL would fall forever as T shrinks
-        t = fit_temperature(np.array([r["logits"][h] for r in known]), np.array([r["labels"][h] for r in known]),
-                            info.kind)
+        t = fit_temperature(
+            np.array([r["logits"][h] for r in known]), np.array([r["labels"][h] for r in known]), info.kind
+        )
         info.temperature = round(t, 4)
         if len(info.classes) == 2:
             info.baseline = {"feature": "predicted lesion area fraction", "direction": area_direction(rows, h)}
@@ -73,14 +83,24 @@ def _compact(res: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def finish_heads(stem: Any, val_records: Sequence[Any], heldout: Sequence[Any], *, oof: Any, fold: int,
-                 folds: int | None, variant: str, device: str = "auto", n_boot: int = 1000, min_frames: int = 3,
-                 progress: bool = False) -> None:
+def finish_heads(
+    stem: Any,
+    val_records: Sequence[Any],
+    heldout: Sequence[Any],
+    *,
+    oof: Any,
+    fold: int,
+    folds: int | None,
+    variant: str,
+    device: str = "auto",
+    n_boot: int = 1000,
+    min_frames: int = 3,
+    progress: bool = False,
+) -> None:
     """After training: calibrate the best checkpoint's heads on the validation records, then (in a
     cross-validation fold) predict the held-out records into ``oof`` for metrics.cv."""
     if val_records:
-        calibrate_checkpoint(stem, val_records, device=device, n_boot=n_boot, min_frames=min_frames,
-                             progress=progress)
+        calibrate_checkpoint(stem, val_records, device=device, n_boot=n_boot, min_frames=min_frames, progress=progress)
     if heldout:
         from metrics.cv import write_oof
 

@@ -7,11 +7,13 @@ that is malformed (a missing field, a wrong type) is refused with one message na
 2 = this one. Top-level keys this module does not know are kept in ``extra`` and written back unchanged; a head
 entry keeps only the HeadCard fields.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
 
 from data.errors import UserError
 
@@ -34,17 +36,17 @@ class HeadCard:
     classes: list[str]
     kind: str = "nominal"
     trained: bool = True
-    label_source: str = "unknown"      # synthetic | proxy | real | unknown
+    label_source: str = "unknown"  # synthetic | proxy | real | unknown
     validated_on_real: bool = False
     temperature: float = 1.0
     label_definition: str | None = None
     n_train_labels: int = 0
     n_val_labels: int = 0
     counts: dict[str, Any] = field(default_factory=dict)
-    baseline: dict[str, Any] | None = None      # binary heads: lesion-area-only baseline direction
-    validation: dict[str, Any] | None = None    # metrics on the validation split (calibration)
-    test: dict[str, Any] | None = None          # metrics on test sets (export)
-    training: dict[str, Any] | None = None      # how the head was trained, when added to a shipped segmenter
+    baseline: dict[str, Any] | None = None  # binary heads: lesion-area-only baseline direction
+    validation: dict[str, Any] | None = None  # metrics on the validation split (calibration)
+    test: dict[str, Any] | None = None  # metrics on test sets (export)
+    training: dict[str, Any] | None = None  # how the head was trained, when added to a shipped segmenter
 
     @property
     def clinical(self) -> bool:
@@ -54,7 +56,7 @@ class HeadCard:
 @dataclass
 class ModelCard:
     name: str
-    model: dict[str, Any]                      # models.build.build_model keyword arguments
+    model: dict[str, Any]  # models.build.build_model keyword arguments
     input: InputSpec
     heads: dict[str, HeadCard] = field(default_factory=dict)
     schema: int = SCHEMA
@@ -100,7 +102,7 @@ class ModelCard:
         return {**self.extra, **out}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "card") -> "ModelCard":
+    def from_dict(cls, d: Mapping[str, Any], where: str = "card") -> ModelCard:
         """Validate and convert; a problem is a UserError naming ``where`` and the field."""
         if not isinstance(d, Mapping):
             raise UserError(f"{where}: a card must be a JSON object")
@@ -121,8 +123,12 @@ class ModelCard:
         known = {f.name for f in fields(cls)} - {"extra", "input", "heads"}
         kwargs = {k: d[k] for k in known if k in d}
         kwargs.setdefault("schema", 1)
-        return cls(input=InputSpec(**{k: inp[k] for k in ("size", "resize", "mean", "std") if k in inp}),
-                   heads=heads, extra={k: v for k, v in d.items() if k not in known | {"input", "heads"}}, **kwargs)
+        return cls(
+            input=InputSpec(**{k: inp[k] for k in ("size", "resize", "mean", "std") if k in inp}),
+            heads=heads,
+            extra={k: v for k, v in d.items() if k not in known | {"input", "heads"}},
+            **kwargs,
+        )
 
 
 def _head(info: Any, where: str) -> HeadCard:

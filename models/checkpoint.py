@@ -6,6 +6,7 @@ random ``save_id`` is stamped into all of a save's files (safetensors metadata a
 a kill between two renames leaves files of different saves, which loading refuses with a clear message instead of
 silently mixing epochs.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -35,8 +36,9 @@ def _stem(path: str | Path) -> Path:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
+        )
         return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -47,12 +49,18 @@ def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
-def _as_dict(card: "ModelCard | dict[str, Any]") -> dict[str, Any]:
+def _as_dict(card: ModelCard | dict[str, Any]) -> dict[str, Any]:
     return card.to_dict() if isinstance(card, ModelCard) else dict(card)
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, card: "ModelCard | dict[str, Any]", *,
-                    dtype: torch.dtype | None = None, train_state: dict[str, torch.Tensor] | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    card: ModelCard | dict[str, Any],
+    *,
+    dtype: torch.dtype | None = None,
+    train_state: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Write weights (optionally cast to ``dtype``, e.g. fp16 for shipping) and the card; return the weights path.
 
     The weights are written before the card, so a card always describes complete weights.
@@ -61,8 +69,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, card: "ModelCard | dict[
 
     stem = _stem(path)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
-             for k, v in model.state_dict().items()}
+    state = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v) for k, v in model.state_dict().items()
+    }
     weights = stem.with_name(stem.name + ".safetensors")
     save_id = uuid.uuid4().hex
     meta = {"format": FORMAT, "save_id": save_id}
@@ -70,8 +79,14 @@ def save_checkpoint(path: str | Path, model: nn.Module, card: "ModelCard | dict[
         _atomic_save_tensors(train_state, stem.with_name(stem.name + ".state.safetensors"), metadata=meta)
     _atomic_save_tensors(state, weights, metadata=meta)
     given = {k: v for k, v in _as_dict(card).items() if not (k in ("date", "git_commit") and v is None)}
-    card = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "git_commit": git_commit(),
-            **given, "format": FORMAT, "save_id": save_id, "schema": SCHEMA}
+    card = {
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        **given,
+        "format": FORMAT,
+        "save_id": save_id,
+        "schema": SCHEMA,
+    }
     write_card(stem, card)
     return weights
 
@@ -92,7 +107,7 @@ def copy_checkpoint(src: str | Path, dst: str | Path) -> bool:
     return True
 
 
-def write_card(path: str | Path, card: "ModelCard | dict[str, Any]") -> None:
+def write_card(path: str | Path, card: ModelCard | dict[str, Any]) -> None:
     """Rewrite a checkpoint's card in place (atomically), e.g. after calibration; the weights are untouched."""
     stem = _stem(path)
     with atomic_write(stem.with_name(stem.name + ".json")) as tmp:
@@ -122,11 +137,12 @@ def init_segmenter(model: nn.Module, path: str | Path) -> dict[str, Any]:
     seg_state = {k: v for k, v in src.state_dict().items() if k.startswith("seg.")}
     mine = {k for k in model.state_dict() if k.startswith("seg.")}
     if set(seg_state) != mine:
-        raise UserError(f"trainer.init_from={path}: its segmenter ({card.model.get('arch')}/"
-                        f"{card.model.get('encoder')}) differs from model config; use the same model settings")
+        raise UserError(
+            f"trainer.init_from={path}: its segmenter ({card.model.get('arch')}/"
+            f"{card.model.get('encoder')}) differs from model config; use the same model settings"
+        )
     model.load_state_dict(seg_state, strict=False)
-    return {"name": card.name, "date": card.date, "git_commit": card.git_commit,
-            "path": str(path)}
+    return {"name": card.name, "date": card.date, "git_commit": card.git_commit, "path": str(path)}
 
 
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
@@ -149,8 +165,9 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise UserError(f"{weights} does not match its card's model config: missing {missing[:3]}, "
-                        f"unexpected {unexpected[:3]}")
+        raise UserError(
+            f"{weights} does not match its card's model config: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     return model.to(device).eval(), card
 
 
@@ -166,8 +183,10 @@ def _check_same_save(path: Path, card: ModelCard) -> None:
     except Exception as e:
         raise UserError(f"checkpoint file is unreadable: {path} ({e})") from None
     if found != card.save_id:
-        raise UserError(f"{path} and its card come from different saves (a save was interrupted): use the "
-                        "checkpoint before it, or delete these files")
+        raise UserError(
+            f"{path} and its card come from different saves (a save was interrupted): use the "
+            "checkpoint before it, or delete these files"
+        )
 
 
 def load_train_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -192,9 +211,18 @@ def label_counts(records: Any, heads: dict[str, list[str]]) -> dict[str, dict[st
     return out
 
 
-def training_card(config: dict[str, Any], *, epoch: int, metrics: dict[str, float], n_train: int, n_val: int,
-                  counts: dict[str, dict[str, dict[str, int]]], device: str, commit: str | None = None,
-                  init_from: dict[str, Any] | None = None) -> dict[str, Any]:
+def training_card(
+    config: dict[str, Any],
+    *,
+    epoch: int,
+    metrics: dict[str, float],
+    n_train: int,
+    n_val: int,
+    counts: dict[str, dict[str, dict[str, int]]],
+    device: str,
+    commit: str | None = None,
+    init_from: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The card train.py writes: resolved model config, input spec, heads with their label provenance, data, metrics.
 
     config: the run's fully resolved config as a plain dict. counts: split -> head -> class -> n (label_counts).
@@ -213,24 +241,42 @@ def training_card(config: dict[str, Any], *, epoch: int, metrics: dict[str, floa
         c = counts.get(split, {}).get(h, {})
         return sum(v for k, v in c.items() if k != "unknown")
 
-    heads = {h: {"classes": list(s.classes), "kind": s.kind, "trained": True,
-                 "label_source": sources.get(h, "unknown"), "label_definition": definitions.get(h),
-                 "validated_on_real": sources.get(h) == "real" and n_known("val", h) > 0,
-                 "n_train_labels": n_known("train", h), "n_val_labels": n_known("val", h),
-                 "counts": {split: c[h] for split, c in counts.items() if h in c}, "temperature": 1.0}
-             for h, s in parse_heads(model_cfg["heads"]).items()}
+    heads = {
+        h: {
+            "classes": list(s.classes),
+            "kind": s.kind,
+            "trained": True,
+            "label_source": sources.get(h, "unknown"),
+            "label_definition": definitions.get(h),
+            "validated_on_real": sources.get(h) == "real" and n_known("val", h) > 0,
+            "n_train_labels": n_known("train", h),
+            "n_val_labels": n_known("val", h),
+            "counts": {split: c[h] for split, c in counts.items() if h in c},
+            "temperature": 1.0,
+        }
+        for h, s in parse_heads(model_cfg["heads"]).items()
+    }
     data = config["data"]
-    return {"name": config["name"], "git_commit": commit, "model": model_cfg, "heads": heads, "epoch": epoch,
-            "metrics": metrics,
-            "input": {"size": data["size"], "resize": data["resize"], "mean": list(data["mean"]),
-                      "std": list(data["std"])},
-            "data": {"train_sources": data["train_sources"], "n_train": n_train, "n_val": n_val},
-            "segmentation": ({"trained": False, "frozen_from": init_from} if init_from else {"trained": True}),
-            "training": {"device": device, "threads": torch.get_num_threads(),
-                         "precision": config["trainer"]["precision"], "config": config}}
+    return {
+        "name": config["name"],
+        "git_commit": commit,
+        "model": model_cfg,
+        "heads": heads,
+        "epoch": epoch,
+        "metrics": metrics,
+        "input": {"size": data["size"], "resize": data["resize"], "mean": list(data["mean"]), "std": list(data["std"])},
+        "data": {"train_sources": data["train_sources"], "n_train": n_train, "n_val": n_val},
+        "segmentation": ({"trained": False, "frozen_from": init_from} if init_from else {"trained": True}),
+        "training": {
+            "device": device,
+            "threads": torch.get_num_threads(),
+            "precision": config["trainer"]["precision"],
+            "config": config,
+        },
+    }
 
 
-def head_is_clinical(card: "ModelCard | dict[str, Any]", head: str) -> bool:
+def head_is_clinical(card: ModelCard | dict[str, Any], head: str) -> bool:
     """True only when the card says the head was trained AND validated on real (not synthetic/proxy) labels.
 
     This is the gate for showing a head's estimate to a clinician (overlay, report).
@@ -240,17 +286,21 @@ def head_is_clinical(card: "ModelCard | dict[str, Any]", head: str) -> bool:
     return card.is_clinical(head)
 
 
-def training_state(optimizer: torch.optim.Optimizer, scheduler: Any, ema: Any, *, epoch: int, best: float
-                   ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def training_state(
+    optimizer: torch.optim.Optimizer, scheduler: Any, ema: Any, *, epoch: int, best: float
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """What resuming needs: tensors for NAME.state.safetensors and the card's ``resume`` entry."""
     opt_t, opt_rest = optimizer_to_tensors(optimizer)
     ema_t = {f"ema/{k}": v for k, v in ema.shadow.items()} if ema is not None else {}
-    return ({**opt_t, **ema_t, "rng/torch": torch.get_rng_state()},
-            {"epoch": epoch, "best": best, "optimizer": opt_rest, "scheduler": scheduler.state_dict()})
+    return (
+        {**opt_t, **ema_t, "rng/torch": torch.get_rng_state()},
+        {"epoch": epoch, "best": best, "optimizer": opt_rest, "scheduler": scheduler.state_dict()},
+    )
 
 
-def restore_training(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                     ema: Any) -> tuple[int, float]:
+def restore_training(
+    path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, ema: Any
+) -> tuple[int, float]:
     """Load a 'last' checkpoint's weights, optimiser, scheduler, EMA and RNG into the given objects; return the
     epoch to start from and the best score so far."""
     resumed, card = load_checkpoint(path)

@@ -1,14 +1,16 @@
 """Ship a trained checkpoint: fp16 weights + card with provenance, test results and intended use, + MODEL_CARD.md.
 
 Segmenter (a full training run):
-    python -m models.export --src outputs/train/<date_time>/checkpoints/best --dst checkpoints/endolift_polyp_unet_mnv2 \
-        --metrics outputs/evaluate/shipped/metrics.json --train-log outputs/train/<date_time>/metrics.csv --wall-hours 2.1
+    python -m models.export --src outputs/train/<date_time>/checkpoints/best \
+        --dst checkpoints/endolift_polyp_unet_mnv2 --metrics outputs/evaluate/shipped/metrics.json \
+        --train-log outputs/train/<date_time>/metrics.csv --wall-hours 2.1
 Heads trained on a shipped segmenter (trainer.freeze=segmentation), added to it in place:
     python -m models.export --add-heads outputs/train/<date_time>/checkpoints/best \
         --dst checkpoints/endolift_polyp_unet_mnv2 --metrics outputs/evaluate/heads/metrics.json --wall-hours 0.3
 The segmenter's weights must be bit-identical to the shipped ones (checked), so its test results still hold.
 MODEL_CARD.md is rendered from the card alone (render_model_card), so it can only describe the model it ships with.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,9 +27,11 @@ from data.io import atomic_write
 from models.card import HeadCard, ModelCard
 from models.checkpoint import load_checkpoint, read_card, save_checkpoint
 
-INTENDED_USE = ("Research use only; not a medical device and not for clinical decisions. Outlines polyps/lesions "
-                "in colonoscopy frames; trained on public data (Kvasir-SEG, CVC-ClinicDB: research and education "
-                "only, no commercial use).")
+INTENDED_USE = (
+    "Research use only; not a medical device and not for clinical decisions. Outlines polyps/lesions "
+    "in colonoscopy frames; trained on public data (Kvasir-SEG, CVC-ClinicDB: research and education "
+    "only, no commercial use)."
+)
 LIMITS = [
     "Trained on colonoscopy polyp images only: not validated on rectal tumours after chemoradiotherapy, ulcerated "
     "lesions, ESD/EFTR scenes or other organs.",
@@ -36,8 +40,18 @@ LIMITS = [
     "frames), which flatters ClinicDB scores; see the held-out-sequence row.",
     "Kvasir-SEG and CVC-ClinicDB come from a few centres and scopes; expect lower scores on other equipment.",
 ]
-SEG_KEYS = ("n_images", "mean_dice", "mean_iou", "weighted_f", "s_measure", "max_e_measure", "mae", "dice@0.5",
-            "iou@0.5", "hd95")
+SEG_KEYS = (
+    "n_images",
+    "mean_dice",
+    "mean_iou",
+    "weighted_f",
+    "s_measure",
+    "max_e_measure",
+    "mae",
+    "dice@0.5",
+    "iou@0.5",
+    "hd95",
+)
 
 
 def cpu_name() -> str:
@@ -58,27 +72,40 @@ def _ci(v: Any, ci: Any) -> str:
 
 def head_section(name: str, info: HeadCard) -> str:
     """One head's part of MODEL_CARD.md, from its card entry only."""
-    lines = [f"### `{name}` ({info.kind}: {', '.join(info.classes)})", "",
-             f"- Label source: **{info.label_source}**"
-             + (" - trained and validated on real labels, so infer.py shows it" if info.clinical
-                else " - not validated on real labels, never shown"),
-             f"- Label definition: {info.label_definition or 'not given'}",
-             f"- Labelled frames: train {info.counts.get('train')}, validation {info.counts.get('val')}",
-             f"- Temperature (fitted on validation): {info.temperature:.3f}"]
+    lines = [
+        f"### `{name}` ({info.kind}: {', '.join(info.classes)})",
+        "",
+        f"- Label source: **{info.label_source}**"
+        + (
+            " - trained and validated on real labels, so infer.py shows it"
+            if info.clinical
+            else " - not validated on real labels, never shown"
+        ),
+        f"- Label definition: {info.label_definition or 'not given'}",
+        f"- Labelled frames: train {info.counts.get('train')}, validation {info.counts.get('val')}",
+        f"- Temperature (fitted on validation): {info.temperature:.3f}",
+    ]
     tr = info.training
     if tr:
-        lines.append(f"- Trained: `{tr.get('command')}`, epoch {tr.get('epoch')} chosen by validation NLL, "
-                     f"segmenter frozen from `{(tr.get('frozen_from') or {}).get('name')}`")
+        lines.append(
+            f"- Trained: `{tr.get('command')}`, epoch {tr.get('epoch')} chosen by validation NLL, "
+            f"segmenter frozen from `{(tr.get('frozen_from') or {}).get('name')}`"
+        )
     rows = [("validation", info.validation)] + list((info.test or {}).items())
-    lines += ["", "| set | frames | AUROC [95% CI] | ECE before / after temperature | area-only baseline AUROC |",
-              "| --- | --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "| set | frames | AUROC [95% CI] | ECE before / after temperature | area-only baseline AUROC |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for set_name, r in rows:
         if not r:
             continue
         f, b = r["frame"], r.get("area_baseline") or {}
-        lines.append(f"| {set_name} | {f['n']} | {_ci(f.get('auroc'), f['ci95'].get('auroc'))} | "
-                     f"{f.get('ece_before_temperature', float('nan')):.3f} / {f['ece']:.3f} | "
-                     f"{_ci(b.get('auroc'), b.get('ci95')) if b else 'n/a'} |")
+        lines.append(
+            f"| {set_name} | {f['n']} | {_ci(f.get('auroc'), f['ci95'].get('auroc'))} | "
+            f"{f.get('ece_before_temperature', float('nan')):.3f} / {f['ece']:.3f} | "
+            f"{_ci(b.get('auroc'), b.get('ci95')) if b else 'n/a'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -90,14 +117,19 @@ def render_model_card(card: ModelCard, size_mb: float) -> str:
     rows = "\n".join(
         f"| {k} | {v['n_images']} | {v['mean_dice']:.3f} | {v['dice@0.5']:.3f} | {v['mean_iou']:.3f} | "
         f"{v['weighted_f']:.3f} | {v['s_measure']:.3f} | {v['max_e_measure']:.3f} | {v['mae']:.3f} | {v['hd95']:.1f} |"
-        for k, v in card.test_results.items())
+        for k, v in card.test_results.items()
+    )
     heads = card.heads
-    heldout = ("\n`clinicdb_heldout_seq`: all 44 frames of ClinicDB sequences 6 and 17, which the model never trained on "
-               "(they\nformed the ClinicDB part of the validation split, so they did pick the best epoch). The standard "
-               "`clinicdb`\nlist instead shares every sequence with the training list.\n"
-               if "clinicdb_heldout_seq" in card.test_results else "")
+    heldout = (
+        "\n`clinicdb_heldout_seq`: all 44 frames of ClinicDB sequences 6 and 17, which the model never trained on "
+        "(they\nformed the ClinicDB part of the validation split, so they did pick the best epoch). The standard "
+        "`clinicdb`\nlist instead shares every sequence with the training list.\n"
+        if "clinicdb_heldout_seq" in card.test_results
+        else ""
+    )
     sources = ", ".join(f"{s.get('name')} ({s.get('split_file') or 'all'})" for s in data.get("train_sources", []))
-    return f"""# Model card: {card.name}
+    return (
+        f"""# Model card: {card.name}
 
 Generated by `python -m models.export` from the card `{card.name}.json`; every number below comes from `train.py`
 and `evaluate.py` runs that anyone can repeat (README, "Results").
@@ -106,30 +138,30 @@ and `evaluate.py` runs that anyone can repeat (README, "Results").
 {card.intended_use or INTENDED_USE}
 
 ## Model
-{m['arch']} (segmentation_models_pytorch) with a {m['encoder']} encoder (initialisation: {m.get('weights')}),
-decoder {m.get('decoder') or 'smp default'}; {(card.parameters or 0) / 1e6:.2f} M parameters; weights stored as
-{card.weights_dtype or 'float32'} safetensors ({size_mb:.1f} MB). Input: RGB resized to {inp.size}x{inp.size}
+{m["arch"]} (segmentation_models_pytorch) with a {m["encoder"]} encoder (initialisation: {m.get("weights")}),
+decoder {m.get("decoder") or "smp default"}; {(card.parameters or 0) / 1e6:.2f} M parameters; weights stored as
+{card.weights_dtype or "float32"} safetensors ({size_mb:.1f} MB). Input: RGB resized to {inp.size}x{inp.size}
 ({inp.resize}), normalised with mean {inp.mean} / std {inp.std}; outputs: lesion probability per pixel
 {"and the heads below" if heads else "(no attribute heads)"}.
 
 ## Training data (segmenter)
-Sources: {sources}; {data.get('n_train')} images trained on, {data.get('n_val')} held out for validation by group.
-Licence of the weights: {card.licence.get('weights', 'see the training data')}. Kvasir-SEG (Jha et al., MMM 2020) and
+Sources: {sources}; {data.get("n_train")} images trained on, {data.get("n_val")} held out for validation by group.
+Licence of the weights: {card.licence.get("weights", "see the training data")}. Kvasir-SEG (Jha et al., MMM 2020) and
 CVC-ClinicDB (Bernal et al., CMIG 2015) are free for research and education with citation; commercial use needs the
 owners' permission.
 
 ## Recipe (segmenter)
-`python train.py experiment={cfg.get('name', '?')}`: loss
-{cfg.get('loss', {}).get('kind')}, {opt.get('_target_', '?').split('.')[-1]} lr {opt.get('lr')}, weight decay
-{opt.get('weight_decay')}, batch {cfg.get('data', {}).get('batch_size')}, {comp.get('epochs')} epochs, multi-scale
-{cfg.get('trainer', {}).get('multiscale')}, EMA {cfg.get('trainer', {}).get('ema')}, precision {comp.get('precision')}.
+`python train.py experiment={cfg.get("name", "?")}`: loss
+{cfg.get("loss", {}).get("kind")}, {opt.get("_target_", "?").split(".")[-1]} lr {opt.get("lr")}, weight decay
+{opt.get("weight_decay")}, batch {cfg.get("data", {}).get("batch_size")}, {comp.get("epochs")} epochs, multi-scale
+{cfg.get("trainer", {}).get("multiscale")}, EMA {cfg.get("trainer", {}).get("ema")}, precision {comp.get("precision")}.
 Best epoch by validation mean Dice: epoch {card.epoch}
-(val Dice {card.metrics.get('val/dice', float('nan')):.3f}).
+(val Dice {card.metrics.get("val/dice", float("nan")):.3f}).
 {card.notes}
 
 ## Compute
-{comp.get('hardware')}, {comp.get('threads')} threads, no GPU; {comp.get('epochs')} epochs in
-{comp.get('wall_hours', 0):.1f} h.
+{comp.get("hardware")}, {comp.get("threads")} threads, no GPU; {comp.get("epochs")} epochs in
+{comp.get("wall_hours", 0):.1f} h.
 
 ## Test results, segmentation (never used for any choice)
 Mean Dice / IoU etc. per PraNet's toolbox (mean over 256 thresholds); Dice@0.5 at a fixed 0.5 threshold;
@@ -141,11 +173,17 @@ HD95 in pixels at the mask's resolution.
 {heldout}
 ## Attribute heads
 {chr(10).join(head_section(h, v) for h, v in heads.items()) if heads else "None."}
-Fibrosis (Matsumoto F0/F1/F2) and lift (adequate / partial / non-lifting): {"" if {"fibrosis", "lift"} & set(heads)
-else "no head: no public dataset labels them, so the report says 'not available: no validated model'."}
+Fibrosis (Matsumoto F0/F1/F2) and lift (adequate / partial / non-lifting): {
+            ""
+            if {"fibrosis", "lift"} & set(heads)
+            else "no head: no public dataset labels them, so the report says 'not available: no validated model'."
+        }
 
 ## Known limits
-""" + "\n".join(f"- {x}" for x in (card.known_limits or LIMITS)) + "\n"
+"""
+        + "\n".join(f"- {x}" for x in (card.known_limits or LIMITS))
+        + "\n"
+    )
 
 
 def write_outputs(dst: str, model: torch.nn.Module, card: ModelCard) -> None:
@@ -166,45 +204,68 @@ def add_heads(a: argparse.Namespace) -> None:
     new = model.state_dict()
     changed = [k for k in ref if not torch.equal(ref[k].half().float(), new[k].half().float())]
     if changed or set(ref) - set(new):
-        raise UserError(f"{a.add_heads}: its segmenter differs from {a.dst}'s ({(changed or ['missing keys'])[0]}); "
-                        "train the heads with trainer.init_from=<the shipped checkpoint> trainer.freeze=segmentation")
+        raise UserError(
+            f"{a.add_heads}: its segmenter differs from {a.dst}'s ({(changed or ['missing keys'])[0]}); "
+            "train the heads with trainer.init_from=<the shipped checkpoint> trainer.freeze=segmentation"
+        )
     results = json.loads(Path(a.metrics).read_text())["results"] if a.metrics else {}
     card = base  # the shipped segmenter's card, its heads replaced by the new run's
     card.model = dict(base.model, **{k: v for k, v in head_card.model.items() if k != "weights"})
     card.heads = head_card.heads
     for h, info in card.heads.items():
-        info.training = {"command": f"python train.py experiment={head_card.training['config']['name']}",
-                         "epoch": head_card.epoch, "git_commit": head_card.git_commit,
-                         "frozen_from": head_card.segmentation.get("frozen_from"),
-                         "wall_hours": a.wall_hours, "config": head_card.training["config"]}
-        info.test = {name: {k: v for k, v in r["heads"][h].items() if k not in ("classes", "kind")}
-                     | {"frame": {k: v for k, v in r["heads"][h]["frame"].items() if k != "reliability"}}
-                     for name, r in results.items() if h in (r.get("heads") or {})}
+        info.training = {
+            "command": f"python train.py experiment={head_card.training['config']['name']}",
+            "epoch": head_card.epoch,
+            "git_commit": head_card.git_commit,
+            "frozen_from": head_card.segmentation.get("frozen_from"),
+            "wall_hours": a.wall_hours,
+            "config": head_card.training["config"],
+        }
+        info.test = {
+            name: {k: v for k, v in r["heads"][h].items() if k not in ("classes", "kind")}
+            | {"frame": {k: v for k, v in r["heads"][h]["frame"].items() if k != "reliability"}}
+            for name, r in results.items()
+            if h in (r.get("heads") or {})
+        }
     for name, r in results.items():  # the segmentation must still score as shipped
         seg, old = r.get("segmentation"), base.test_results.get(name)
         # bit-identical weights; only float summation order may differ between runs (measured: <= 1e-6)
         if seg and old and abs(seg["dice@0.5"] - old["dice@0.5"]) > 1e-5:
-            raise UserError(f"{a.metrics}: {name} Dice@0.5 {seg['dice@0.5']:.6f} differs from the shipped "
-                            f"{old['dice@0.5']:.6f}: evaluate the exported checkpoint with the same settings")
+            raise UserError(
+                f"{a.metrics}: {name} Dice@0.5 {seg['dice@0.5']:.6f} differs from the shipped "
+                f"{old['dice@0.5']:.6f}: evaluate the exported checkpoint with the same settings"
+            )
     card.parameters = sum(p.numel() for p in model.parameters())
-    card.intended_use = INTENDED_USE + " " + " ".join(
-        f"The '{h}' estimate answers a research proxy question ({info.label_definition or h}); it is not a "
-        "fibrosis or lift estimate." for h, info in card.heads.items())
-    card.known_limits = [x for x in (base.known_limits or LIMITS)
-                         if not x.startswith(("No fibrosis or lift", "small_sessile is"))] + [
+    card.intended_use = (
+        INTENDED_USE
+        + " "
+        + " ".join(
+            f"The '{h}' estimate answers a research proxy question ({info.label_definition or h}); it is not a "
+            "fibrosis or lift estimate."
+            for h, info in card.heads.items()
+        )
+    )
+    card.known_limits = [
+        x for x in (base.known_limits or LIMITS) if not x.startswith(("No fibrosis or lift", "small_sessile is"))
+    ] + [
         "No fibrosis or lift head: no public dataset labels them. Train them on your own labels (README).",
         "small_sessile is a real label of a proxy task (Kvasir-Sessile morphology), trained and tested on Kvasir-SEG "
-        "images only: it says nothing about fibrosis or lift, and CVC-ClinicDB frames were never labelled for it."]
+        "images only: it says nothing about fibrosis or lift, and CVC-ClinicDB frames were never labelled for it.",
+    ]
     write_outputs(a.dst, model, card)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--src", default=None, help="a full training run's checkpoint (segmenter export)")
     ap.add_argument("--add-heads", default=None, help="a heads-only run's checkpoint, trained on --dst's segmenter")
     ap.add_argument("--dst", required=True)
-    ap.add_argument("--metrics", default=None, help="evaluate.py's metrics.json of the exported checkpoint "
-                    "(export once without it, evaluate the exported weights, export again with it)")
+    ap.add_argument(
+        "--metrics",
+        default=None,
+        help="evaluate.py's metrics.json of the exported checkpoint "
+        "(export once without it, evaluate the exported weights, export again with it)",
+    )
     ap.add_argument("--train-log", default=None, help="train.py's metrics.csv (segmenter export)")
     ap.add_argument("--wall-hours", type=float, default=None, help="training wall time (with --src/--add-heads)")
     ap.add_argument("--onnx", action="store_true", help="export --dst's checkpoint to DST.onnx (models/onnx.py)")
@@ -212,7 +273,7 @@ def main() -> None:
     ap.add_argument("--calibration", default=None, help="with --onnx-int8: a folder of images to calibrate on")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads training used (default: from the card)")
     ap.add_argument("--notes", default="")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     if a.onnx or a.onnx_int8:
         from data.io import list_images
         from models.onnx import export_onnx, quantize_int8
@@ -236,12 +297,20 @@ def main() -> None:
     card.extra["trained_git_commit"] = card.git_commit
     threads = a.threads or card.training.get("threads") or torch.get_num_threads()
     card.name, card.intended_use, card.known_limits = Path(a.dst).name, INTENDED_USE, LIMITS
-    card.licence = {"weights": "research and education only (inherits Kvasir-SEG and CVC-ClinicDB terms)",
-                    "code": "Apache-2.0"}
-    card.test_results = {k: {m: v["segmentation"][m] for m in SEG_KEYS} for k, v in results.items()
-                         if v.get("segmentation")}
-    card.compute = {"hardware": cpu_name(), "threads": threads, "wall_hours": a.wall_hours, "epochs": len(log),
-                    "precision": card.training["precision"]}
+    card.licence = {
+        "weights": "research and education only (inherits Kvasir-SEG and CVC-ClinicDB terms)",
+        "code": "Apache-2.0",
+    }
+    card.test_results = {
+        k: {m: v["segmentation"][m] for m in SEG_KEYS} for k, v in results.items() if v.get("segmentation")
+    }
+    card.compute = {
+        "hardware": cpu_name(),
+        "threads": threads,
+        "wall_hours": a.wall_hours,
+        "epochs": len(log),
+        "precision": card.training["precision"],
+    }
     card.parameters, card.weights_dtype = sum(p.numel() for p in model.parameters()), "float16"
     card.extra["source_checkpoint"], card.notes = str(a.src), a.notes
     write_outputs(a.dst, model, card)

@@ -21,10 +21,12 @@ plus the predicted lesion's area fraction and mean probability (size matters cli
 when configured, clinical covariates known before resection (``inputs: covariates | fused``). Missing covariates
 (NaN) become 0 after standardisation plus a missing-indicator input, so a case without a value is still scored.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,8 +58,9 @@ def parse_heads(heads: Mapping[str, Any] | None) -> dict[str, HeadSpec]:
         if isinstance(value, Mapping):
             unknown = set(value) - {"classes", "kind", "class_weights"}
             if unknown:
-                raise UserError(f"model.heads.{name}: unknown keys {sorted(unknown)} "
-                                "(use classes, kind, class_weights)")
+                raise UserError(
+                    f"model.heads.{name}: unknown keys {sorted(unknown)} (use classes, kind, class_weights)"
+                )
             classes, kind = value.get("classes"), value.get("kind")
             weights = value.get("class_weights")
         else:
@@ -69,8 +72,9 @@ def parse_heads(heads: Mapping[str, Any] | None) -> dict[str, HeadSpec]:
             raise UserError(f"model.heads.{name}.kind '{kind}' is unknown: use ordinal or nominal")
         if weights is not None and (len(weights) != len(classes) or any(float(w) <= 0 for w in weights)):
             raise UserError(f"model.heads.{name}.class_weights must be {len(classes)} positive numbers, got {weights}")
-        out[name] = HeadSpec(tuple(str(c) for c in classes), kind,
-                             tuple(float(w) for w in weights) if weights is not None else None)
+        out[name] = HeadSpec(
+            tuple(str(c) for c in classes), kind, tuple(float(w) for w in weights) if weights is not None else None
+        )
     return out
 
 
@@ -81,12 +85,13 @@ def head_classes(heads: Mapping[str, Any] | None) -> dict[str, list[str]]:
 
 # --- outputs -> probabilities ------------------------------------------------------------------------------------
 
+
 def head_probabilities(logits: torch.Tensor, kind: str, temperature: float = 1.0) -> torch.Tensor:
     """B x m logits -> B x K class probabilities (rows sum to 1). ``temperature`` > 1 softens (calibration)."""
     z = logits.float() / temperature
     if kind == "nominal":
         return torch.softmax(z, dim=1)
-    cum = torch.cumprod(torch.sigmoid(z), dim=1)              # P(y > k), k = 0..K-2, non-increasing
+    cum = torch.cumprod(torch.sigmoid(z), dim=1)  # P(y > k), k = 0..K-2, non-increasing
     ones, zeros = torch.ones_like(cum[:, :1]), torch.zeros_like(cum[:, :1])
     upper = torch.cat([ones, cum], dim=1)
     lower = torch.cat([cum, zeros], dim=1)
@@ -112,8 +117,9 @@ def expected_grade(probs: np.ndarray) -> np.ndarray:
     return probs @ np.arange(probs.shape[1], dtype=np.float64)
 
 
-def aggregate_case(probs: np.ndarray, informative: np.ndarray, *, min_frames: int = 3,
-                   min_confidence: float = 0.0) -> dict[str, Any]:
+def aggregate_case(
+    probs: np.ndarray, informative: np.ndarray, *, min_frames: int = 3, min_confidence: float = 0.0
+) -> dict[str, Any]:
     """Frames of one case/video -> one estimate.
 
     probs: N x K calibrated frame probabilities; informative: N bool (a lesion is visible and the frame is not
@@ -123,14 +129,19 @@ def aggregate_case(probs: np.ndarray, informative: np.ndarray, *, min_frames: in
     """
     informative = np.asarray(informative, bool)
     if len(informative) == 0:
-        return {"probs": None, "index": None, "confidence": None, "frames": 0, "abstain": True,
-                "reason": "no frames"}
+        return {"probs": None, "index": None, "confidence": None, "frames": 0, "abstain": True, "reason": "no frames"}
     probs = np.asarray(probs, dtype=np.float64).reshape(len(informative), -1)
     sel = probs[informative]
     n = len(sel)
     if n == 0:
-        return {"probs": None, "index": None, "confidence": None, "frames": 0, "abstain": True,
-                "reason": "no informative frame (no visible lesion, or every frame blurry / over-exposed)"}
+        return {
+            "probs": None,
+            "index": None,
+            "confidence": None,
+            "frames": 0,
+            "abstain": True,
+            "reason": "no informative frame (no visible lesion, or every frame blurry / over-exposed)",
+        }
     mean = sel.mean(axis=0)
     k = int(mean.argmax())
     out = {"probs": mean, "index": k, "confidence": float(mean[k]), "frames": n, "abstain": False, "reason": None}
@@ -143,12 +154,22 @@ def aggregate_case(probs: np.ndarray, informative: np.ndarray, *, min_frames: in
 
 # --- the head module ---------------------------------------------------------------------------------------------
 
+
 class AttributeHead(nn.Module):
     """features: encoder levels (deepest last), mask_logits: B x 1 x H x W, covariates: B x n_cov (NaN = missing)
     -> B x n_outputs logits. See the module doc for what is pooled and why."""
 
-    def __init__(self, in_channels: Sequence[int], n_outputs: int, *, n_covariates: int = 0, inputs: str = "image",
-                 hidden: int = 128, dropout: float = 0.2, ring_fraction: float = 0.08) -> None:
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        n_outputs: int,
+        *,
+        n_covariates: int = 0,
+        inputs: str = "image",
+        hidden: int = 128,
+        dropout: float = 0.2,
+        ring_fraction: float = 0.08,
+    ) -> None:
         super().__init__()
         if inputs not in INPUTS:
             raise UserError(f"model.head_inputs '{inputs}' is unknown: use one of {list(INPUTS)}")
@@ -162,8 +183,12 @@ class AttributeHead(nn.Module):
         # covariate standardisation, set from the training data (models.heads.set_covariate_stats) and saved
         self.register_buffer("cov_mean", torch.zeros(n_covariates))
         self.register_buffer("cov_std", torch.ones(n_covariates))
-        self.mlp = nn.Sequential(nn.Linear(image_dim + cov_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
-                                 nn.Linear(hidden, n_outputs))
+        self.mlp = nn.Sequential(
+            nn.Linear(image_dim + cov_dim, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, n_outputs),
+        )
 
     def region_weights(self, mask_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Soft lesion and ring weights (B x 1 x h x w at a quarter of the mask's resolution)."""
@@ -176,13 +201,15 @@ class AttributeHead(nn.Module):
     def image_vector(self, features: Sequence[torch.Tensor], mask_logits: torch.Tensor) -> torch.Tensor:
         lesion, ring = self.region_weights(mask_logits)
         parts = []
-        for f in features[-len(self.in_channels):]:
+        for f in features[-len(self.in_channels) :]:
             f = f.float()
             size = f.shape[-2:]
             wl, wr = F.adaptive_avg_pool2d(lesion, size), F.adaptive_avg_pool2d(ring, size)
-            parts += [f.mean(dim=(2, 3)),
-                      (f * wl).sum(dim=(2, 3)) / wl.sum(dim=(2, 3)).clamp_min(1e-3),
-                      (f * wr).sum(dim=(2, 3)) / wr.sum(dim=(2, 3)).clamp_min(1e-3)]
+            parts += [
+                f.mean(dim=(2, 3)),
+                (f * wl).sum(dim=(2, 3)) / wl.sum(dim=(2, 3)).clamp_min(1e-3),
+                (f * wr).sum(dim=(2, 3)) / wr.sum(dim=(2, 3)).clamp_min(1e-3),
+            ]
         area = lesion.mean(dim=(1, 2, 3))
         inside = (lesion * lesion).sum(dim=(1, 2, 3)) / lesion.sum(dim=(1, 2, 3)).clamp_min(1e-3)
         parts.append(torch.stack([area, inside], dim=1))
@@ -197,8 +224,9 @@ class AttributeHead(nn.Module):
         z = torch.where(missing, torch.zeros_like(covariates), (covariates - self.cov_mean) / self.cov_std)
         return torch.cat([z, missing.float()], dim=1)
 
-    def forward(self, features: Sequence[torch.Tensor], mask_logits: torch.Tensor,
-                covariates: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, features: Sequence[torch.Tensor], mask_logits: torch.Tensor, covariates: torch.Tensor | None = None
+    ) -> torch.Tensor:
         parts = []
         if self.norm is not None:
             parts.append(self.norm(self.image_vector(features, mask_logits)))

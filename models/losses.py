@@ -1,5 +1,6 @@
 """Segmentation and head losses. A loss returns a dict of named terms plus ``total``
 (docs/ARCHITECTURE.md, house rule 4)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -56,9 +57,17 @@ class EndoLoss(nn.Module):
     segmentation: False leaves the segmentation terms out (a frozen segmenter).
     """
 
-    def __init__(self, kind: str = "structure", head_weight: float = 0.5, label_smoothing: float = 0.0, *,
-                 heads: dict[str, Any] | None = None, min_lesion_fraction: float = 0.0,
-                 uninformative_weight: float = 1.0, segmentation: bool = True) -> None:
+    def __init__(
+        self,
+        kind: str = "structure",
+        head_weight: float = 0.5,
+        label_smoothing: float = 0.0,
+        *,
+        heads: dict[str, Any] | None = None,
+        min_lesion_fraction: float = 0.0,
+        uninformative_weight: float = 1.0,
+        segmentation: bool = True,
+    ) -> None:
         super().__init__()
         from models.heads import parse_heads
 

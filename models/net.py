@@ -1,4 +1,5 @@
 """EndoNet: an smp encoder-decoder plus configured attribute heads; ``forward`` returns a dict keyed by head."""
+
 from __future__ import annotations
 
 import torch
@@ -25,14 +26,14 @@ class EndoNet(nn.Module):
         self.heads = nn.ModuleDict(heads or {})
         self.segmentation_frozen = False
 
-    def freeze_segmentation(self) -> "EndoNet":
+    def freeze_segmentation(self) -> EndoNet:
         self.segmentation_frozen = True
         for p in self.seg.parameters():
             p.requires_grad_(False)
         self.seg.eval()
         return self
 
-    def train(self, mode: bool = True) -> "EndoNet":
+    def train(self, mode: bool = True) -> EndoNet:
         super().train(mode)
         if self.segmentation_frozen:
             self.seg.eval()

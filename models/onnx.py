@@ -10,6 +10,7 @@ them into class probabilities). The checkpoint's ``save_id`` is stored in the fi
 longer matches its checkpoint is refused. This is the layout TensorRT and NVIDIA Holoscan's inference operators
 take (NCHW float input, named outputs); see README "Deploying with ONNX".
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -63,11 +64,20 @@ def export_onnx(stem: str | Path, *, batch: int = 2) -> Path:
         names.append("covariates")
         dims["covariates"] = {0: dims["image"][0]}
     out = onnx_path(stem)
-    program = torch.onnx.export(wrapped, args, input_names=names, output_names=["mask", *heads],
-                                dynamic_shapes=dims, opset_version=OPSET, dynamo=True, verbose=False)
+    program = torch.onnx.export(
+        wrapped,
+        args,
+        input_names=names,
+        output_names=["mask", *heads],
+        dynamic_shapes=dims,
+        opset_version=OPSET,
+        dynamo=True,
+        verbose=False,
+    )
     proto = program.model_proto
-    onnx.helper.set_model_props(proto, {"endolift_save_id": str(card.save_id), "endolift_name": card.name,
-                                        "endolift_input_size": str(s)})
+    onnx.helper.set_model_props(
+        proto, {"endolift_save_id": str(card.save_id), "endolift_name": card.name, "endolift_input_size": str(s)}
+    )
     with atomic_write(out) as tmp:
         onnx.save_model(proto, str(tmp), save_as_external_data=False)
     return out
@@ -86,8 +96,10 @@ def quantize_int8(stem: str | Path, calibration: list[Path], *, batch: int = 8) 
     card = read_card(stem)
     s = card.input.size
     images = [cv2.resize(read_image(p), (s, s), interpolation=cv2.INTER_AREA) for p in calibration]
-    batches = [normalise_batch(images[i:i + batch], mean=card.input.mean, std=card.input.std).numpy()
-               for i in range(0, len(images), batch)]
+    batches = [
+        normalise_batch(images[i : i + batch], mean=card.input.mean, std=card.input.std).numpy()
+        for i in range(0, len(images), batch)
+    ]
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -104,8 +116,15 @@ def quantize_int8(stem: str | Path, calibration: list[Path], *, batch: int = 8) 
 
     out = onnx_path(stem, int8=True)
     with atomic_write(out) as tmp:
-        quantize_static(str(onnx_path(stem)), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+        quantize_static(
+            str(onnx_path(stem)),
+            str(tmp),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+        )
     return out
 
 
@@ -134,7 +153,10 @@ class OrtModel:
     def __call__(self, image: torch.Tensor, covariates: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         feed = {"image": image.detach().float().contiguous().cpu().numpy()}
         if self.n_cov:
-            feed["covariates"] = (covariates.detach().float().cpu().numpy() if covariates is not None
-                                  else np.full((image.shape[0], self.n_cov), np.nan, np.float32))
+            feed["covariates"] = (
+                covariates.detach().float().cpu().numpy()
+                if covariates is not None
+                else np.full((image.shape[0], self.n_cov), np.nan, np.float32)
+            )
         outs = self.session.run(None, feed)
         return {name: torch.from_numpy(o) for name, o in zip(["mask", *self.heads], outs)}

@@ -1,10 +1,12 @@
 """Inference on frames of any size: resize to the checkpoint's input, batch, autocast, optional flip TTA, and
 probabilities back at the input resolution. Usable from a notebook: Predictor.from_checkpoint(path)."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -41,15 +43,23 @@ def fold_batchnorm(model: torch.nn.Module) -> int:
 
 @dataclass
 class Prediction:
-    prob: np.ndarray                     # H x W float32 lesion probability at the input resolution
-    heads: dict[str, np.ndarray]         # head -> class probabilities (K,), temperature-scaled per the card
+    prob: np.ndarray  # H x W float32 lesion probability at the input resolution
+    heads: dict[str, np.ndarray]  # head -> class probabilities (K,), temperature-scaled per the card
     head_logits: dict[str, np.ndarray] = field(default_factory=dict)  # head -> raw outputs (m,), before scaling
-    resized: np.ndarray | None = None    # the S x S x 3 frame the model saw (with full_size=False)
+    resized: np.ndarray | None = None  # the S x S x 3 frame the model saw (with full_size=False)
 
 
 class Predictor:
-    def __init__(self, model: Any, card: ModelCard, *, device: torch.device,
-                 precision: str = "fp32", tta: bool = False, channels_last: bool = True) -> None:
+    def __init__(
+        self,
+        model: Any,
+        card: ModelCard,
+        *,
+        device: torch.device,
+        precision: str = "fp32",
+        tta: bool = False,
+        channels_last: bool = True,
+    ) -> None:
         """model: an EndoNet, or a models.onnx.OrtModel (ONNX Runtime; fp32 on the CPU, no autocast)."""
         self.onnx = not isinstance(model, torch.nn.Module)
         if self.onnx:
@@ -73,8 +83,15 @@ class Predictor:
             self.model = self.model.to(memory_format=torch.channels_last)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, *, device: str = "auto", precision: str = "auto",
-                        tta: bool = False, backend: str = "torch") -> "Predictor":
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        tta: bool = False,
+        backend: str = "torch",
+    ) -> Predictor:
         """precision 'auto': bf16 on CPU (AMX makes it 2-4x faster), fp16 on CUDA, fp32 on MPS.
         backend 'onnxruntime' runs NAME.onnx beside the checkpoint (python -m models.export --onnx)."""
         if backend in ("onnxruntime", "onnxruntime-int8"):
@@ -82,8 +99,13 @@ class Predictor:
             from models.onnx import OrtModel
 
             card = read_card(path)
-            return cls(OrtModel(path, card, int8=backend.endswith("int8")), card, device=torch.device("cpu"),
-                       precision="fp32", tta=tta)
+            return cls(
+                OrtModel(path, card, int8=backend.endswith("int8")),
+                card,
+                device=torch.device("cpu"),
+                precision="fp32",
+                tta=tta,
+            )
         if backend != "torch":
             raise UserError(f"backend '{backend}' is unknown: use torch, onnxruntime or onnxruntime-int8")
         dev = pick_device(device)
@@ -93,8 +115,14 @@ class Predictor:
         return cls(model, card, device=dev, precision=precision, tta=tta)
 
     @torch.no_grad()
-    def predict(self, images: Sequence[np.ndarray], covariates: np.ndarray | None = None, *,
-                full_size: bool = True, resized: Sequence[np.ndarray] | None = None) -> list[Prediction]:
+    def predict(
+        self,
+        images: Sequence[np.ndarray],
+        covariates: np.ndarray | None = None,
+        *,
+        full_size: bool = True,
+        resized: Sequence[np.ndarray] | None = None,
+    ) -> list[Prediction]:
         """images: H x W x 3 uint8 RGB frames (sizes may differ) -> one Prediction each.
 
         covariates: B x n clinical covariates in the card's ``model.covariates`` order (NaN = missing), or None
@@ -107,12 +135,18 @@ class Predictor:
             return []
         cov = None
         if self.covariates:
-            cov = torch.full((len(images), len(self.covariates)), float("nan")) if covariates is None else \
-                torch.as_tensor(np.asarray(covariates, dtype=np.float32)).reshape(len(images), -1)
+            cov = (
+                torch.full((len(images), len(self.covariates)), float("nan"))
+                if covariates is None
+                else torch.as_tensor(np.asarray(covariates, dtype=np.float32)).reshape(len(images), -1)
+            )
             cov = cov.to(self.device)
         s = self.size
-        small = list(resized) if resized is not None else \
-            [cv2.resize(im, (s, s), interpolation=cv2.INTER_AREA) for im in images]
+        small = (
+            list(resized)
+            if resized is not None
+            else [cv2.resize(im, (s, s), interpolation=cv2.INTER_AREA) for im in images]
+        )
         batch = normalise_batch(small, mean=self.mean, std=self.std).to(self.device)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
@@ -125,21 +159,37 @@ class Predictor:
                 logits = (logits + torch.flip(flipped["mask"].float(), dims=[3])) / 2
                 head_logits = {h: (head_logits[h] + flipped[h].float()) / 2 for h in self.heads}
         probs = torch.sigmoid(logits)
-        head_probs = {h: head_probabilities(v, self.kinds[h], self.temperatures[h]).cpu().numpy()
-                      for h, v in head_logits.items()}
+        head_probs = {
+            h: head_probabilities(v, self.kinds[h], self.temperatures[h]).cpu().numpy() for h, v in head_logits.items()
+        }
         raw = {h: v.cpu().numpy() for h, v in head_logits.items()}
         results = []
         for i, im in enumerate(images):
-            p = F.interpolate(probs[i: i + 1], size=im.shape[:2], mode="bilinear", align_corners=False)[0, 0] \
-                if full_size else probs[i, 0]
-            results.append(Prediction(p.cpu().numpy().astype(np.float32), {h: v[i] for h, v in head_probs.items()},
-                                      {h: v[i] for h, v in raw.items()}, None if full_size else small[i]))
+            p = (
+                F.interpolate(probs[i : i + 1], size=im.shape[:2], mode="bilinear", align_corners=False)[0, 0]
+                if full_size
+                else probs[i, 0]
+            )
+            results.append(
+                Prediction(
+                    p.cpu().numpy().astype(np.float32),
+                    {h: v[i] for h, v in head_probs.items()},
+                    {h: v[i] for h, v in raw.items()},
+                    None if full_size else small[i],
+                )
+            )
         return results
 
 
-def predict_records(predictor: Predictor, records: Sequence[Any], *, batch_size: int = 8,
-                    min_lesion_fraction: float = 0.002, progress: str | None = None,
-                    on_frame: Any = None) -> list[dict[str, Any]]:
+def predict_records(
+    predictor: Predictor,
+    records: Sequence[Any],
+    *,
+    batch_size: int = 8,
+    min_lesion_fraction: float = 0.002,
+    progress: str | None = None,
+    on_frame: Any = None,
+) -> list[dict[str, Any]]:
     """Run the model over data records (data.datasets.Record) -> one row per record for metrics.heads:
     id, group, labels, raw head outputs, calibrated probabilities, predicted lesion area fraction, informative.
 
@@ -152,17 +202,28 @@ def predict_records(predictor: Predictor, records: Sequence[Any], *, batch_size:
 
     rows = []
     for i in tqdm(range(0, len(records), batch_size), desc=progress, leave=False, disable=progress is None):
-        chunk = records[i: i + batch_size]
+        chunk = records[i : i + batch_size]
         samples = [load_raw(r, predictor.heads) for r in chunk]
-        cov = np.array([[r.covariates.get(c, np.nan) for c in predictor.covariates] for r in chunk], np.float32) \
-            if predictor.covariates else None
+        cov = (
+            np.array([[r.covariates.get(c, np.nan) for c in predictor.covariates] for r in chunk], np.float32)
+            if predictor.covariates
+            else None
+        )
         for r, s, p in zip(chunk, samples, predictor.predict([s["image"] for s in samples], cov)):
             area = float((p.prob >= 0.5).mean())
-            rows.append({"id": r.id, "group": r.group, "labels": dict(s["labels"]),
-                         "logits": {h: v.tolist() for h, v in p.head_logits.items()},
-                         "probs": {h: v.tolist() for h, v in p.heads.items()}, "area_fraction": area,
-                         "informative": is_informative(area, poor_quality(s["image"]),
-                                                       min_lesion_fraction=min_lesion_fraction)})
+            rows.append(
+                {
+                    "id": r.id,
+                    "group": r.group,
+                    "labels": dict(s["labels"]),
+                    "logits": {h: v.tolist() for h, v in p.head_logits.items()},
+                    "probs": {h: v.tolist() for h, v in p.heads.items()},
+                    "area_fraction": area,
+                    "informative": is_informative(
+                        area, poor_quality(s["image"]), min_lesion_fraction=min_lesion_fraction
+                    ),
+                }
+            )
             if on_frame is not None:
                 on_frame(r, s, p)
     return rows

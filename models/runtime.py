@@ -1,4 +1,5 @@
 """Device, precision and distributed set-up shared by the entry scripts (typed arguments, no Hydra)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -68,8 +69,9 @@ def init_distributed() -> tuple[int, int, int]:
     return torch.distributed.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), world
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int = 0,
-                  min_lr_ratio: float = 0.01) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.01
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over ``warmup_steps`` then cosine decay to ``min_lr_ratio`` x lr at ``total_steps``."""
 
     def factor(step: int) -> float:

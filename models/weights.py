@@ -1,9 +1,10 @@
 """Local ImageNet initialisation for encoders. Nothing is ever downloaded: a missing file is a clear error."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -29,15 +30,18 @@ def search_dirs(extra: Sequence[str | Path] = ()) -> list[Path]:
     return dirs
 
 
-def resolve_weights(encoder: str, weights: str | None, *, weights_path: str | None = None,
-                    weights_dirs: Sequence[str | Path] = ()) -> Path | None:
+def resolve_weights(
+    encoder: str, weights: str | None, *, weights_path: str | None = None, weights_dirs: Sequence[str | Path] = ()
+) -> Path | None:
     """Return the local file for ``weights`` ('imagenet', a path, or None for random init)."""
     if weights in (None, "", "none", "None"):
         return None
     if weights != "imagenet":
         p = Path(weights)
         if not p.is_file():
-            raise UserError(f"model.weights file not found: {p} (give a path to a .pth/.safetensors, 'imagenet' or null)")
+            raise UserError(
+                f"model.weights file not found: {p} (give a path to a .pth/.safetensors, 'imagenet' or null)"
+            )
         return p
     if weights_path:
         p = Path(weights_path)
@@ -74,8 +78,10 @@ def load_encoder_weights(encoder: nn.Module, path: Path) -> int:
     own = encoder.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if len(matched) < 0.9 * len(own):
-        raise UserError(f"{path} does not fit this encoder: only {len(matched)}/{len(own)} tensors match "
-                        "(wrong file for model.encoder?)")
+        raise UserError(
+            f"{path} does not fit this encoder: only {len(matched)}/{len(own)} tensors match "
+            "(wrong file for model.encoder?)"
+        )
     own.update(matched)
     nn.Module.load_state_dict(encoder, own, strict=True)
     return len(matched)

@@ -1,5 +1,6 @@
 """Turn a probability map into what a reviewer reads: lesions with boxes and contours.
 (Frame quality, blur and glare, is in data/quality.py.)"""
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,13 +23,21 @@ def lesions(prob: np.ndarray, mask: np.ndarray, *, max_points: int = 64) -> list
             c = cv2.approxPolyDP(c, eps, True)
             eps *= 1.5
         x, y, w, h, area = (int(v) for v in stats[i])
-        out.append({"bbox": [x, y, w, h], "area_px": area, "mean_prob": round(float(prob[comp].mean()), 4),
-                    "max_prob": round(float(prob[comp].max()), 4), "contour": c.reshape(-1, 2).tolist()})
+        out.append(
+            {
+                "bbox": [x, y, w, h],
+                "area_px": area,
+                "mean_prob": round(float(prob[comp].mean()), 4),
+                "max_prob": round(float(prob[comp].max()), 4),
+                "contour": c.reshape(-1, 2).tolist(),
+            }
+        )
     return sorted(out, key=lambda d: -d["area_px"])
 
 
-def clean_mask(prob: np.ndarray, area: np.ndarray, *, threshold: float = 0.5, min_area_fraction: float = 0.002
-               ) -> np.ndarray:
+def clean_mask(
+    prob: np.ndarray, area: np.ndarray, *, threshold: float = 0.5, min_area_fraction: float = 0.002
+) -> np.ndarray:
     """Threshold inside the field of view and drop specks smaller than ``min_area_fraction`` of the field."""
     mask = ((prob >= threshold) & (area > 0)).astype(np.uint8)
     min_px = min_area_fraction * max(1, int(area.sum()))

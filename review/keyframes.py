@@ -5,6 +5,7 @@ whenever more than ``2 * k`` bins hold a frame the bin width doubles and neighbo
 frame. So at most ``2 * k`` frames are ever held, for a 10-second clip or a 3-hour procedure alike, and the result
 is spread over the whole video.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -43,7 +44,8 @@ class KeyFrames:
         weaker one goes (spread over the video first, then the most lesion-like)."""
         items = sorted(self.bins.values(), key=lambda t: t[1])
         while len(items) > max(0, self.k):
-            j = min(range(len(items) - 1), key=lambda i: (items[i + 1][1] - items[i][1],
-                                                           min(items[i][0], items[i + 1][0])))
+            j = min(
+                range(len(items) - 1), key=lambda i: (items[i + 1][1] - items[i][1], min(items[i][0], items[i + 1][0]))
+            )
             items.pop(j if items[j][0] < items[j + 1][0] else j + 1)
         return items

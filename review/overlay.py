@@ -1,13 +1,14 @@
 """Draw one overlay frame: a pure function of the frame and what the model said (docs/ARCHITECTURE.md, house rule 7)."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
-FILL = (0, 220, 120)       # RGB: lesion fill, translucent
-EDGE = (255, 255, 0)       # RGB: lesion contour, crisp
+FILL = (0, 220, 120)  # RGB: lesion fill, translucent
+EDGE = (255, 255, 0)  # RGB: lesion contour, crisp
 TEXT = (255, 255, 255)
 
 
@@ -22,8 +23,16 @@ def _text(img: np.ndarray, text: str, org: tuple[int, int], scale: float, colour
     cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, th, cv2.LINE_AA)
 
 
-def render_overlay(image: np.ndarray, mask: np.ndarray, *, lesion_prob: float, time_s: float | None = None,
-                   head_lines: Sequence[str] = (), alpha: float = 0.35, legend: bool = True) -> np.ndarray:
+def render_overlay(
+    image: np.ndarray,
+    mask: np.ndarray,
+    *,
+    lesion_prob: float,
+    time_s: float | None = None,
+    head_lines: Sequence[str] = (),
+    alpha: float = 0.35,
+    legend: bool = True,
+) -> np.ndarray:
     """image: H x W x 3 uint8 RGB; mask: H x W 0/1. Returns a new H x W x 3 uint8 RGB frame.
 
     Draws a translucent fill and a crisp contour of the lesion, the lesion confidence, the time code, a legend,
@@ -34,11 +43,12 @@ def render_overlay(image: np.ndarray, mask: np.ndarray, *, lesion_prob: float, t
     m8 = mask.astype(np.uint8, copy=False)
     x, y, bw, bh = cv2.boundingRect(m8)  # all the per-pixel work happens inside the lesions' box
     if bw and bh:
-        roi = out[y:y + bh, x:x + bw]
+        roi = out[y : y + bh, x : x + bw]
         tinted = cv2.addWeighted(roi, 1 - alpha, np.full_like(roi, FILL), alpha, 0)
-        np.copyto(roi, tinted, where=m8[y:y + bh, x:x + bw, None].astype(bool))
-        contours, _ = cv2.findContours(m8[y:y + bh, x:x + bw], cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE,
-                                       offset=(x, y))
+        np.copyto(roi, tinted, where=m8[y : y + bh, x : x + bw, None].astype(bool))
+        contours, _ = cv2.findContours(
+            m8[y : y + bh, x : x + bw], cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE, offset=(x, y)
+        )
         cv2.drawContours(out, contours, -1, EDGE, max(1, round(min(h, w) / 200)), cv2.LINE_AA)
     scale = max(0.35, min(h, w) / 700)
     line = int(28 * scale / 0.7)

@@ -3,13 +3,15 @@
 Every file is written under a temporary name and renamed when complete, so a crash never leaves a half-written
 output. Bad frames or files are skipped, listed in ``errors.jsonl`` and reported; the rest is still processed.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
@@ -34,27 +36,27 @@ from review.stream import OrderedWorker, prefetch
 class ReviewOptions:
     batch_size: int = 8
     threshold: float = 0.5
-    smoothing: float = 0.6            # EMA weight of the newest frame in videos; 1.0 = off
+    smoothing: float = 0.6  # EMA weight of the newest frame in videos; 1.0 = off
     min_area_fraction: float = 0.002  # drop predicted specks smaller than this fraction of the field of view
-    scope_mask: bool = True           # ignore predictions outside the endoscope's field of view
-    scope_every: int = 30             # re-detect the field of view every N video frames
-    deidentify: bool = False          # blur outside the field of view in every written image/video
+    scope_mask: bool = True  # ignore predictions outside the endoscope's field of view
+    scope_every: int = 30  # re-detect the field of view every N video frames
+    deidentify: bool = False  # blur outside the field of view in every written image/video
     overlay: bool = True
     write_probs: bool = True
     report: bool = True
-    frames_fps: float = 25.0          # frame rate given to a folder of frames treated as a video
+    frames_fps: float = 25.0  # frame rate given to a folder of frames treated as a video
     crf: int = 23
     key_frames: int = 6
     overlay_size: tuple[int, int] | list[int] | None = None  # [width, height] of the overlay video; None = input
-    min_informative_frames: int = 3   # a video's head estimate abstains with fewer informative frames ...
-    abstain_below: float = 0.6        # ... or when its aggregated confidence is below this
+    min_informative_frames: int = 3  # a video's head estimate abstains with fewer informative frames ...
+    abstain_below: float = 0.6  # ... or when its aggregated confidence is below this
     covariates: dict[str, float] | None = None  # the case's clinical covariates (heads that read them); None = unknown
-    streaming: bool = True            # videos: decode / model / render+encode overlap in threads (review/stream.py)
-    png_level: int = 1                # PNG compression of masks/probs (0 fastest .. 9 smallest; OpenCV default 3)
-    x264_preset: str = "ultrafast"    # libx264 speed/size trade-off of the overlay video
-    video_probs_at: str = "model"     # videos' probs/: at the model's S x S grid ("model") or the frame's size
-    queue_depth: int = 16             # frames waiting per stage (bounds memory)
-    original_video: bool = False      # videos: also <stem>_original.mp4, the frames as shown under the overlay
+    streaming: bool = True  # videos: decode / model / render+encode overlap in threads (review/stream.py)
+    png_level: int = 1  # PNG compression of masks/probs (0 fastest .. 9 smallest; OpenCV default 3)
+    x264_preset: str = "ultrafast"  # libx264 speed/size trade-off of the overlay video
+    video_probs_at: str = "model"  # videos' probs/: at the model's S x S grid ("model") or the frame's size
+    queue_depth: int = 16  # frames waiting per stage (bounds memory)
+    original_video: bool = False  # videos: also <stem>_original.mp4, the frames as shown under the overlay
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -67,9 +69,12 @@ def head_estimates(card: ModelCard, probs: dict[str, np.ndarray]) -> dict[str, d
     for h, p in probs.items():
         classes = card.heads[h].classes
         k = int(np.argmax(p))
-        out[h] = {"estimate": classes[k], "confidence": round(float(p[k]), 4),
-                  "probs": {c: round(float(v), 4) for c, v in zip(classes, p)},
-                  "clinically_validated": card.is_clinical(h)}
+        out[h] = {
+            "estimate": classes[k],
+            "confidence": round(float(p[k]), 4),
+            "probs": {c: round(float(v), 4) for c, v in zip(classes, p)},
+            "clinically_validated": card.is_clinical(h),
+        }
     return out
 
 
@@ -83,18 +88,41 @@ def scale_lesions(found: list[dict[str, Any]], sx: float, sy: float) -> list[dic
     return found
 
 
-def frame_record(name: str, f: Frame, prob: np.ndarray, mask: np.ndarray, area: np.ndarray,
-                 found: list[dict[str, Any]], est: dict[str, Any], quality: dict[str, Any]) -> dict[str, Any]:
+def frame_record(
+    name: str,
+    f: Frame,
+    prob: np.ndarray,
+    mask: np.ndarray,
+    area: np.ndarray,
+    found: list[dict[str, Any]],
+    est: dict[str, Any],
+    quality: dict[str, Any],
+) -> dict[str, Any]:
     """One predictions.jsonl line (prob, mask, area at any one resolution; ``found`` in frame pixels)."""
-    return {"name": name, "index": f.index, "time": round(f.time, 4),
-            "lesion_probability": round(float(prob.max()) if prob.size else 0.0, 4),
-            "area_fraction": round(float(mask.sum()) / max(1, int(area.sum())), 5), "lesions": found, "heads": est,
-            "quality": quality, "informative": bool(found) and not (quality["blurry"] or quality["overexposed"])}
+    return {
+        "name": name,
+        "index": f.index,
+        "time": round(f.time, 4),
+        "lesion_probability": round(float(prob.max()) if prob.size else 0.0, 4),
+        "area_fraction": round(float(mask.sum()) / max(1, int(area.sum())), 5),
+        "lesions": found,
+        "heads": est,
+        "quality": quality,
+        "informative": bool(found) and not (quality["blurry"] or quality["overexposed"]),
+    }
 
 
-def measure_frame(f: Frame, prob: np.ndarray, head_probs: dict[str, np.ndarray], area: np.ndarray, *, name: str,
-                  card: ModelCard, opts: ReviewOptions, analysis_image: np.ndarray
-                  ) -> tuple[dict[str, Any], np.ndarray, list[str]]:
+def measure_frame(
+    f: Frame,
+    prob: np.ndarray,
+    head_probs: dict[str, np.ndarray],
+    area: np.ndarray,
+    *,
+    name: str,
+    card: ModelCard,
+    opts: ReviewOptions,
+    analysis_image: np.ndarray,
+) -> tuple[dict[str, Any], np.ndarray, list[str]]:
     """Everything both video paths and the image path measure on one frame, at the resolution of ``prob`` (the
     frame's, or the model's grid; lesions are reported in frame pixels either way): the cleaned mask, lesions,
     head estimates, quality -> (predictions.jsonl record, mask, overlay lines of clinically validated heads)."""
@@ -105,16 +133,19 @@ def measure_frame(f: Frame, prob: np.ndarray, head_probs: dict[str, np.ndarray],
         found = scale_lesions(found, w / prob.shape[1], h / prob.shape[0])
     est = head_estimates(card, head_probs)
     rec = frame_record(name, f, prob, mask, area, found, est, frame_quality(analysis_image, area))
-    lines = [f"{hd}: {e['estimate']} ({e['confidence']:.2f})" for hd, e in est.items()
-             if e["clinically_validated"] and found]
+    lines = [
+        f"{hd}: {e['estimate']} ({e['confidence']:.2f})" for hd, e in est.items() if e["clinically_validated"] and found
+    ]
     return rec, mask, lines
 
 
 def summary_row(rec: dict[str, Any]) -> dict[str, Any]:
     """What the summary and report keep of a frame (not the contours)."""
     return {k: v for k, v in rec.items() if k != "lesions"} | {
-        "n_lesions": len(rec["lesions"]), "largest_px": rec["lesions"][0]["area_px"] if rec["lesions"] else 0,
-        "lesion_px": sum(d["area_px"] for d in rec["lesions"])}
+        "n_lesions": len(rec["lesions"]),
+        "largest_px": rec["lesions"][0]["area_px"] if rec["lesions"] else 0,
+        "lesion_px": sum(d["area_px"] for d in rec["lesions"]),
+    }
 
 
 def fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -125,11 +156,13 @@ def fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, tuple(size), interpolation=cv2.INTER_AREA)
 
 
-def review_video(out_dir: Path, stem: str, kind: str, *, fps: float, size: tuple[int, int], opts: ReviewOptions
-                 ) -> VideoWriter:
+def review_video(
+    out_dir: Path, stem: str, kind: str, *, fps: float, size: tuple[int, int], opts: ReviewOptions
+) -> VideoWriter:
     """``<stem>_overlay.mp4`` or ``<stem>_original.mp4``: H.264 written under a temporary name (data/video.py)."""
-    return VideoWriter(out_dir / f"{stem}_{kind}.mp4", fps=fps, width=size[0], height=size[1], crf=opts.crf,
-                       preset=opts.x264_preset)
+    return VideoWriter(
+        out_dir / f"{stem}_{kind}.mp4", fps=fps, width=size[0], height=size[1], crf=opts.crf, preset=opts.x264_preset
+    )
 
 
 def frames_from_folder(files: list[Path], fps: float, errors: list[dict]) -> Iterator[Frame]:
@@ -151,14 +184,23 @@ def batched(frames: Iterable[Frame], n: int) -> Iterator[list[Frame]]:
         yield batch
 
 
-def process_sequence(frames: Iterable[Frame], *, stem: str, names: list[str] | None, predictor: Predictor,
-                     out_dir: Path, opts: ReviewOptions, video: dict[str, Any] | None, errors: list[dict]
-                     ) -> dict[str, Any]:
+def process_sequence(
+    frames: Iterable[Frame],
+    *,
+    stem: str,
+    names: list[str] | None,
+    predictor: Predictor,
+    out_dir: Path,
+    opts: ReviewOptions,
+    video: dict[str, Any] | None,
+    errors: list[dict],
+) -> dict[str, Any]:
     """Run the model on a stream of frames. ``video`` (fps, width, height) turns on smoothing and the overlay
     video; ``names`` gives each frame's output stem (images), else ``<stem>_<index:06d>`` (video frames)."""
     if video and opts.streaming:
-        return process_video_stream(frames, stem=stem, predictor=predictor, out_dir=out_dir, opts=opts, video=video,
-                                    errors=errors)
+        return process_video_stream(
+            frames, stem=stem, predictor=predictor, out_dir=out_dir, opts=opts, video=video, errors=errors
+        )
     smoother = TemporalSmoother(opts.smoothing if video else 1.0)
     records: list[dict[str, Any]] = []
     keep = KeyFrames(opts.key_frames)  # bounded whatever the video's (declared or unknown) length
@@ -176,10 +218,12 @@ def process_sequence(frames: Iterable[Frame], *, stem: str, names: list[str] | N
                     area = content_area(f.image) if opts.scope_mask else np.ones(f.image.shape[:2], np.uint8)
                 prob, heads = smoother(p.prob * area, p.heads)
                 name = names[f.index] if names else f"{stem}_{f.index:06d}"
-                rec, mask, lines = measure_frame(f, prob, heads, area, name=name, card=predictor.card, opts=opts,
-                                                 analysis_image=f.image)
-                write_image_atomic(out_dir / "masks" / f"{name}.png", mask * 255, png_level=opts.png_level,
-                                   bilevel=True)
+                rec, mask, lines = measure_frame(
+                    f, prob, heads, area, name=name, card=predictor.card, opts=opts, analysis_image=f.image
+                )
+                write_image_atomic(
+                    out_dir / "masks" / f"{name}.png", mask * 255, png_level=opts.png_level, bilevel=True
+                )
                 if opts.write_probs:
                     write_image_atomic(out_dir / "probs" / f"{name}.png", prob_to_uint8(prob), png_level=opts.png_level)
                 lesion_p = rec["lesion_probability"]
@@ -188,18 +232,21 @@ def process_sequence(frames: Iterable[Frame], *, stem: str, names: list[str] | N
                 if not (opts.overlay or opts.report or opts.original_video):
                     continue
                 shown = f.image if not opts.deidentify else deidentify(f.image, area)
-                ov = render_overlay(shown, mask, lesion_prob=lesion_p, time_s=f.time if video else None,
-                                    head_lines=lines)
+                ov = render_overlay(
+                    shown, mask, lesion_prob=lesion_p, time_s=f.time if video else None, head_lines=lines
+                )
                 if video and opts.overlay_size:
                     ov = fit(ov, (int(opts.overlay_size[0]), int(opts.overlay_size[1])))
                 if video:
                     size = (ov.shape[1], ov.shape[0])
                     if writer is None and opts.overlay:
-                        writer = stack.enter_context(review_video(out_dir, stem, "overlay", fps=video["fps"],
-                                                                  size=size, opts=opts))
+                        writer = stack.enter_context(
+                            review_video(out_dir, stem, "overlay", fps=video["fps"], size=size, opts=opts)
+                        )
                     if original is None and opts.original_video:
-                        original = stack.enter_context(review_video(out_dir, stem, "original", fps=video["fps"],
-                                                                    size=size, opts=opts))
+                        original = stack.enter_context(
+                            review_video(out_dir, stem, "original", fps=video["fps"], size=size, opts=opts)
+                        )
                     if writer is not None:
                         writer.write(ov)
                     if original is not None:
@@ -207,8 +254,16 @@ def process_sequence(frames: Iterable[Frame], *, stem: str, names: list[str] | N
                     keep.offer(f.time, lesion_p, f.index, ov)
                 elif opts.overlay:
                     write_image_atomic(out_dir / "overlays" / f"{name}.jpg", ov)
-    return finish(out_dir, stem=stem, records=records, predictor=predictor, video=video, errors=errors, opts=opts,
-                  key_frames=keep.result())
+    return finish(
+        out_dir,
+        stem=stem,
+        records=records,
+        predictor=predictor,
+        video=video,
+        errors=errors,
+        opts=opts,
+        key_frames=keep.result(),
+    )
 
 
 def covariate_row(predictor: Predictor, opts: ReviewOptions) -> np.ndarray | None:
@@ -221,8 +276,16 @@ def covariate_row(predictor: Predictor, opts: ReviewOptions) -> np.ndarray | Non
     return np.array([[float((opts.covariates or {}).get(c, np.nan)) for c in predictor.covariates]], np.float32)
 
 
-def process_video_stream(frames: Iterable[Frame], *, stem: str, predictor: Predictor, out_dir: Path,
-                         opts: ReviewOptions, video: dict[str, Any], errors: list[dict]) -> dict[str, Any]:
+def process_video_stream(
+    frames: Iterable[Frame],
+    *,
+    stem: str,
+    predictor: Predictor,
+    out_dir: Path,
+    opts: ReviewOptions,
+    video: dict[str, Any],
+    errors: list[dict],
+) -> dict[str, Any]:
     """The video path with its stages overlapping (review/stream.py): frames are decoded ahead in one thread; the
     model and everything measured on the model's S x S grid (field of view, smoothing, specks, lesions, quality,
     heads) run in this thread; full resolution is touched once per frame, behind, in a render thread (one resize
@@ -235,14 +298,23 @@ def process_video_stream(frames: Iterable[Frame], *, stem: str, predictor: Predi
     keep = KeyFrames(opts.key_frames)
     cov = covariate_row(predictor, opts)
     area = None
-    size = (int(opts.overlay_size[0]), int(opts.overlay_size[1])) if opts.overlay_size else \
-        (int(video["width"]), int(video["height"]))
+    size = (
+        (int(opts.overlay_size[0]), int(opts.overlay_size[1]))
+        if opts.overlay_size
+        else (int(video["width"]), int(video["height"]))
+    )
     with ExitStack() as stack:  # exits in reverse: render drains, then PNGs, then the video and the JSONL close
         jl = stack.enter_context(stack.enter_context(atomic_write(out_dir / "predictions.jsonl")).open("w"))
-        writer = stack.enter_context(review_video(out_dir, stem, "overlay", fps=video["fps"], size=size, opts=opts)) \
-            if opts.overlay else None
-        original = stack.enter_context(review_video(out_dir, stem, "original", fps=video["fps"], size=size,
-                                                    opts=opts)) if opts.original_video else None
+        writer = (
+            stack.enter_context(review_video(out_dir, stem, "overlay", fps=video["fps"], size=size, opts=opts))
+            if opts.overlay
+            else None
+        )
+        original = (
+            stack.enter_context(review_video(out_dir, stem, "original", fps=video["fps"], size=size, opts=opts))
+            if opts.original_video
+            else None
+        )
         pngs = stack.enter_context(OrderedWorker(opts.queue_depth, "endolift-png"))
         render = stack.enter_context(OrderedWorker(opts.queue_depth, "endolift-render"))
 
@@ -250,15 +322,27 @@ def process_video_stream(frames: Iterable[Frame], *, stem: str, predictor: Predi
             h, w = f.image.shape[:2]
             prob = cv2.resize(prob_s, (w, h), interpolation=cv2.INTER_LINEAR)
             mask = (prob >= opts.threshold).astype(np.uint8)
-            pngs.submit(write_image_atomic, out_dir / "masks" / f"{name}.png", mask * 255, png_level=opts.png_level,
-                        bilevel=True)
+            pngs.submit(
+                write_image_atomic,
+                out_dir / "masks" / f"{name}.png",
+                mask * 255,
+                png_level=opts.png_level,
+                bilevel=True,
+            )
             if opts.write_probs:
-                pngs.submit(write_image_atomic, out_dir / "probs" / f"{name}.png",
-                            prob_to_uint8(prob if opts.video_probs_at == "input" else prob_s), png_level=opts.png_level)
+                pngs.submit(
+                    write_image_atomic,
+                    out_dir / "probs" / f"{name}.png",
+                    prob_to_uint8(prob if opts.video_probs_at == "input" else prob_s),
+                    png_level=opts.png_level,
+                )
             if not (opts.overlay or opts.report or opts.original_video):
                 return
-            shown = f.image if not opts.deidentify else \
-                deidentify(f.image, cv2.resize(area_s, (w, h), interpolation=cv2.INTER_NEAREST))
+            shown = (
+                f.image
+                if not opts.deidentify
+                else deidentify(f.image, cv2.resize(area_s, (w, h), interpolation=cv2.INTER_NEAREST))
+            )
             ov = fit(render_overlay(shown, mask, lesion_prob=lesion_p, time_s=f.time, head_lines=lines), size)
             if writer is not None:
                 writer.write(ov)
@@ -273,9 +357,12 @@ def process_video_stream(frames: Iterable[Frame], *, stem: str, predictor: Predi
         def model_stage(items: Iterable[tuple[Frame, np.ndarray]]) -> Iterator[list[tuple[Frame, Any]]]:
             for pairs in batched(items, opts.batch_size):  # runs in the model thread, a batch ahead of this one
                 batch = [f for f, _ in pairs]
-                preds = predictor.predict([f.image for f in batch], None if cov is None else
-                                          np.repeat(cov, len(batch), 0), full_size=False,
-                                          resized=[small for _, small in pairs])
+                preds = predictor.predict(
+                    [f.image for f in batch],
+                    None if cov is None else np.repeat(cov, len(batch), 0),
+                    full_size=False,
+                    resized=[small for _, small in pairs],
+                )
                 yield list(zip(batch, preds))
 
         for done in prefetch(model_stage(prefetch(with_small(frames), 2 * opts.batch_size)), 1):
@@ -284,19 +371,37 @@ def process_video_stream(frames: Iterable[Frame], *, stem: str, predictor: Predi
                     area = content_area(p.resized) if opts.scope_mask else np.ones((s, s), np.uint8)
                 prob_s, heads = smoother(p.prob * area, p.heads)
                 name = f"{stem}_{f.index:06d}"
-                rec, mask_s, lines = measure_frame(f, prob_s, heads, area, name=name, card=predictor.card, opts=opts,
-                                                   analysis_image=p.resized)
+                rec, mask_s, lines = measure_frame(
+                    f, prob_s, heads, area, name=name, card=predictor.card, opts=opts, analysis_image=p.resized
+                )
                 # specks the mask dropped must not come back when the map is resized to the frame
                 prob_s = np.where((mask_s > 0) | (prob_s < opts.threshold), prob_s, 0.0).astype(np.float32)
                 jl.write(json.dumps(rec) + "\n")
                 records.append(summary_row(rec))
                 render.submit(draw, f, prob_s, area, name, rec["lesion_probability"], lines)
-    return finish(out_dir, stem=stem, records=records, predictor=predictor, video=video, errors=errors, opts=opts,
-                  key_frames=keep.result())
+    return finish(
+        out_dir,
+        stem=stem,
+        records=records,
+        predictor=predictor,
+        video=video,
+        errors=errors,
+        opts=opts,
+        key_frames=keep.result(),
+    )
 
 
-def finish(out_dir: Path, *, stem: str, records: list[dict], predictor: Predictor, video: dict | None,
-           errors: list[dict], opts: ReviewOptions, key_frames: list) -> dict[str, Any]:
+def finish(
+    out_dir: Path,
+    *,
+    stem: str,
+    records: list[dict],
+    predictor: Predictor,
+    video: dict | None,
+    errors: list[dict],
+    opts: ReviewOptions,
+    key_frames: list,
+) -> dict[str, Any]:
     """summary.json, errors.jsonl and (videos) the report, once every frame is done."""
     summary = summarise(records, predictor.card, video, errors, threshold=opts.threshold, opts=opts)
     with atomic_write(out_dir / "summary.json") as tmp:
@@ -306,14 +411,28 @@ def finish(out_dir: Path, *, stem: str, records: list[dict], predictor: Predicto
     if video and opts.report and records:
         from review.report import write_report
 
-        write_report(out_dir, stem=stem, records=records, summary=summary, card=predictor.card,
-                     key_frames=key_frames, overlay=f"{stem}_overlay.mp4" if opts.overlay else None,
-                     original=f"{stem}_original.mp4" if opts.original_video else None)
+        write_report(
+            out_dir,
+            stem=stem,
+            records=records,
+            summary=summary,
+            card=predictor.card,
+            key_frames=key_frames,
+            overlay=f"{stem}_overlay.mp4" if opts.overlay else None,
+            original=f"{stem}_original.mp4" if opts.original_video else None,
+        )
     return summary
 
 
-def summarise(records: list[dict], card: ModelCard, video: dict | None, errors: list[dict], *, threshold: float,
-              opts: ReviewOptions | None = None) -> dict[str, Any]:
+def summarise(
+    records: list[dict],
+    card: ModelCard,
+    video: dict | None,
+    errors: list[dict],
+    *,
+    threshold: float,
+    opts: ReviewOptions | None = None,
+) -> dict[str, Any]:
     """Case summary: frames with lesion, largest lesion, and for a video one estimate per head, aggregated over its
     informative frames (models.heads.aggregate_case: a lesion in view, not blurry or over-exposed), abstaining
     ("insufficient evidence") below ``opts.min_informative_frames`` frames or ``opts.abstain_below`` confidence;
@@ -326,28 +445,43 @@ def summarise(records: list[dict], card: ModelCard, video: dict | None, errors: 
         classes = info.classes
         rows = [r for r in records if h in r["heads"]]
         probs = np.array([[r["heads"][h]["probs"][c] for c in classes] for r in rows]).reshape(-1, len(classes))
-        agg = aggregate_case(probs, np.array([r["informative"] for r in rows], bool),
-                             min_frames=opts.min_informative_frames, min_confidence=opts.abstain_below)
-        heads[h] = {"estimate": None if agg["abstain"] else classes[agg["index"]],
-                    "confidence": None if agg["confidence"] is None else round(agg["confidence"], 4),
-                    "probs": None if agg["probs"] is None else {c: round(float(v), 4) for c, v in zip(classes,
-                                                                                                    agg["probs"])},
-                    "frames": agg["frames"], "abstain": agg["abstain"], "reason": agg["reason"],
-                    "clinically_validated": card.is_clinical(h)}
-    return {"frames": len(records), "frames_with_lesion": len(with_lesion),
-            "informative_frames": sum(bool(r["informative"]) for r in records),
-            "lesion_frame_fraction": round(len(with_lesion) / max(1, len(records)), 4),
-            "max_lesion_probability": max((r["lesion_probability"] for r in records), default=0.0),
-            "largest_lesion": {"name": largest["name"], "time": largest["time"], "area_px": largest["largest_px"]}
-            if largest and largest["largest_px"] else None,
-            "segments": lesion_segments(records, fps=video["fps"]) if video else None,
-            "segment_gap_s": GAP_S if video else None,
-            "heads": heads, "video": video, "threshold": threshold, "errors": errors,
-            "model": {"name": card.name, "date": card.date, "git_commit": card.git_commit}}
+        agg = aggregate_case(
+            probs,
+            np.array([r["informative"] for r in rows], bool),
+            min_frames=opts.min_informative_frames,
+            min_confidence=opts.abstain_below,
+        )
+        heads[h] = {
+            "estimate": None if agg["abstain"] else classes[agg["index"]],
+            "confidence": None if agg["confidence"] is None else round(agg["confidence"], 4),
+            "probs": None if agg["probs"] is None else {c: round(float(v), 4) for c, v in zip(classes, agg["probs"])},
+            "frames": agg["frames"],
+            "abstain": agg["abstain"],
+            "reason": agg["reason"],
+            "clinically_validated": card.is_clinical(h),
+        }
+    return {
+        "frames": len(records),
+        "frames_with_lesion": len(with_lesion),
+        "informative_frames": sum(bool(r["informative"]) for r in records),
+        "lesion_frame_fraction": round(len(with_lesion) / max(1, len(records)), 4),
+        "max_lesion_probability": max((r["lesion_probability"] for r in records), default=0.0),
+        "largest_lesion": {"name": largest["name"], "time": largest["time"], "area_px": largest["largest_px"]}
+        if largest and largest["largest_px"]
+        else None,
+        "segments": lesion_segments(records, fps=video["fps"]) if video else None,
+        "segment_gap_s": GAP_S if video else None,
+        "heads": heads,
+        "video": video,
+        "threshold": threshold,
+        "errors": errors,
+        "model": {"name": card.name, "date": card.date, "git_commit": card.git_commit},
+    }
 
 
-def process_input(path: Path, *, predictor: Predictor, out_dir: Path, opts: ReviewOptions,
-                  frames_as_video: bool = False) -> dict[str, Any]:
+def process_input(
+    path: Path, *, predictor: Predictor, out_dir: Path, opts: ReviewOptions, frames_as_video: bool = False
+) -> dict[str, Any]:
     """One input: an image, a folder of images (or of frames, with frames_as_video), or a video file."""
     errors: list[dict] = []
     if not path.exists():
@@ -358,22 +492,63 @@ def process_input(path: Path, *, predictor: Predictor, out_dir: Path, opts: Revi
             raise UserError(f"no images ({', '.join(IMAGE_EXTS)}) in folder {path}")
         if frames_as_video:
             first = read_image(files[0])
-            video = {"fps": opts.frames_fps, "width": first.shape[1], "height": first.shape[0],
-                     "duration": len(files) / opts.frames_fps}
-            return process_sequence(frames_from_folder(files, opts.frames_fps, errors), stem=path.name, names=None,
-                                    predictor=predictor, out_dir=out_dir, opts=opts, video=video, errors=errors)
-        return process_sequence(frames_from_folder(files, 1.0, errors), stem=path.name, names=[f.stem for f in files],
-                                predictor=predictor, out_dir=out_dir, opts=opts, video=None, errors=errors)
+            video = {
+                "fps": opts.frames_fps,
+                "width": first.shape[1],
+                "height": first.shape[0],
+                "duration": len(files) / opts.frames_fps,
+            }
+            return process_sequence(
+                frames_from_folder(files, opts.frames_fps, errors),
+                stem=path.name,
+                names=None,
+                predictor=predictor,
+                out_dir=out_dir,
+                opts=opts,
+                video=video,
+                errors=errors,
+            )
+        return process_sequence(
+            frames_from_folder(files, 1.0, errors),
+            stem=path.name,
+            names=[f.stem for f in files],
+            predictor=predictor,
+            out_dir=out_dir,
+            opts=opts,
+            video=None,
+            errors=errors,
+        )
     suffix = path.suffix.lower()
     if suffix in VIDEO_EXTS:
         info = probe(path)
-        video = {"fps": info.fps, "width": info.width, "height": info.height,
-                 "duration": info.n_frames / info.fps if info.n_frames else 60.0, "declared_frames": info.n_frames}
-        return process_sequence(read_frames(path, errors=errors), stem=path.stem, names=None,
-                                predictor=predictor, out_dir=out_dir, opts=opts, video=video, errors=errors)
+        video = {
+            "fps": info.fps,
+            "width": info.width,
+            "height": info.height,
+            "duration": info.n_frames / info.fps if info.n_frames else 60.0,
+            "declared_frames": info.n_frames,
+        }
+        return process_sequence(
+            read_frames(path, errors=errors),
+            stem=path.stem,
+            names=None,
+            predictor=predictor,
+            out_dir=out_dir,
+            opts=opts,
+            video=video,
+            errors=errors,
+        )
     if suffix in IMAGE_EXTS:
-        return process_sequence(frames_from_folder([path], 1.0, errors), stem=path.stem, names=[path.stem],
-                                predictor=predictor, out_dir=out_dir, opts=opts, video=None, errors=errors)
-    raise UserError(f"unsupported input type: {path} "
-                    f"(images: {', '.join(IMAGE_EXTS)}; videos: {', '.join(VIDEO_EXTS)})")
-
+        return process_sequence(
+            frames_from_folder([path], 1.0, errors),
+            stem=path.stem,
+            names=[path.stem],
+            predictor=predictor,
+            out_dir=out_dir,
+            opts=opts,
+            video=None,
+            errors=errors,
+        )
+    raise UserError(
+        f"unsupported input type: {path} (images: {', '.join(IMAGE_EXTS)}; videos: {', '.join(VIDEO_EXTS)})"
+    )

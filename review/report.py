@@ -10,6 +10,7 @@ also percent-encoded. A report travels between people: nothing in an input's nam
 page's one inline script (no library, no network) therefore takes its data from ``data-*`` attributes, never from
 values pasted into script text.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -24,8 +25,10 @@ from models.card import ModelCard
 from review.overlay import timecode
 from review.timeline import timeline
 
-DEFAULT_USE = ("Research use only. Not a medical device; estimates must not drive clinical decisions. "
-               "Lesion outlines are from a polyp-segmentation model trained on public colonoscopy data.")
+DEFAULT_USE = (
+    "Research use only. Not a medical device; estimates must not drive clinical decisions. "
+    "Lesion outlines are from a polyp-segmentation model trained on public colonoscopy data."
+)
 
 
 CLINICAL_TARGETS = ("fibrosis", "lift")  # always listed, so a reader sees when no validated model exists
@@ -39,40 +42,76 @@ def head_row(head: str, est: dict[str, Any] | None, card: ModelCard) -> dict[str
     """One table row: the validated estimate, 'insufficient evidence', or why nothing is shown."""
     info = card.heads.get(head)
     if info is None or not info.clinical:
-        return {"head": head, "state": "hidden",
-                "why": "not available: no validated model" if info is None else
-                       "not shown: this head was not trained and validated on real labels"}
+        return {
+            "head": head,
+            "state": "hidden",
+            "why": "not available: no validated model"
+            if info is None
+            else "not shown: this head was not trained and validated on real labels",
+        }
     auc = (info.validation or {}).get("frame", {}).get("auroc")
-    validation = (f"validation AUROC {auc:.2f}" if auc is not None else "validated") + \
-        f" ({info.n_val_labels} labelled frames)"
+    validation = (
+        f"validation AUROC {auc:.2f}" if auc is not None else "validated"
+    ) + f" ({info.n_val_labels} labelled frames)"
     if est is None or est.get("abstain"):
-        return {"head": head, "state": "abstain", "reason": (est or {}).get("reason") or "no frames",
-                "validation": validation}
-    return {"head": head, "state": "shown", "estimate": str(est["estimate"]), "confidence": est["confidence"],
-            "frames": est["frames"], "validation": validation}
+        return {
+            "head": head,
+            "state": "abstain",
+            "reason": (est or {}).get("reason") or "no frames",
+            "validation": validation,
+        }
+    return {
+        "head": head,
+        "state": "shown",
+        "estimate": str(est["estimate"]),
+        "confidence": est["confidence"],
+        "frames": est["frames"],
+        "validation": validation,
+    }
 
 
 def _template():
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-                             autoescape=True, undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
     return env.get_template("report.html")
 
 
 def segment_row(seg: Mapping[str, Any], pos: Mapping[int, int]) -> dict[str, Any]:
     """One row of the segments table: time codes as burned into the overlay, frame positions in the video to seek."""
     peak = seg["peak"]
-    return {"start": timecode(seg["start"]), "start_pos": pos[seg["start_frame"]], "end": timecode(seg["end"]),
-            "end_pos": pos[seg["end_frame"]], "duration": seg["duration"], "frames": seg["frames"],
-            "lesion_frames": seg["lesion_frames"], "peak": timecode(peak["time"]), "peak_pos": pos[peak["frame"]],
-            "peak_px": peak["area_px"], "peak_percent": 100 * peak["area_fraction"],
-            "mean_probability": seg["mean_probability"], "max_probability": seg["max_probability"]}
+    return {
+        "start": timecode(seg["start"]),
+        "start_pos": pos[seg["start_frame"]],
+        "end": timecode(seg["end"]),
+        "end_pos": pos[seg["end_frame"]],
+        "duration": seg["duration"],
+        "frames": seg["frames"],
+        "lesion_frames": seg["lesion_frames"],
+        "peak": timecode(peak["time"]),
+        "peak_pos": pos[peak["frame"]],
+        "peak_px": peak["area_px"],
+        "peak_percent": 100 * peak["area_fraction"],
+        "mean_probability": seg["mean_probability"],
+        "max_probability": seg["max_probability"],
+    }
 
 
-def write_report(out_dir: Path, *, stem: str, records: Sequence[dict[str, Any]], summary: dict[str, Any],
-                 card: ModelCard, key_frames: Sequence[tuple[float, int, np.ndarray]], overlay: str | None,
-                 original: str | None) -> Path:
+def write_report(
+    out_dir: Path,
+    *,
+    stem: str,
+    records: Sequence[dict[str, Any]],
+    summary: dict[str, Any],
+    card: ModelCard,
+    key_frames: Sequence[tuple[float, int, np.ndarray]],
+    overlay: str | None,
+    original: str | None,
+) -> Path:
     """records: the video's summary rows in order (the overlay's k-th frame is records[k]); summary: as written
     to summary.json (its ``segments``, ``video.fps``, ``threshold``); overlay / original: the videos' file names
     in ``out_dir``, None where not written."""
@@ -82,19 +121,37 @@ def write_report(out_dir: Path, *, stem: str, records: Sequence[dict[str, Any]],
     for score, index, image in key_frames:
         name = f"{stem}_{index:06d}.jpg"
         write_image_atomic(out_dir / "keyframes" / name, image)
-        frames.append({"url": "keyframes/" + quote(name), "index": index, "pos": pos[index],
-                       "timecode": timecode(records[pos[index]]["time"]), "score": score})
+        frames.append(
+            {
+                "url": "keyframes/" + quote(name),
+                "index": index,
+                "pos": pos[index],
+                "timecode": timecode(records[pos[index]]["time"]),
+                "score": score,
+            }
+        )
     largest = summary.get("largest_lesion")
     page = _template().render(
-        stem=stem, intended_use=card.intended_use or DEFAULT_USE, overlay_url=quote(overlay) if overlay else None,
-        original_url=quote(original) if original else None, fps=fps, n_frames=len(records),
-        t0=records[0]["time"], start=timecode(records[0]["time"]),
+        stem=stem,
+        intended_use=card.intended_use or DEFAULT_USE,
+        overlay_url=quote(overlay) if overlay else None,
+        original_url=quote(original) if original else None,
+        fps=fps,
+        n_frames=len(records),
+        t0=records[0]["time"],
+        start=timecode(records[0]["time"]),
         timeline=timeline(records, card, fps=fps, threshold=summary["threshold"], segments=summary["segments"]),
-        segments=[segment_row(s, pos) for s in summary["segments"]], gap_s=summary["segment_gap_s"],
-        summary=summary, largest=dict(largest, timecode=timecode(largest["time"])) if largest else None,
+        segments=[segment_row(s, pos) for s in summary["segments"]],
+        gap_s=summary["segment_gap_s"],
+        summary=summary,
+        largest=dict(largest, timecode=timecode(largest["time"])) if largest else None,
         head_rows=[head_row(h, summary["heads"].get(h), card) for h in shown_heads(card)],
-        errors=[x["error"] for x in summary.get("errors", [])], key_frames=frames,
-        model_name=str(card.name), model_date=str(card.date), model_commit=str(card.git_commit)[:12])
+        errors=[x["error"] for x in summary.get("errors", [])],
+        key_frames=frames,
+        model_name=str(card.name),
+        model_date=str(card.date),
+        model_commit=str(card.git_commit)[:12],
+    )
     path = out_dir / "report.html"
     with atomic_write(path) as tmp:
         tmp.write_text(page)

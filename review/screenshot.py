@@ -7,6 +7,7 @@ blank page below the content is cut off; the PNG is reduced to 256 colours (the 
 video frames), which keeps it a few hundred KB. The flags that make Chromium run headless, offline and quietly are
 shared with the report's browser test (tests/test_report_browser.py), so the picture shows what the test checks.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,10 +33,22 @@ def find_chromium() -> str | None:
 def headless(chromium: str, profile: Path, *args: str) -> list[str]:
     """A headless Chromium command line that never touches the network or the user's profile; media play without a
     click and ``--virtual-time-budget`` lets the page load its videos before Chromium prints or captures it."""
-    return [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={profile}", "--autoplay-policy=no-user-gesture-required", "--hide-scrollbars",
-            "--virtual-time-budget=8000", *args]
+    return [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--autoplay-policy=no-user-gesture-required",
+        "--hide-scrollbars",
+        "--virtual-time-budget=8000",
+        *args,
+    ]
 
 
 def trim_bottom(rgb: np.ndarray, margin: int = 16) -> np.ndarray:
@@ -57,9 +70,14 @@ def screenshot(page: Path, png: Path, *, width: int = 1280, height: int = 4000, 
         raise UserError(f"page not found: {page} (run infer.py on a video first; it writes report.html)")
     with tempfile.TemporaryDirectory(prefix="endolift-shot-") as tmp:
         raw = Path(tmp) / "shot.png"
-        r = subprocess.run(headless(chromium, Path(tmp) / "profile", f"--screenshot={raw}",
-                                    f"--window-size={width},{height}", page.as_uri()),
-                           capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(
+            headless(
+                chromium, Path(tmp) / "profile", f"--screenshot={raw}", f"--window-size={width},{height}", page.as_uri()
+            ),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if not raw.is_file():
             raise UserError(f"Chromium wrote no screenshot of {page}: {r.stderr.strip()[-500:]}")
         rgb = trim_bottom(np.asarray(Image.open(raw).convert("RGB")))

@@ -7,6 +7,7 @@ a water flush or an instrument passing do not split one view of a lesion into ma
 up to 11 frames without a lesion; a longer gap starts a new segment. Lesions are not tracked from frame to frame:
 a segment says "a lesion is in view", not "the same lesion".
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -15,8 +16,7 @@ from typing import Any
 GAP_S = 0.5
 
 
-def lesion_segments(records: Sequence[Mapping[str, Any]], *, fps: float, gap_s: float = GAP_S
-                    ) -> list[dict[str, Any]]:
+def lesion_segments(records: Sequence[Mapping[str, Any]], *, fps: float, gap_s: float = GAP_S) -> list[dict[str, Any]]:
     """records: per-frame rows in video order with ``index``, ``time`` (s), ``n_lesions``, ``lesion_px`` (lesion
     area in frame pixels), ``area_fraction`` (of the field of view) and ``lesion_probability``.
 
@@ -36,14 +36,26 @@ def lesion_segments(records: Sequence[Mapping[str, Any]], *, fps: float, gap_s: 
             runs.append([k, k])
     out = []
     for a, b in runs:
-        span = records[a:b + 1]
+        span = records[a : b + 1]
         peak = max(span, key=lambda r: r["area_fraction"])  # the first of equal peaks
         probs = [float(r["lesion_probability"]) for r in span]
-        out.append({"start": records[a]["time"], "end": records[b]["time"],
-                    "start_frame": records[a]["index"], "end_frame": records[b]["index"],
-                    "duration": round(records[b]["time"] - records[a]["time"] + 1 / fps, 4),
-                    "frames": len(span), "lesion_frames": sum(r["n_lesions"] > 0 for r in span),
-                    "peak": {"time": peak["time"], "frame": peak["index"], "area_px": peak["lesion_px"],
-                             "area_fraction": peak["area_fraction"]},
-                    "mean_probability": round(sum(probs) / len(probs), 4), "max_probability": max(probs)})
+        out.append(
+            {
+                "start": records[a]["time"],
+                "end": records[b]["time"],
+                "start_frame": records[a]["index"],
+                "end_frame": records[b]["index"],
+                "duration": round(records[b]["time"] - records[a]["time"] + 1 / fps, 4),
+                "frames": len(span),
+                "lesion_frames": sum(r["n_lesions"] > 0 for r in span),
+                "peak": {
+                    "time": peak["time"],
+                    "frame": peak["index"],
+                    "area_px": peak["lesion_px"],
+                    "area_fraction": peak["area_fraction"],
+                },
+                "mean_probability": round(sum(probs) / len(probs), 4),
+                "max_probability": max(probs),
+            }
+        )
     return out

@@ -1,4 +1,5 @@
 """Temporal smoothing so that contours do not flicker from frame to frame on real video."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,9 @@ class TemporalSmoother:
         self._prob: np.ndarray | None = None
         self._heads: dict[str, np.ndarray] = {}
 
-    def __call__(self, prob: np.ndarray, heads: dict[str, np.ndarray] | None = None
-                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def __call__(
+        self, prob: np.ndarray, heads: dict[str, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         heads = heads or {}
         if self._prob is None or self._prob.shape != prob.shape:
             self._prob, self._heads = prob.astype(np.float32), {k: v.astype(np.float32) for k, v in heads.items()}

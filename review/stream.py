@@ -5,13 +5,15 @@ so plain threads overlap them on a few cores. Every queue is bounded, so memory 
 one worker per stage keeps frames in order. An exception in a worker reaches the main thread at the next submit or
 at the end, and leaving the ``with`` block on an error stops the workers before the writers drop their partial files.
 """
+
 from __future__ import annotations
 
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 _DONE = object()
@@ -68,7 +70,7 @@ class OrderedWorker:
         while self._pending and (len(self._pending) > self.depth or self._pending[0].done()):
             self._pending.popleft().result()  # re-raises a worker's exception here
 
-    def __enter__(self) -> "OrderedWorker":
+    def __enter__(self) -> OrderedWorker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

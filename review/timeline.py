@@ -10,6 +10,7 @@ x is video time: the k-th record is drawn at k / fps, where the overlay video sh
 order at a constant rate), so clicks and the playhead agree with the video even when the input's timestamps start
 late or vary. Tick labels add the first frame's timestamp, to match the time codes burned into the overlay.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,9 +22,9 @@ import numpy as np
 from models.card import ModelCard
 from review.overlay import timecode
 
-WIDTH, X0, RIGHT = 960, 48, 12          # viewBox width and the plot's left / right margins (viewBox units)
-LABEL_H, TRACK_H, AXIS_H = 18, 56, 22   # a track's title line and plot height; the time axis below the tracks
-MAX_POINTS = 900                        # a polyline's points at most (about one per unit of plot width)
+WIDTH, X0, RIGHT = 960, 48, 12  # viewBox width and the plot's left / right margins (viewBox units)
+LABEL_H, TRACK_H, AXIS_H = 18, 56, 22  # a track's title line and plot height; the time axis below the tracks
+MAX_POINTS = 900  # a polyline's points at most (about one per unit of plot width)
 LESION, AREA = "#1f8f3a", "#d26a00"
 PALETTE = ("#1b6ac9", "#c2185b", "#7b5ea7", "#00897b", "#8d6e63", "#5d6d7e")
 TICK_STEPS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)
@@ -52,16 +53,28 @@ def nice_ceiling(v: float) -> float:
     return next(m * base for m in (1, 2, 5, 10) if m * base >= v - 1e-12)
 
 
-def timeline(records: Sequence[Mapping[str, Any]], card: ModelCard, *, fps: float, threshold: float,
-             segments: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def timeline(
+    records: Sequence[Mapping[str, Any]],
+    card: ModelCard,
+    *,
+    fps: float,
+    threshold: float,
+    segments: Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
     """Geometry of the timeline SVG for ``records`` (summary rows in video order, as in review.pipeline)."""
     n = len(records)
     span = n / fps
     w = WIDTH - X0 - RIGHT
     top = 0
 
-    def track(label: str, lines: list[tuple[str, str, np.ndarray, str]], vmax: float, unit: str = "",
-              guide: float | None = None, legend: bool = False) -> dict[str, Any]:
+    def track(
+        label: str,
+        lines: list[tuple[str, str, np.ndarray, str]],
+        vmax: float,
+        unit: str = "",
+        guide: float | None = None,
+        legend: bool = False,
+    ) -> dict[str, Any]:
         nonlocal top
         y0 = top + LABEL_H
 
@@ -73,30 +86,63 @@ def timeline(records: Sequence[Mapping[str, Any]], card: ModelCard, *, fps: floa
             pos, vals = reduce_series(np.asarray(values, dtype=float), MAX_POINTS, how)
             pts = " ".join(f"{X0 + p / n * w:.1f},{yy:.1f}" for p, yy in zip(pos, y(vals)))
             drawn.append({"name": name, "colour": colour, "points": pts})
-        t = {"label": label, "title_y": y0 - 5, "lines": drawn, "legend": legend,
-             "yticks": [{"y": round(float(y(v)), 1), "label": f"{v:g}{unit}"} for v in (0, vmax / 2, vmax)],
-             "guide": None if guide is None else round(float(y(guide)), 1)}
+        t = {
+            "label": label,
+            "title_y": y0 - 5,
+            "lines": drawn,
+            "legend": legend,
+            "yticks": [{"y": round(float(y(v)), 1), "label": f"{v:g}{unit}"} for v in (0, vmax / 2, vmax)],
+            "guide": None if guide is None else round(float(y(guide)), 1),
+        }
         top = y0 + TRACK_H + 8
         return t
 
     area = np.array([100 * r["area_fraction"] for r in records])
-    tracks = [track("lesion probability (max in view; dashed: threshold)",
-                    [("lesion", LESION, np.array([r["lesion_probability"] for r in records]), "max")], 1.0,
-                    guide=threshold),
-              track("lesion area (% of the field of view)", [("area", AREA, area, "max")],
-                    nice_ceiling(float(area.max(initial=0.0))), unit="%")]
+    tracks = [
+        track(
+            "lesion probability (max in view; dashed: threshold)",
+            [("lesion", LESION, np.array([r["lesion_probability"] for r in records]), "max")],
+            1.0,
+            guide=threshold,
+        ),
+        track(
+            "lesion area (% of the field of view)",
+            [("area", AREA, area, "max")],
+            nice_ceiling(float(area.max(initial=0.0))),
+            unit="%",
+        ),
+    ]
     for h in (h for h in card.heads if card.is_clinical(h)):
         classes = card.heads[h].classes
-        tracks.append(track(f"{h}: class probabilities", [
-            (c, PALETTE[i % len(PALETTE)], np.array([r["heads"][h]["probs"][c] for r in records]), "mean")
-            for i, c in enumerate(classes)], 1.0, legend=True))
+        tracks.append(
+            track(
+                f"{h}: class probabilities",
+                [
+                    (c, PALETTE[i % len(PALETTE)], np.array([r["heads"][h]["probs"][c] for r in records]), "mean")
+                    for i, c in enumerate(classes)
+                ],
+                1.0,
+                legend=True,
+            )
+        )
     bottom = top - 8
     pos = {r["index"]: k for k, r in enumerate(records)}
     t0 = float(records[0]["time"])
     step = next((s for s in TICK_STEPS if span / s <= 8), TICK_STEPS[-1])
     ticks = [i * step for i in range(math.ceil(t0 / step - 1e-9), math.floor((t0 + span) / step + 1e-9) + 1)]
-    return {"width": WIDTH, "height": bottom + AXIS_H, "x0": X0, "w": w, "bottom": bottom, "tracks": tracks,
-            "xticks": [{"x": round(X0 + (t - t0) / span * w, 1), "label": timecode(t)} for t in ticks],
-            "bands": [{"x": round(X0 + pos[s["start_frame"]] / n * w, 1),
-                       "width": round((pos[s["end_frame"]] + 1 - pos[s["start_frame"]]) / n * w, 1)}
-                      for s in segments]}
+    return {
+        "width": WIDTH,
+        "height": bottom + AXIS_H,
+        "x0": X0,
+        "w": w,
+        "bottom": bottom,
+        "tracks": tracks,
+        "xticks": [{"x": round(X0 + (t - t0) / span * w, 1), "label": timecode(t)} for t in ticks],
+        "bands": [
+            {
+                "x": round(X0 + pos[s["start_frame"]] / n * w, 1),
+                "width": round((pos[s["end_frame"]] + 1 - pos[s["start_frame"]]) / n * w, 1),
+            }
+            for s in segments
+        ],
+    }

@@ -8,6 +8,7 @@ python samples/make_samples.py
 - samples/images/, samples/masks/: four Kvasir-SEG test-split images and masks (PraNet test list).
 Licences: see samples/README.md (research and education only).
 """
+
 from __future__ import annotations
 
 import csv
@@ -21,8 +22,12 @@ from data.io import read_image, read_mask, write_image_atomic  # noqa: E402
 from data.video import VideoWriter  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
-KVASIR_SAMPLES = ["cju0u82z3cuma0835wlxrnrjv", "cju1cbokpuiw70988j4lq1fpi", "cju2hqt33lmra0988fr5ijv8j",
-                  "cju7ajnbo1gvm098749rdouk0"]
+KVASIR_SAMPLES = [
+    "cju0u82z3cuma0835wlxrnrjv",
+    "cju1cbokpuiw70988j4lq1fpi",
+    "cju2hqt33lmra0988fr5ijv8j",
+    "cju7ajnbo1gvm098749rdouk0",
+]
 
 
 def main() -> None:

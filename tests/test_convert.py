@@ -3,6 +3,7 @@
 The fixtures (tests/fixtures/annotations/, written by make_fixtures.py there) export the same lesions in each
 format, so one table of expected masks checks every reader pixel for pixel.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,10 @@ def test_coco_polygons_rle_attributes_and_groups(tmp_path):
     assert_dataset(out)
     assert (s["images"], s["empty_masks"], s["lesion_objects"], s["groups"]) == (4, 1, 4, 2)
     assert s["ignored_categories"] == {"instrument": 1}
-    assert s["labels"] == {"fibrosis": {"F1": 2, "F2": 1, "unknown": 1},
-                           "lift": {"adequate": 2, "non-lifting": 1, "unknown": 1}}
+    assert s["labels"] == {
+        "fibrosis": {"F1": 2, "F2": 1, "unknown": 1},
+        "lift": {"adequate": 2, "non-lifting": 1, "unknown": 1},
+    }
     assert any("no annotated object" in w for w in s["warnings"])  # P02_0002: listed, nothing drawn
     recs = manifest_records(out / "manifest.csv", heads=HEADS)
     assert [r.group for r in recs] == ["P01", "P01", "P02", "P02"]
@@ -55,16 +58,32 @@ def test_coco_polygons_rle_attributes_and_groups(tmp_path):
 
 def test_case_labels_load_and_pass_data_check(tmp_path, capsys):
     out = tmp_path / "study"
-    s = convert(**COCO, out=out, group=r"^(P\d+)_", labels={"fibrosis": "fibrosis", "lift": "lift_quality"},
-                case_labels=True)
-    assert (out / "cases.csv").read_text().splitlines() == ["group,fibrosis,lift", "P01,F1,adequate",
-                                                            "P02,F2,non-lifting"]
+    s = convert(
+        **COCO, out=out, group=r"^(P\d+)_", labels={"fibrosis": "fibrosis", "lift": "lift_quality"}, case_labels=True
+    )
+    assert (out / "cases.csv").read_text().splitlines() == [
+        "group,fibrosis,lift",
+        "P01,F1,adequate",
+        "P02,F2,non-lifting",
+    ]
     assert (out / "manifest.csv").read_text().splitlines()[0] == "image,mask,group"
     assert s["labels"]["fibrosis"] == {"F1": 1, "F2": 1}  # counted per case
     recs = manifest_records(out / "manifest.csv", heads=HEADS, cases="cases.csv")
     assert [r.labels["fibrosis"] for r in recs] == [1, 1, 2, 2]  # P02_0002 takes its case's label
-    assert check_main(["--manifest", str(out / "manifest.csv"), "--cases", "cases.csv", "--heads",
-                       "fibrosis=F0,F1,F2", "lift=adequate,partial,non-lifting"]) == 0, capsys.readouterr().err
+    assert (
+        check_main(
+            [
+                "--manifest",
+                str(out / "manifest.csv"),
+                "--cases",
+                "cases.csv",
+                "--heads",
+                "fibrosis=F0,F1,F2",
+                "lift=adequate,partial,non-lifting",
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
 
 
 def test_cvat_mask_folder_and_zip(tmp_path):
@@ -77,16 +96,22 @@ def test_cvat_mask_folder_and_zip(tmp_path):
     with zipfile.ZipFile(archive, "w") as zf:
         for p in sorted(src.rglob("*")):
             zf.write(p, p.relative_to(src).as_posix())
-    s = convert(fmt="cvat-mask", src=archive, out=tmp_path / "zip", images=IMAGES, lesion=["polyp"],
-                group=r"^(P\d+)_")
+    s = convert(fmt="cvat-mask", src=archive, out=tmp_path / "zip", images=IMAGES, lesion=["polyp"], group=r"^(P\d+)_")
     assert_dataset(tmp_path / "zip")
     assert s["groups"] == 2 and not (tmp_path / "zip" / ".export").exists()
 
 
 def test_labelstudio_brush_polygon_and_choices(tmp_path):
     out = tmp_path / "ls"
-    s = convert(fmt="labelstudio", src=FIX / "labelstudio" / "export.json", out=out, images=IMAGES,
-                group_column="patient", lesion=["polyp"], labels={"fibrosis": "fibrosis"})
+    s = convert(
+        fmt="labelstudio",
+        src=FIX / "labelstudio" / "export.json",
+        out=out,
+        images=IMAGES,
+        group_column="patient",
+        lesion=["polyp"],
+        labels={"fibrosis": "fibrosis"},
+    )
     assert_dataset(out)  # task 5 (no annotation) left out; cancelled annotations and predictions ignored
     assert (s["images"], s["lesion_objects"], s["ignored_categories"]) == (4, 3, {"instrument": 1})
     assert any("no submitted annotation" in w for w in s["warnings"])
@@ -105,8 +130,13 @@ def _coco(tmp: Path, mutate=None, text: str | None = None, **kw) -> dict:
     if mutate:
         mutate(data)
     (tmp / "bad.json").write_text(json.dumps(data) if text is None else text)
-    return {**COCO, "src": tmp / "bad.json", "images": IMAGES, "group_column": "patient_id",
-            "labels": {"fibrosis": "fibrosis"}} | kw
+    return {
+        **COCO,
+        "src": tmp / "bad.json",
+        "images": IMAGES,
+        "group_column": "patient_id",
+        "labels": {"fibrosis": "fibrosis"},
+    } | kw
 
 
 def _ls(tmp: Path, mutate) -> dict:
@@ -140,34 +170,60 @@ def _zip_slip(tmp: Path) -> dict:
 BAD = {  # case -> (arguments made in tmp, what the one-line message must say)
     "malformed JSON": (lambda t: _coco(t, text='{"images": ['), ["bad.json", "not valid JSON"]),
     "missing key": (lambda t: _coco(t, lambda d: d["images"][0].pop("file_name")), ["bad.json", "'file_name'"]),
-    "unknown image": (lambda t: _coco(t, lambda d: d["annotations"][0].update(image_id=99)),
-                      ["bad.json", "image_id 99"]),
-    "2-point polygon": (lambda t: _coco(t, lambda d: d["annotations"][0].update(segmentation=[[10, 10, 30, 10]])),
-                        ["bad.json", "P01_0001.png", "at least 3"]),
-    "RLE size": (lambda t: _coco(t, lambda d: d["annotations"][2]["segmentation"].update(size=[40, 64])),
-                 ["bad.json", "does not match"]),
-    "RLE runs": (lambda t: _coco(t, lambda d: d["annotations"][2]["segmentation"]["counts"].append(5)),
-                 ["bad.json", "cover"]),
+    "unknown image": (
+        lambda t: _coco(t, lambda d: d["annotations"][0].update(image_id=99)),
+        ["bad.json", "image_id 99"],
+    ),
+    "2-point polygon": (
+        lambda t: _coco(t, lambda d: d["annotations"][0].update(segmentation=[[10, 10, 30, 10]])),
+        ["bad.json", "P01_0001.png", "at least 3"],
+    ),
+    "RLE size": (
+        lambda t: _coco(t, lambda d: d["annotations"][2]["segmentation"].update(size=[40, 64])),
+        ["bad.json", "does not match"],
+    ),
+    "RLE runs": (
+        lambda t: _coco(t, lambda d: d["annotations"][2]["segmentation"]["counts"].append(5)),
+        ["bad.json", "cover"],
+    ),
     "declared size": (lambda t: _coco(t, lambda d: d["images"][0].update(width=80)), ["bad.json", "80x48"]),
-    "traversal": (lambda t: _coco(t, lambda d: d["images"][0].update(file_name="../../x.png")),
-                  ["bad.json", "../../x.png", "relative path"]),
-    "absolute path": (lambda t: _coco(t, lambda d: d["images"][0].update(file_name="/etc/passwd")),
-                      ["bad.json", "/etc/passwd"]),
-    "image missing": (lambda t: _coco(t, lambda d: d["images"][0].update(file_name="nope.png")),
-                      ["bad.json", "nope.png", "--images"]),
+    "traversal": (
+        lambda t: _coco(t, lambda d: d["images"][0].update(file_name="../../x.png")),
+        ["bad.json", "../../x.png", "relative path"],
+    ),
+    "absolute path": (
+        lambda t: _coco(t, lambda d: d["images"][0].update(file_name="/etc/passwd")),
+        ["bad.json", "/etc/passwd"],
+    ),
+    "image missing": (
+        lambda t: _coco(t, lambda d: d["images"][0].update(file_name="nope.png")),
+        ["bad.json", "nope.png", "--images"],
+    ),
     "unreadable image": (_unreadable, ["P01_0001.png", "cannot read image"]),
     "unknown format": (lambda t: _coco(t, fmt="yolo"), ["unknown format 'yolo'"]),
     "unknown category": (lambda t: _coco(t, lesion=["tumour"]), ["bad.json", "tumour", "polyp"]),
     "unknown attribute": (lambda t: _coco(t, labels={"lift": "lift_grade"}), ["bad.json", "lift_grade"]),
-    "frame conflict": (lambda t: _coco(t, lambda d: d["annotations"][4].update(attributes={"fibrosis": "F1"})),
-                       ["bad.json", "P02_0001.png", "conflicting"]),
-    "case conflict": (lambda t: _coco(t, lambda d: d["annotations"][2].update(attributes={"fibrosis": "F2"}),
-                                      case_labels=True), ["bad.json", "case 'P01'", "P01_0002.png"]),
-    "brush size": (lambda t: _ls(t, lambda ts: ts[0]["annotations"][0]["result"][0]["value"].update(
-        rle=[0, 0, 0, 18, 57, 27, 252, 96, 32, 1, 0, 6, 0, 40, 0, 192, 3, 128, 17, 56, 32])),
-                   ["export.json", "task 1", "18 values"]),
-    "Label Studio traversal": (lambda t: _ls(t, lambda ts: ts[1]["data"].update(
-        image="/data/local-files/?d=..%2F..%2Fsecret.png")), ["export.json", "../../secret.png"]),
+    "frame conflict": (
+        lambda t: _coco(t, lambda d: d["annotations"][4].update(attributes={"fibrosis": "F1"})),
+        ["bad.json", "P02_0001.png", "conflicting"],
+    ),
+    "case conflict": (
+        lambda t: _coco(t, lambda d: d["annotations"][2].update(attributes={"fibrosis": "F2"}), case_labels=True),
+        ["bad.json", "case 'P01'", "P01_0002.png"],
+    ),
+    "brush size": (
+        lambda t: _ls(
+            t,
+            lambda ts: ts[0]["annotations"][0]["result"][0]["value"].update(
+                rle=[0, 0, 0, 18, 57, 27, 252, 96, 32, 1, 0, 6, 0, 40, 0, 192, 3, 128, 17, 56, 32]
+            ),
+        ),
+        ["export.json", "task 1", "18 values"],
+    ),
+    "Label Studio traversal": (
+        lambda t: _ls(t, lambda ts: ts[1]["data"].update(image="/data/local-files/?d=..%2F..%2Fsecret.png")),
+        ["export.json", "../../secret.png"],
+    ),
     "CVAT colour": (_stray_colour, ["P01_0001.png", "(1, 2, 3)", "labelmap.txt"]),
     "zip slip": (_zip_slip, ["evil.zip", "../evil.txt"]),
 }
@@ -201,8 +257,22 @@ def test_existing_output_needs_overwrite(tmp_path):
 def test_cli(tmp_path):
     """The command line: a summary on success; on bad input one stderr line, exit code 2, nothing written."""
     out = tmp_path / "study"
-    p = run_script("-m", "data.convert", "coco", str(COCO["src"]), "--out", str(out), "--group", r"^(P\d+)_",
-                   "--lesion", "polyp", "--label", "fibrosis=fibrosis", "lift=lift_quality", "--case-labels")
+    p = run_script(
+        "-m",
+        "data.convert",
+        "coco",
+        str(COCO["src"]),
+        "--out",
+        str(out),
+        "--group",
+        r"^(P\d+)_",
+        "--lesion",
+        "polyp",
+        "--label",
+        "fibrosis=fibrosis",
+        "lift=lift_quality",
+        "--case-labels",
+    )
     assert p.returncode == 0, p.stderr
     assert "lesion_objects: 4" in p.stdout and "ignored_categories: {'instrument': 1}" in p.stdout
     assert (out / "cases.csv").is_file()

@@ -1,4 +1,5 @@
 """Case-level labels, the dataset audit's leak check, and patient-level cross-validation end to end."""
+
 from __future__ import annotations
 
 import csv
@@ -33,17 +34,31 @@ def _tiny_frames(root, names):
 
 def test_case_labels_fill_frames_and_a_frames_own_label_wins(tmp_path):
     _tiny_frames(tmp_path, ["a1", "a2", "b1", "c1"])
-    _write_csv(tmp_path / "frames.csv", [
-        {"image": "f/a1.png", "group": "A", "fibrosis": ""}, {"image": "f/a2.png", "group": "A", "fibrosis": "F0"},
-        {"image": "f/b1.png", "group": "B", "fibrosis": ""}, {"image": "f/c1.png", "group": "C", "fibrosis": ""}])
-    _write_csv(tmp_path / "cases.csv", [
-        {"group": "A", "fibrosis": "F2", "lift": "non-lifting", "prior_radiotherapy": "yes", "weeks": "12"},
-        {"group": "B", "fibrosis": "", "lift": "adequate", "prior_radiotherapy": "no", "weeks": ""}])
-    recs = {r.id: r for r in manifest_records(tmp_path / "frames.csv", heads=HEADS, cases="cases.csv",
-                                              covariates=["prior_radiotherapy", "weeks"])}
-    assert recs["f/a1"].labels == {"fibrosis": 2, "lift": 2}           # from the case
-    assert recs["f/a2"].labels == {"fibrosis": 0, "lift": 2}           # the frame's own label wins
-    assert recs["f/b1"].labels == {"fibrosis": -1, "lift": 0}          # unknown stays unknown
+    _write_csv(
+        tmp_path / "frames.csv",
+        [
+            {"image": "f/a1.png", "group": "A", "fibrosis": ""},
+            {"image": "f/a2.png", "group": "A", "fibrosis": "F0"},
+            {"image": "f/b1.png", "group": "B", "fibrosis": ""},
+            {"image": "f/c1.png", "group": "C", "fibrosis": ""},
+        ],
+    )
+    _write_csv(
+        tmp_path / "cases.csv",
+        [
+            {"group": "A", "fibrosis": "F2", "lift": "non-lifting", "prior_radiotherapy": "yes", "weeks": "12"},
+            {"group": "B", "fibrosis": "", "lift": "adequate", "prior_radiotherapy": "no", "weeks": ""},
+        ],
+    )
+    recs = {
+        r.id: r
+        for r in manifest_records(
+            tmp_path / "frames.csv", heads=HEADS, cases="cases.csv", covariates=["prior_radiotherapy", "weeks"]
+        )
+    }
+    assert recs["f/a1"].labels == {"fibrosis": 2, "lift": 2}  # from the case
+    assert recs["f/a2"].labels == {"fibrosis": 0, "lift": 2}  # the frame's own label wins
+    assert recs["f/b1"].labels == {"fibrosis": -1, "lift": 0}  # unknown stays unknown
     assert recs["f/a1"].covariates == {"prior_radiotherapy": 1.0, "weeks": 12.0}
     assert math.isnan(recs["f/b1"].covariates["weeks"]) and recs["f/b1"].covariates["prior_radiotherapy"] == 0.0
     assert recs["f/c1"].labels["fibrosis"] == -1 and math.isnan(recs["f/c1"].covariates["weeks"])  # case not listed
@@ -59,45 +74,75 @@ def test_case_labels_fill_frames_and_a_frames_own_label_wins(tmp_path):
 
 
 def test_synthetic_cases_hide_labels_per_case(tmp_path):
-    m = ensure_synthetic_dataset(tmp_path, n=40, size=(48, 64), seed=0, n_groups=10, label_level="case",
-                                 hidden_fraction=0.5)
+    m = ensure_synthetic_dataset(
+        tmp_path, n=40, size=(48, 64), seed=0, n_groups=10, label_level="case", hidden_fraction=0.5
+    )
     recs = manifest_records(m, heads=HEADS, cases="cases.csv", covariates=COVARIATES)
     by_case = {}
     for r in recs:
         by_case.setdefault(r.group, set()).add(r.labels["fibrosis"])
-    assert all(len(v) == 1 for v in by_case.values())                 # one label per case
-    assert sum(-1 in v for v in by_case.values()) == 5                 # half the cases hidden
+    assert all(len(v) == 1 for v in by_case.values())  # one label per case
+    assert sum(-1 in v for v in by_case.values()) == 5  # half the cases hidden
     assert set(recs[0].covariates) == set(COVARIATES)
 
 
 def test_check_refuses_a_case_shared_between_splits_and_counts_labels(tmp_path, capsys):
     _tiny_frames(tmp_path, ["a1", "a2", "b1", "c1", "d1", "e1"])
-    rows = [{"image": "f/a1.png", "group": "A", "split": "train", "fibrosis": "F2"},
-            {"image": "f/a2.png", "group": "A", "split": "test", "fibrosis": "F2"},
-            {"image": "f/b1.png", "group": "B", "split": "train", "fibrosis": "F0"},
-            {"image": "f/c1.png", "group": "C", "split": "train", "fibrosis": "F1"},
-            {"image": "f/d1.png", "group": "D", "split": "test", "fibrosis": ""},
-            {"image": "f/e1.png", "group": "E", "split": "val", "fibrosis": "F0"}]
+    rows = [
+        {"image": "f/a1.png", "group": "A", "split": "train", "fibrosis": "F2"},
+        {"image": "f/a2.png", "group": "A", "split": "test", "fibrosis": "F2"},
+        {"image": "f/b1.png", "group": "B", "split": "train", "fibrosis": "F0"},
+        {"image": "f/c1.png", "group": "C", "split": "train", "fibrosis": "F1"},
+        {"image": "f/d1.png", "group": "D", "split": "test", "fibrosis": ""},
+        {"image": "f/e1.png", "group": "E", "split": "val", "fibrosis": "F0"},
+    ]
     _write_csv(tmp_path / "m.csv", rows)
-    code = check_main(["--manifest", str(tmp_path / "m.csv"), "--heads", "fibrosis=F0,F1,F2", "--folds", "2",
-                       "--stratify", "fibrosis"])
+    code = check_main(
+        [
+            "--manifest",
+            str(tmp_path / "m.csv"),
+            "--heads",
+            "fibrosis=F0,F1,F2",
+            "--folds",
+            "2",
+            "--stratify",
+            "fibrosis",
+        ]
+    )
     out = capsys.readouterr()
     assert code == 2 and "case/group 'A' has frames in splits ['test', 'train']" in out.err
     assert "labels_by_split: {'test': {'fibrosis': {'F2': 1, 'unknown': 1}}" in out.out
     assert "labels_by_fold:" in out.out
     _write_csv(tmp_path / "ok.csv", [dict(r, split="train") if r["group"] == "A" else r for r in rows])
-    assert check_main(["--manifest", str(tmp_path / "ok.csv"), "--heads", "fibrosis=F0,F1,F2",
-                       "--near-duplicate", "0"]) == 0  # (the tiny frames here are all alike)
+    assert (
+        check_main(["--manifest", str(tmp_path / "ok.csv"), "--heads", "fibrosis=F0,F1,F2", "--near-duplicate", "0"])
+        == 0
+    )  # (the tiny frames here are all alike)
 
 
 def test_cross_validation_runs_end_to_end_and_pools_out_of_fold(tmp_path):
     """2 folds x 2 variants (image, fused) of a tiny synthetic case study, then the pooled report."""
     sweep = tmp_path / "sweep"
-    p = run_script("train.py", "-m", "experiment=synthetic_ordinal", f"paths.cache_dir={tmp_path / 'cache'}",
-                   f"hydra.sweep.dir={sweep}", "data.n_cases=12", "data.n_frames=48", "data.size=64",
-                   "data.batch_size=8", "trainer.max_epochs=1", "trainer.progress=false", "trainer.n_boot=20",
-                   "data.cv.folds=2", "data.cv.fold=0,1", "data.cv.stratify=fibrosis",
-                   "model.head_inputs=image,fused", "trainer.precision=fp32", timeout=600)
+    p = run_script(
+        "train.py",
+        "-m",
+        "experiment=synthetic_ordinal",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={sweep}",
+        "data.n_cases=12",
+        "data.n_frames=48",
+        "data.size=64",
+        "data.batch_size=8",
+        "trainer.max_epochs=1",
+        "trainer.progress=false",
+        "trainer.n_boot=20",
+        "data.cv.folds=2",
+        "data.cv.fold=0,1",
+        "data.cv.stratify=fibrosis",
+        "model.head_inputs=image,fused",
+        "trainer.precision=fp32",
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     oofs = sorted(sweep.rglob("oof.json"))
     assert len(oofs) == 4
@@ -107,7 +152,9 @@ def test_cross_validation_runs_end_to_end_and_pools_out_of_fold(tmp_path):
         card = json.loads((f.parent / "checkpoints" / "best.json").read_text())
         assert card["heads"]["fibrosis"]["kind"] == "ordinal" and card["heads"]["fibrosis"]["temperature"] > 0
         fib = card["heads"]["fibrosis"]
-        assert (fib.get("validation") is not None) == (fib["n_val_labels"] > 0)  # calibrated wherever validation had labels
+        assert (fib.get("validation") is not None) == (
+            fib["n_val_labels"] > 0
+        )  # calibrated wherever validation had labels
         for r in d["rows"]:
             assert seen.setdefault(d["variant"], {}).setdefault(r["group"], d["fold"]) == d["fold"]
             assert len(r["probs"]["fibrosis"]) == 3 and abs(sum(r["probs"]["fibrosis"]) - 1) < 1e-4
@@ -136,15 +183,19 @@ def test_check_lists_every_problem_in_one_pass_and_finds_near_duplicates(tmp_pat
     cv2.imwrite(str(tmp_path / "f" / "train.png"), base)
     cv2.imwrite(str(tmp_path / "f" / "copy.png"), np.clip(base.astype(int) + 3, 0, 255).astype(np.uint8))
     cv2.imwrite(str(tmp_path / "f" / "other.png"), rng.integers(0, 255, (72, 96, 3), dtype=np.uint8))
-    _write_csv(tmp_path / "m.csv", [
-        {"image": "f/train.png", "group": "A", "split": "train", "fibrosis": "F9"},
-        {"image": "f/copy.png", "group": "B", "split": "test", "fibrosis": "F1"},
-        {"image": "f/other.png", "group": "C", "split": "test", "fibrosis": "F0"},
-        {"image": "f/missing.png", "group": "D", "split": "test", "fibrosis": "F2"}])
+    _write_csv(
+        tmp_path / "m.csv",
+        [
+            {"image": "f/train.png", "group": "A", "split": "train", "fibrosis": "F9"},
+            {"image": "f/copy.png", "group": "B", "split": "test", "fibrosis": "F1"},
+            {"image": "f/other.png", "group": "C", "split": "test", "fibrosis": "F0"},
+            {"image": "f/missing.png", "group": "D", "split": "test", "fibrosis": "F2"},
+        ],
+    )
     code = check_main(["--manifest", str(tmp_path / "m.csv"), "--heads", "fibrosis=F0,F1,F2"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "label 'F9' for head 'fibrosis'" in err           # the bad label ...
+    assert "label 'F9' for head 'fibrosis'" in err  # the bad label ...
     assert "image not found" in err and "missing.png" in err  # ... does not hide the missing file
     assert "near-duplicate across splits: f/copy is within 3.0 grey levels of training frame f/train" in err
     assert "f/other" not in err
@@ -159,8 +210,10 @@ def test_check_reports_the_standard_clinicdb_split_leak(tmp_path, capsys):
     root = SHARED_DATA / "cvc-clinicdb"
     seq = {r[0]: r[1] for r in csv.reader((root / "sequences.csv").open()) if r and r[0] != "frame"}
     test = {x.strip() for x in (root / "splits" / "pranet_test.txt").read_text().split()}
-    rows = [{"image": str(root / "images" / f"{n}.png"), "group": seq[n],
-             "split": "test" if n in test else "train"} for n in sorted(seq, key=int)]
+    rows = [
+        {"image": str(root / "images" / f"{n}.png"), "group": seq[n], "split": "test" if n in test else "train"}
+        for n in sorted(seq, key=int)
+    ]
     _write_csv(tmp_path / "clinicdb.csv", rows)
     code = check_main(["--manifest", str(tmp_path / "clinicdb.csv")])
     out = capsys.readouterr()

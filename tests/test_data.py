@@ -101,11 +101,11 @@ def test_split_file_and_groups(tmp_path):
 def test_manifest_csv_and_jsonl_labels(tmp_path):
     make_folder(tmp_path)
     heads = {"fibrosis": ["F0", "F1", "F2"], "lift": ["adequate", "partial", "non-lifting"]}
-    rows = [{"image": "images/a.png", "mask": "masks/a.png", "fibrosis": "F2", "lift": "", "group": "p1",
-             "split": "train"},
-            {"image": "images/b.png", "mask": "", "fibrosis": "1", "lift": "partial", "group": "p2", "split": "test"},
-            {"image": "images/c.png", "mask": "masks/c.png", "fibrosis": "", "lift": "0", "group": "p1",
-             "split": "train"}]
+    rows = [
+        {"image": "images/a.png", "mask": "masks/a.png", "fibrosis": "F2", "lift": "", "group": "p1", "split": "train"},
+        {"image": "images/b.png", "mask": "", "fibrosis": "1", "lift": "partial", "group": "p2", "split": "test"},
+        {"image": "images/c.png", "mask": "masks/c.png", "fibrosis": "", "lift": "0", "group": "p1", "split": "train"},
+    ]
     with (tmp_path / "m.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -113,11 +113,16 @@ def test_manifest_csv_and_jsonl_labels(tmp_path):
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     for name in ("m.csv", "m.jsonl"):
         recs = manifest_records(tmp_path / name, heads=heads)
-        assert [r.labels for r in recs] == [{"fibrosis": 2, "lift": -1}, {"fibrosis": 1, "lift": 1},
-                                            {"fibrosis": -1, "lift": 0}]
+        assert [r.labels for r in recs] == [
+            {"fibrosis": 2, "lift": -1},
+            {"fibrosis": 1, "lift": 1},
+            {"fibrosis": -1, "lift": 0},
+        ]
         assert recs[1].mask is None and recs[0].group == "p1"
-        assert [r.image.name for r in manifest_records(tmp_path / name, heads=heads, split="train")] == \
-            ["a.png", "c.png"]
+        assert [r.image.name for r in manifest_records(tmp_path / name, heads=heads, split="train")] == [
+            "a.png",
+            "c.png",
+        ]
     rows[0]["fibrosis"] = "F9"
     (tmp_path / "bad.jsonl").write_text(json.dumps(rows[0]))
     with pytest.raises(UserError, match=r"bad\.jsonl:1: label 'F9' for head 'fibrosis'"):
@@ -149,9 +154,15 @@ def test_train_transform_moves_image_and_mask_together():
     mask = np.zeros((96, 96), np.uint8)
     img[20:50, 30:70] = 255
     mask[20:50, 30:70] = 1
-    tf = build_transform([A.HorizontalFlip(p=1), A.Affine(rotate=(30, 30), scale=(1.2, 1.2), p=1,
-                                                          interpolation=0, mask_interpolation=0)],
-                         size=64, mean=(0, 0, 0), std=(1, 1, 1))
+    tf = build_transform(
+        [
+            A.HorizontalFlip(p=1),
+            A.Affine(rotate=(30, 30), scale=(1.2, 1.2), p=1, interpolation=0, mask_interpolation=0),
+        ],
+        size=64,
+        mean=(0, 0, 0),
+        std=(1, 1, 1),
+    )
     out = tf(image=img, mask=mask)
     bright = out["image"][0].numpy() > 0.5
     m = out["mask"].numpy() > 0
@@ -163,8 +174,10 @@ def test_synthetic_dataset_is_written_once_with_labels(tmp_path):
     m = ensure_synthetic_dataset(tmp_path, n=6, size=(32, 48), seed=1)
     mtime = m.stat().st_mtime_ns
     assert ensure_synthetic_dataset(tmp_path, n=6, size=(32, 48), seed=1).stat().st_mtime_ns == mtime
-    recs = records_from_sources([{"kind": "synthetic", "root": str(tmp_path), "n": 6, "size": [32, 48], "seed": 1}],
-                                heads={"fibrosis": ["F0", "F1", "F2"]})
+    recs = records_from_sources(
+        [{"kind": "synthetic", "root": str(tmp_path), "n": 6, "size": [32, 48], "seed": 1}],
+        heads={"fibrosis": ["F0", "F1", "F2"]},
+    )
     assert len(recs) == 6 and all(r.labels["fibrosis"] in (0, 1, 2) for r in recs)
     with pytest.raises(UserError, match="unknown kind"):
         records_from_sources([{"kind": "zip"}])
@@ -177,8 +190,9 @@ def test_record_dataset_over_folders_and_manifests(tmp_path, synthetic_manifest)
     assert tuple(s["image"].shape) == (3, 32, 32) and tuple(s["mask"].shape) == (1, 32, 32) and s["id"] == "b"
     assert ds[len(ds) + 1]["id"] == "b"  # an epoch-encoded index (data.loaders.EpochSampler) reads the same record
     heads = {"fibrosis": ["F0", "F1", "F2"]}
-    ms = RecordDataset(manifest_records(synthetic_manifest, heads=heads), transform=build_transform([], size=32),
-                       heads=list(heads))
+    ms = RecordDataset(
+        manifest_records(synthetic_manifest, heads=heads), transform=build_transform([], size=32), heads=list(heads)
+    )
     assert len(ms) == 16 and int(ms[0]["labels"]["fibrosis"]) in (0, 1, 2)
 
 
@@ -206,9 +220,10 @@ def test_layout_check_of_a_downloaded_copy(tmp_path, capsys):
                 (tmp_path / name / folder / f.name).symlink_to(f)
     assert layout_main(["--root", str(tmp_path)]) == 2
     assert "sequences.csv is missing" in capsys.readouterr().err
-    assert layout_main(["--root", str(tmp_path), "--install"]) == 0           # the shipped lists complete it
-    assert (tmp_path / "kvasir-seg" / "splits" / "pranet_test.txt").read_text() == \
-        (SHARED_DATA / "kvasir-seg" / "splits" / "pranet_test.txt").read_text()
+    assert layout_main(["--root", str(tmp_path), "--install"]) == 0  # the shipped lists complete it
+    assert (tmp_path / "kvasir-seg" / "splits" / "pranet_test.txt").read_text() == (
+        SHARED_DATA / "kvasir-seg" / "splits" / "pranet_test.txt"
+    ).read_text()
     next((tmp_path / "cvc-clinicdb" / "images").iterdir()).unlink()
     assert layout_main(["--root", str(tmp_path)]) == 2
     assert "611 images, expected 612" in capsys.readouterr().err
@@ -220,7 +235,7 @@ def test_frame_quality_measures_glare_and_blur_inside_the_field_only():
     a = ANALYSIS_SIZE
     rng = np.random.default_rng(0)
     image = rng.integers(0, 200, (a, a, 3), dtype=np.uint8)
-    image[:44, :] = 255                                   # glare, half of it outside the field
+    image[:44, :] = 255  # glare, half of it outside the field
     area = np.zeros((a, a), np.uint8)
     area[22:, :] = 1
     q = frame_quality(image, area)
@@ -230,7 +245,11 @@ def test_frame_quality_measures_glare_and_blur_inside_the_field_only():
     assert abs(q["sharpness"] - round(float(lap[inside].var()), 1)) <= 0.1 and not q["blurry"]
     blurred = cv2.GaussianBlur(image, (0, 0), 6)
     assert frame_quality(blurred, area)["blurry"]
-    image[:, :, 2] = 240                                  # one channel below 250: not glare
+    image[:, :, 2] = 240  # one channel below 250: not glare
     assert frame_quality(image, area)["overexposed_fraction"] == 0.0
-    assert frame_quality(image, np.zeros_like(area)) == {"sharpness": 0.0, "blurry": True,
-                                                         "overexposed_fraction": 0.0, "overexposed": False}
+    assert frame_quality(image, np.zeros_like(area)) == {
+        "sharpness": 0.0,
+        "blurry": True,
+        "overexposed_fraction": 0.0,
+        "overexposed": False,
+    }

@@ -1,4 +1,5 @@
 """The CUDA path, run where a GPU exists (pytest -m gpu; benchmarks/gpu_check.sh). Skipped elsewhere."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +8,10 @@ import torch
 
 from tests.conftest import ROOT, run_script
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine"),
+]
 SHIPPED = ROOT / "checkpoints" / "endolift_polyp_unet_mnv2"
 
 
@@ -28,9 +31,15 @@ def test_cuda_fp16_channels_last_matches_cpu_fp32():
 
 
 def test_cuda_training_smoke_and_inference(tmp_path):
-    p = run_script("train.py", "experiment=smoke", "trainer.device=cuda", "trainer.precision=fp16",
-                   f"hydra.run.dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}",
-                   "trainer.progress=false")
+    p = run_script(
+        "train.py",
+        "experiment=smoke",
+        "trainer.device=cuda",
+        "trainer.precision=fp16",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "trainer.progress=false",
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     p = run_script("infer.py", "device=cuda", f"out_dir={tmp_path / 'out'}")
     assert p.returncode == 0, p.stderr[-2000:]

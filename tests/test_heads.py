@@ -1,5 +1,6 @@
 """Attribute heads: ordinal (CORN) outputs and loss, pooling regions, covariates, freezing, calibration, case
 aggregation, grading metrics against torchmetrics, case-resampled bootstrap, folds."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,13 +26,22 @@ from models.losses import EndoLoss
 
 
 def test_head_config_forms_and_defaults():
-    specs = parse_heads({"fibrosis": ["F0", "F1", "F2"], "small_sessile": ["other", "small_sessile"],
-                         "lift": {"classes": ["a", "p", "n"], "kind": "nominal", "class_weights": [1, 2, 3]}})
+    specs = parse_heads(
+        {
+            "fibrosis": ["F0", "F1", "F2"],
+            "small_sessile": ["other", "small_sessile"],
+            "lift": {"classes": ["a", "p", "n"], "kind": "nominal", "class_weights": [1, 2, 3]},
+        }
+    )
     assert specs["fibrosis"].kind == "ordinal" and specs["fibrosis"].n_outputs == 2
     assert specs["small_sessile"].kind == "nominal" and specs["small_sessile"].n_outputs == 2
     assert specs["lift"].kind == "nominal" and specs["lift"].class_weights == (1.0, 2.0, 3.0)
-    for bad in ({"x": ["only"]}, {"x": {"classes": ["a", "b"], "kind": "circular"}},
-                {"x": {"classes": ["a", "b"], "class_weights": [1]}}, {"x": {"classes": ["a", "b"], "typo": 1}}):
+    for bad in (
+        {"x": ["only"]},
+        {"x": {"classes": ["a", "b"], "kind": "circular"}},
+        {"x": {"classes": ["a", "b"], "class_weights": [1]}},
+        {"x": {"classes": ["a", "b"], "typo": 1}},
+    ):
         with pytest.raises(UserError, match="model.heads.x"):
             parse_heads(bad)
 
@@ -58,7 +68,8 @@ def test_corn_loss_by_hand_and_it_rewards_the_right_grade():
     assert corn_loss(logits, torch.tensor([1])).item() == pytest.approx(expect.item(), abs=1e-6)
     # label 0: only task 0 is in the conditional set
     assert corn_loss(logits, torch.tensor([0])).item() == pytest.approx(
-        torch.nn.functional.softplus(torch.tensor(2.0)).item(), abs=1e-6)
+        torch.nn.functional.softplus(torch.tensor(2.0)).item(), abs=1e-6
+    )
     good, bad = torch.tensor([[5.0, 5.0]]), torch.tensor([[-5.0, -5.0]])
     assert corn_loss(good, torch.tensor([2])) < corn_loss(bad, torch.tensor([2]))
 
@@ -68,14 +79,19 @@ def test_ring_pooling_sits_around_the_lesion():
     mask = torch.full((1, 1, 64, 64), -10.0)
     mask[:, :, 24:40, 24:40] = 10.0
     lesion, ring = head.region_weights(mask)
-    assert lesion.shape[-1] == 16 and float(lesion[0, 0, 8, 8]) > 0.99       # lesion centre
+    assert lesion.shape[-1] == 16 and float(lesion[0, 0, 8, 8]) > 0.99  # lesion centre
     assert float(ring[0, 0, 8, 8]) < 0.01 and float(ring[0, 0, 5, 8]) > 0.99  # ring just outside, not inside
-    assert float(ring[0, 0, 0, 0]) < 0.01                                       # far away: neither
+    assert float(ring[0, 0, 0, 0]) < 0.01  # far away: neither
 
 
 def test_covariates_missing_values_and_modes():
-    model = build_model(weights=None, heads={"fibrosis": ["F0", "F1", "F2"]}, head_inputs="fused",
-                        covariates=["rt", "weeks"], decoder={"decoder_channels": [16, 16, 16, 8, 8]}).eval()
+    model = build_model(
+        weights=None,
+        heads={"fibrosis": ["F0", "F1", "F2"]},
+        head_inputs="fused",
+        covariates=["rt", "weeks"],
+        decoder={"decoder_channels": [16, 16, 16, 8, 8]},
+    ).eval()
     set_covariate_stats(model, np.array([[1.0, 10.0], [0.0, np.nan], [1.0, 14.0]]))
     head = model.heads["fibrosis"]
     assert head.cov_mean.tolist() == pytest.approx([2 / 3, 12.0]) and head.cov_std[1].item() == pytest.approx(2.0)
@@ -85,23 +101,27 @@ def test_covariates_missing_values_and_modes():
         b = model(x, None)["fibrosis"]
         c = model(x, torch.tensor([[0.0, 12.0], [float("nan"), float("nan")]]))["fibrosis"]
     assert torch.isfinite(a).all() and torch.allclose(a[1], b[1])  # all-missing == no covariates given
-    assert not torch.allclose(a[0], c[0])                           # the covariate changes the output
+    assert not torch.allclose(a[0], c[0])  # the covariate changes the output
     with pytest.raises(UserError, match="needs model.covariates"):
         build_model(weights=None, heads={"fibrosis": ["F0", "F1", "F2"]}, head_inputs="covariates")
 
 
 def test_frozen_segmenter_does_not_change_while_heads_train():
     torch.manual_seed(0)
-    model = build_model(weights=None, heads={"fibrosis": ["F0", "F1", "F2"]},
-                        decoder={"decoder_channels": [16, 16, 16, 8, 8]}).freeze_segmentation()
+    model = build_model(
+        weights=None, heads={"fibrosis": ["F0", "F1", "F2"]}, decoder={"decoder_channels": [16, 16, 16, 8, 8]}
+    ).freeze_segmentation()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
     assert not model.seg.training and model.heads.training
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     loss_fn = EndoLoss(heads={"fibrosis": ["F0", "F1", "F2"]}, segmentation=False)
     x = torch.randn(4, 3, 64, 64)
-    batch = {"mask": torch.zeros(4, 1, 64, 64), "has_mask": torch.ones(4, dtype=torch.bool),
-             "labels": {"fibrosis": torch.tensor([0, 1, 2, 1])}}
+    batch = {
+        "mask": torch.zeros(4, 1, 64, 64),
+        "has_mask": torch.ones(4, dtype=torch.bool),
+        "labels": {"fibrosis": torch.tensor([0, 1, 2, 1])},
+    }
     for _ in range(2):
         terms = loss_fn(model(x), batch)
         assert set(terms) == {"corn_fibrosis", "total"}
@@ -118,8 +138,12 @@ def test_uninformative_frames_are_down_weighted():
     out = {"mask": torch.full((3, 1, 8, 8), -5.0), "h": torch.tensor([[5.0, -5.0], [5.0, -5.0], [-5.0, 5.0]])}
     mask = torch.zeros(3, 1, 8, 8)
     mask[0, :, :4, :4] = 1  # frame 0: lesion visible (and labelled right); frame 1: no lesion (labelled wrong)
-    batch = {"mask": mask, "has_mask": torch.tensor([True, True, False]), "labels": {"h": torch.tensor([0, 1, 1])},
-             "poor_quality": torch.tensor([False, False, True])}
+    batch = {
+        "mask": mask,
+        "has_mask": torch.tensor([True, True, False]),
+        "labels": {"h": torch.tensor([0, 1, 1])},
+        "poor_quality": torch.tensor([False, False, True]),
+    }
     # frames 1 (no lesion) and 2 (poor quality) are skipped: only the confident right frame 0 counts
     assert loss_fn(out, batch)["ce_h"].item() < 1e-3
     keep_all = EndoLoss(heads={"h": {"classes": ["a", "b"]}})
@@ -140,7 +164,7 @@ def test_case_aggregation_and_abstention():
     probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9], [0.7, 0.3]])
     agg = aggregate_case(probs, np.array([True, True, False, True]), min_frames=3)
     assert not agg["abstain"] and agg["index"] == 0 and agg["frames"] == 3
-    assert agg["confidence"] == pytest.approx(0.8)                     # the uninformative frame is ignored
+    assert agg["confidence"] == pytest.approx(0.8)  # the uninformative frame is ignored
     assert aggregate_case(probs, np.array([True, True, False, False]), min_frames=3)["abstain"]
     low = aggregate_case(np.array([[0.55, 0.45]] * 5), np.ones(5, bool), min_confidence=0.6)
     assert low["abstain"] and "confidence" in low["reason"]
@@ -166,8 +190,9 @@ def test_grading_scores_match_torchmetrics():
     assert s["auroc"] == pytest.approx(float(C.multiclass_auroc(pt, yt, 3, average="macro")), abs=1e-4)
     assert s["ece"] == pytest.approx(float(C.multiclass_calibration_error(pt, yt, 3, n_bins=15)), abs=1e-4)
     b = scores(p[:, :2] / p[:, :2].sum(1, keepdims=True), (y == 1).astype(int))
-    assert b["auroc"] == pytest.approx(float(C.binary_auroc(torch.tensor(p[:, 1] / p[:, :2].sum(1)),
-                                                            torch.tensor((y == 1).astype(int)))), abs=1e-4)
+    assert b["auroc"] == pytest.approx(
+        float(C.binary_auroc(torch.tensor(p[:, 1] / p[:, :2].sum(1)), torch.tensor((y == 1).astype(int)))), abs=1e-4
+    )
 
 
 def test_bootstrap_resamples_whole_cases():
@@ -185,8 +210,11 @@ def test_bootstrap_resamples_whole_cases():
 
 
 def _records(n_groups: int, per: int, labels=None):
-    return [Record(image=None, mask=None, id=f"{g}-{i}", group=f"g{g}",
-                   labels={"h": (labels[g] if labels else -1)}) for g in range(n_groups) for i in range(per)]
+    return [
+        Record(image=None, mask=None, id=f"{g}-{i}", group=f"g{g}", labels={"h": (labels[g] if labels else -1)})
+        for g in range(n_groups)
+        for i in range(per)
+    ]
 
 
 def test_group_kfold_keeps_patients_whole_and_balances_labels():

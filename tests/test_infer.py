@@ -49,8 +49,14 @@ def test_validated_heads_are_drawn_and_reported(tmp_path, tiny_checkpoint, synth
     real = tiny_card({h: v.classes for h, v in card.heads.items()}, label_source="real", validated=True)
     save_checkpoint(tmp_path / "real", model, real)
     out = tmp_path / "out"
-    p = run_script("infer.py", f"input={synthetic_video}", f"out_dir={out}", f"checkpoint={tmp_path / 'real'}",
-                   "review.threshold=0.001", "review.abstain_below=0.0")
+    p = run_script(
+        "infer.py",
+        f"input={synthetic_video}",
+        f"out_dir={out}",
+        f"checkpoint={tmp_path / 'real'}",
+        "review.threshold=0.001",
+        "review.abstain_below=0.0",
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     html = (out / "report.html").read_text()
     summary = json.loads((out / "summary.json").read_text())
@@ -59,12 +65,21 @@ def test_validated_heads_are_drawn_and_reported(tmp_path, tiny_checkpoint, synth
         est = summary["heads"][h]
         assert est["clinically_validated"] and est["frames"] == summary["informative_frames"]
         # an estimate where informative frames exist, otherwise the reason it abstained; either way in the report
-        assert (est["estimate"] in card.heads[h].classes) if not est["abstain"] else \
-            ("<td>insufficient evidence</td>" in html and est["reason"])
+        assert (
+            (est["estimate"] in card.heads[h].classes)
+            if not est["abstain"]
+            else ("<td>insufficient evidence</td>" in html and est["reason"])
+        )
         if not est["abstain"]:
             assert f"<b>{est['estimate']}</b>" in html
-    p = run_script("infer.py", f"input={synthetic_video}", f"out_dir={tmp_path / 'strict'}",
-                   f"checkpoint={tmp_path / 'real'}", "review.threshold=0.001", "review.min_informative_frames=1000")
+    p = run_script(
+        "infer.py",
+        f"input={synthetic_video}",
+        f"out_dir={tmp_path / 'strict'}",
+        f"checkpoint={tmp_path / 'real'}",
+        "review.threshold=0.001",
+        "review.min_informative_frames=1000",
+    )
     strict = json.loads((tmp_path / "strict" / "summary.json").read_text())
     assert strict["heads"]["fibrosis"]["abstain"] and strict["heads"]["fibrosis"]["estimate"] is None
     assert "<td>insufficient evidence</td>" in (tmp_path / "strict" / "report.html").read_text()
@@ -112,8 +127,9 @@ def test_several_inputs_one_subfolder_each_and_bad_ones_reported(tmp_path, tiny_
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00" * 100)
     out = tmp_path / "out"
-    p = run_script("infer.py", f"input=[{img},{bad},{synthetic_video}]", f"out_dir={out}",
-                   f"checkpoint={tiny_checkpoint}")
+    p = run_script(
+        "infer.py", f"input=[{img},{bad},{synthetic_video}]", f"out_dir={out}", f"checkpoint={tiny_checkpoint}"
+    )
     assert p.returncode == 2 and "bad.mp4" in p.stderr and "Traceback" not in p.stderr
     assert (out / "one" / "masks" / "one.png").is_file() and (out / "one" / "overlays" / "one.jpg").is_file()
     assert (out / "clip" / "clip_overlay.mp4").is_file()
@@ -144,13 +160,26 @@ def test_frame_folder_as_video(tmp_path, tiny_checkpoint):
     for i in range(5):
         cv2.imwrite(str(src / f"{i:03d}.png"), synthetic_frame(rng, (64, 64))["image"])
     out = tmp_path / "out"
-    p = run_script("infer.py", f"input={src}", f"out_dir={out}", f"checkpoint={tiny_checkpoint}",
-                   "frames_as_video=true", "review.frames_fps=5")
+    p = run_script(
+        "infer.py",
+        f"input={src}",
+        f"out_dir={out}",
+        f"checkpoint={tiny_checkpoint}",
+        "frames_as_video=true",
+        "review.frames_fps=5",
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     assert (out / "seq_overlay.mp4").is_file() and (out / "masks" / "seq_000004.png").is_file()
     shutil.rmtree(out)
-    p = run_script("infer.py", f"input={src}", f"out_dir={out}", f"checkpoint={tiny_checkpoint}",
-                   "frames_as_video=true", "review.overlay_size=[48,32]", "review.report=false")
+    p = run_script(
+        "infer.py",
+        f"input={src}",
+        f"out_dir={out}",
+        f"checkpoint={tiny_checkpoint}",
+        "frames_as_video=true",
+        "review.overlay_size=[48,32]",
+        "review.report=false",
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     with av.open(str(out / "seq_overlay.mp4")) as c:
         assert (c.streams.video[0].codec_context.width, c.streams.video[0].codec_context.height) == (48, 32)
@@ -182,13 +211,18 @@ def test_hostile_file_names_cannot_inject_into_the_report(tmp_path, tiny_checkpo
     for folder in folders:
         text = (folder / "report.html").read_text()
         tags = html_tags(text)
-        assert sum(t == "script" for t, _ in tags) == 1                   # only the page's own state script
-        assert not any(k.startswith("on") for _, a in tags for k in a)    # no injected event handler
+        assert sum(t == "script" for t, _ in tags) == 1  # only the page's own state script
+        assert not any(k.startswith("on") for _, a in tags for k in a)  # no injected event handler
         srcs = [a["src"] for t, a in tags if t in ("img", "video")]
         assert len(srcs) >= 3
-        for src in srcs:                                                       # every URL resolves to its file
+        for src in srcs:  # every URL resolves to its file
             assert (folder / unquote(src)).is_file(), src
-        shown.append(text.replace("&amp;", "&").replace("&#34;", '"').replace("&lt;", "<").replace(
-            "&gt;", ">").replace("&#39;", "'"))
-    for stem in HOSTILE:                                                       # each name is shown, as text
+        shown.append(
+            text.replace("&amp;", "&")
+            .replace("&#34;", '"')
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&#39;", "'")
+        )
+    for stem in HOSTILE:  # each name is shown, as text
         assert any(stem in t for t in shown), stem

@@ -15,7 +15,7 @@ from tests.conftest import SHARED_DATA, needs_shared_data, run_script
 
 def square(h=40, w=40, top=10, left=10, size=20):
     m = np.zeros((h, w), bool)
-    m[top: top + size, left: left + size] = True
+    m[top : top + size, left : left + size] = True
     return m
 
 
@@ -24,9 +24,9 @@ def test_dice_iou_by_hand():
 
     pred = torch.zeros(3, 1, 4, 4, dtype=torch.bool)
     gt = torch.zeros(3, 1, 4, 4, dtype=torch.bool)
-    pred[0, 0, :2, :2] = True          # 4 px
-    gt[0, 0, :2, :] = True             # 8 px, overlap 4 -> dice 8/12, iou 4/8
-    gt[1, 0, 0, 0] = True              # prediction empty, truth not: a miss scores 0
+    pred[0, 0, :2, :2] = True  # 4 px
+    gt[0, 0, :2, :] = True  # 8 px, overlap 4 -> dice 8/12, iou 4/8
+    gt[1, 0, 0, 0] = True  # prediction empty, truth not: a miss scores 0
     dice, iou = dice_iou_per_image(pred, gt)  # image 2: both empty scores 1
     assert dice.tolist() == pytest.approx([2 / 3, 0.0, 1.0])
     assert iou.tolist() == pytest.approx([0.5, 0.0, 1.0])
@@ -74,7 +74,7 @@ def test_resizes_a_map_to_its_mask_and_says_so():
 
 def test_grading_metrics_by_hand():
     g = GradingMetrics(["F0", "F1", "F2"])
-    probs = np.array([[.8, .1, .1], [.1, .8, .1], [.1, .1, .8], [.6, .3, .1], [.3, .3, .4]])
+    probs = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.6, 0.3, 0.1], [0.3, 0.3, 0.4]])
     g.update(probs, np.array([0, 1, 2, 1, -1]))
     r = g.compute()
     assert r["n"] == 4 and r["n_unknown"] == 1
@@ -91,10 +91,22 @@ def test_grading_metrics_by_hand():
 
 # PraNet, MICCAI 2020, Table 1 (see ../shared/data/README.md)
 PUBLISHED = {
-    "kvasir": {"mean_dice": 0.898, "mean_iou": 0.840, "weighted_f": 0.885, "s_measure": 0.915,
-               "max_e_measure": 0.948, "mae": 0.030},
-    "cvc-clinicdb": {"mean_dice": 0.899, "mean_iou": 0.849, "weighted_f": 0.896, "s_measure": 0.936,
-                     "max_e_measure": 0.979, "mae": 0.009},
+    "kvasir": {
+        "mean_dice": 0.898,
+        "mean_iou": 0.840,
+        "weighted_f": 0.885,
+        "s_measure": 0.915,
+        "max_e_measure": 0.948,
+        "mae": 0.030,
+    },
+    "cvc-clinicdb": {
+        "mean_dice": 0.899,
+        "mean_iou": 0.849,
+        "weighted_f": 0.896,
+        "s_measure": 0.936,
+        "max_e_measure": 0.979,
+        "mae": 0.009,
+    },
 }
 
 
@@ -102,9 +114,15 @@ PUBLISHED = {
 @pytest.mark.parametrize("dataset,masks", [("kvasir", "kvasir-seg"), ("cvc-clinicdb", "cvc-clinicdb")])
 def test_parity_with_pranet_published_table(dataset, masks, tmp_path):
     """evaluate.py on PraNet's released maps reproduces its paper's Table 1 within 0.005 on every metric."""
-    p = run_script("evaluate.py", f"pred_dir={SHARED_DATA / 'pranet-predictions' / dataset}",
-                   f"gt_dir={SHARED_DATA / masks / 'masks'}", f"gt_list={SHARED_DATA / masks / 'splits/pranet_test.txt'}",
-                   f"name={dataset}", f"out_dir={tmp_path}", "gallery=0")
+    p = run_script(
+        "evaluate.py",
+        f"pred_dir={SHARED_DATA / 'pranet-predictions' / dataset}",
+        f"gt_dir={SHARED_DATA / masks / 'masks'}",
+        f"gt_list={SHARED_DATA / masks / 'splits/pranet_test.txt'}",
+        f"name={dataset}",
+        f"out_dir={tmp_path}",
+        "gallery=0",
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     got = json.loads((tmp_path / "metrics.json").read_text())["results"][dataset]["segmentation"]
     for key, ref in PUBLISHED[dataset].items():
@@ -122,8 +140,13 @@ def test_evaluate_folder_mode_errors(tmp_path):
         cv2.imwrite(str(gts / f"{name}.png"), (square() * 255).astype(np.uint8))
     cv2.imwrite(str(preds / "a.png"), (square() * 255).astype(np.uint8))
     (tmp_path / "list.txt").write_text("a\nb\n")
-    p = run_script("evaluate.py", f"pred_dir={preds}", f"gt_dir={gts}", f"gt_list={tmp_path / 'list.txt'}",
-                   f"out_dir={tmp_path / 'o'}")
+    p = run_script(
+        "evaluate.py",
+        f"pred_dir={preds}",
+        f"gt_dir={gts}",
+        f"gt_list={tmp_path / 'list.txt'}",
+        f"out_dir={tmp_path / 'o'}",
+    )
     assert p.returncode == 2 and "b.png has no prediction" in p.stderr
     p = run_script("evaluate.py", f"pred_dir={preds}", f"gt_dir={gts}", f"out_dir={tmp_path / 'o'}", "gallery=2")
     assert p.returncode == 0 and "1 masks" in p.stdout
@@ -134,8 +157,14 @@ def test_evaluate_folder_mode_errors(tmp_path):
 
 def test_evaluate_checkpoint_mode_scores_heads(tmp_path, tiny_checkpoint):
     # a second test set (the same frames again) checks that each set is read with the card's head classes
-    p = run_script("evaluate.py", f"checkpoint={tiny_checkpoint}", "data=synthetic", f"paths.cache_dir={tmp_path}",
-                   f"out_dir={tmp_path / 'o'}", "+data.test_sets.again=${data.test_sets.synthetic}")
+    p = run_script(
+        "evaluate.py",
+        f"checkpoint={tiny_checkpoint}",
+        "data=synthetic",
+        f"paths.cache_dir={tmp_path}",
+        f"out_dir={tmp_path / 'o'}",
+        "+data.test_sets.again=${data.test_sets.synthetic}",
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     results = json.loads((tmp_path / "o" / "metrics.json").read_text())["results"]
     assert results["again"]["heads"]["fibrosis"]["frame"]["n"] == 16

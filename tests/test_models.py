@@ -90,15 +90,18 @@ def test_structure_loss_against_hand_computed_values():
     target[..., 10:30, 10:30] = 1
     near, far = torch.full_like(target, 8.0) * (2 * target - 1), torch.full_like(target, 8.0) * (2 * target - 1)
     near[..., 10, 20] = -8.0  # wrong, on the edge
-    far[..., 20, 20] = -8.0   # wrong, in the middle
+    far[..., 20, 20] = -8.0  # wrong, in the middle
     assert structure_loss(near, target)["wbce"] > structure_loss(far, target)["wbce"]
 
 
 def test_endoloss_ignores_unknown_labels_and_unmasked_images():
     loss = EndoLoss("dice_bce", head_weight=1.0)
     out = {"mask": torch.zeros(2, 1, 4, 4, requires_grad=True), "fibrosis": torch.zeros(2, 3, requires_grad=True)}
-    batch = {"mask": torch.ones(2, 1, 4, 4), "has_mask": torch.tensor([True, False]),
-             "labels": {"fibrosis": torch.tensor([-1, -1])}}
+    batch = {
+        "mask": torch.ones(2, 1, 4, 4),
+        "has_mask": torch.tensor([True, False]),
+        "labels": {"fibrosis": torch.tensor([-1, -1])},
+    }
     terms = loss(out, batch)
     assert terms["ce_fibrosis"].item() == 0.0
     assert terms["total"].item() == pytest.approx((terms["bce"] + terms["dice"]).item())
@@ -253,11 +256,13 @@ def test_a_malformed_card_is_refused_naming_the_field(tmp_path):
     card = tiny_card({"fibrosis": ["F0", "F1", "F2"]})
     save_checkpoint(tmp_path / "m", build_model(**card["model"]), card)
     good = json.loads((tmp_path / "m.json").read_text())
-    for mutate, needle in [(lambda d: d.pop("input"), "no 'input' field"),
-                           (lambda d: d["input"].update(size="big"), "input.size"),
-                           (lambda d: d["heads"]["fibrosis"].update(classes=["F0"]), "heads.fibrosis.classes"),
-                           (lambda d: d["heads"]["fibrosis"].update(temperature=-1), "heads.fibrosis.temperature"),
-                           (lambda d: d["heads"]["fibrosis"].update(kind="circular"), "heads.fibrosis.kind")]:
+    for mutate, needle in [
+        (lambda d: d.pop("input"), "no 'input' field"),
+        (lambda d: d["input"].update(size="big"), "input.size"),
+        (lambda d: d["heads"]["fibrosis"].update(classes=["F0"]), "heads.fibrosis.classes"),
+        (lambda d: d["heads"]["fibrosis"].update(temperature=-1), "heads.fibrosis.temperature"),
+        (lambda d: d["heads"]["fibrosis"].update(kind="circular"), "heads.fibrosis.kind"),
+    ]:
         bad = json.loads(json.dumps(good))
         mutate(bad)
         (tmp_path / "m.json").write_text(json.dumps(bad))

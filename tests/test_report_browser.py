@@ -4,6 +4,7 @@ One report (two synchronised videos, a hostile file name) is opened once: a copy
 script appended that clicks like a reviewer, records what happened in ``document.body.dataset`` and lets Chromium
 dump the DOM; the product page itself carries nothing for the test.
 """
+
 from __future__ import annotations
 
 import re
@@ -17,8 +18,9 @@ from review.screenshot import find_chromium, headless, screenshot
 from tests.conftest import run_script
 
 CHROMIUM = find_chromium()
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (apt-get install chromium; "
-                                                         ".ci/run does)")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="Chromium not installed (apt-get install chromium; .ci/run does)"
+)
 STEM = "<img src=x onerror=alert(1)>"
 FPS, FRAMES = 10, 12
 
@@ -77,8 +79,14 @@ def report(tmp_path_factory, tiny_checkpoint) -> Path:
     with VideoWriter(clip, fps=FPS, width=96, height=64) as w:
         for _ in range(FRAMES):
             w.write(synthetic_frame(rng, (64, 96))["image"])
-    p = run_script("infer.py", f"input='{clip}'", f"out_dir={tmp / 'out'}", f"checkpoint={tiny_checkpoint}",
-                   "review.original_video=true", "review.threshold=0.001")
+    p = run_script(
+        "infer.py",
+        f"input='{clip}'",
+        f"out_dir={tmp / 'out'}",
+        f"checkpoint={tiny_checkpoint}",
+        "review.original_video=true",
+        "review.threshold=0.001",
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     return tmp / "out" / "report.html"
 
@@ -86,8 +94,12 @@ def report(tmp_path_factory, tiny_checkpoint) -> Path:
 def test_report_plays_and_seeks_in_a_real_browser(report, tmp_path):
     page = report.with_name("clicked.html")  # beside the report: the videos' relative URLs still resolve
     page.write_text(report.read_text().replace("</body>", CLICKS + "</body>"))
-    r = subprocess.run(headless(CHROMIUM, tmp_path / "profile", "--enable-logging=stderr", "--v=0", "--dump-dom",
-                                page.as_uri()), capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        headless(CHROMIUM, tmp_path / "profile", "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     body = re.search(r"<body[^>]*>", r.stdout)
     assert body, r.stderr[-2000:]
     state = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', body.group(0)))
@@ -98,7 +110,8 @@ def test_report_plays_and_seeks_in_a_real_browser(report, tmp_path):
     frame = 1 / FPS
     # the timeline's 00:00.60 mark seeks there, the original follows, the playhead sits on the mark
     assert abs(float(state["timeline-seek"]) - 0.6) < frame and float(state["original-at"]) == float(
-        state["timeline-seek"])
+        state["timeline-seek"]
+    )
     assert abs(float(state["playhead"]) - float(state["tick-x"])) < 900 / FRAMES
     # a key frame seeks to the time in its caption; the slider fades the overlay out
     caption = re.search(r"at (\d\d):(\d\d\.\d\d)", state["keyframe-caption"])

@@ -1,4 +1,5 @@
 """Direct tests of what a reviewer sees: field-of-view detection, de-identification, lesion description, EMA."""
+
 from __future__ import annotations
 
 import cv2
@@ -38,19 +39,19 @@ def test_deidentify_leaves_no_burned_in_text_readable_and_keeps_the_field():
     f, boxes, _ = _frame_with_burned_in_text()
     area = content_area(f)
     d = deidentify(f, area)
-    assert np.array_equal(d[area > 0], f[area > 0])             # the field of view is untouched
+    assert np.array_equal(d[area > 0], f[area > 0])  # the field of view is untouched
     for x0, y0, x1, y1 in boxes:
         before, after = f[y0:y1, x0:x1].max(2), d[y0:y1, x0:x1].max(2)
-        assert (before > 128).sum() > 20                          # there was text ...
-        assert (after > 128).sum() == 0                           # ... no text-bright pixel is left
-        assert after.std() < 0.2 * before.std()                   # and no stroke contrast to read
+        assert (before > 128).sum() > 20  # there was text ...
+        assert (after > 128).sum() == 0  # ... no text-bright pixel is left
+        assert after.std() < 0.2 * before.std()  # and no stroke contrast to read
 
 
 def test_lesions_are_described_largest_first_and_specks_dropped():
     prob = np.zeros((100, 120), np.float32)
-    prob[10:40, 10:60] = 0.9     # 30 x 50
-    prob[60:70, 80:90] = 0.7     # 10 x 10
-    prob[95, 5] = 0.99           # a one-pixel speck
+    prob[10:40, 10:60] = 0.9  # 30 x 50
+    prob[60:70, 80:90] = 0.7  # 10 x 10
+    prob[95, 5] = 0.99  # a one-pixel speck
     area = np.ones_like(prob, np.uint8)
     area[:, 110:] = 0
     prob[50:60, 112:118] = 0.95  # outside the field of view
@@ -80,9 +81,18 @@ def test_model_ema_tracks_and_restores():
 
 def _row(k: int, *, fps: float = 10.0, lesion: bool = True, area: float = 0.1, p: float = 0.9, heads=None) -> dict:
     """A summary row (review.pipeline.summary_row) made by hand: frame k of a video at ``fps``."""
-    return {"name": f"c_{k:06d}", "index": k, "time": round(k / fps, 4), "lesion_probability": p,
-            "area_fraction": area if lesion else 0.0, "n_lesions": int(lesion), "largest_px": 1000 * lesion,
-            "lesion_px": int(10000 * area) if lesion else 0, "heads": heads or {}, "informative": lesion}
+    return {
+        "name": f"c_{k:06d}",
+        "index": k,
+        "time": round(k / fps, 4),
+        "lesion_probability": p,
+        "area_fraction": area if lesion else 0.0,
+        "n_lesions": int(lesion),
+        "largest_px": 1000 * lesion,
+        "lesion_px": int(10000 * area) if lesion else 0,
+        "heads": heads or {},
+        "informative": lesion,
+    }
 
 
 def test_lesion_segments_bridge_gaps_up_to_half_a_second():
@@ -131,8 +141,7 @@ def test_timeline_is_drawn_in_video_time_with_clinical_heads_only():
     ticks = tl["xticks"]  # every 0.5 s, labelled with the input's timestamps
     assert [t["label"] for t in ticks] == ["00:03.00", "00:03.50", "00:04.00", "00:04.50", "00:05.00"]
     assert ticks[0]["x"] == X0 and ticks[1]["x"] == pytest.approx(X0 + w / 4, abs=0.1)
-    hidden = timeline(rows, _card({"fibrosis": ["F0", "F1", "F2"]}, clinical=False), fps=2, threshold=0.5,
-                      segments=[])
+    hidden = timeline(rows, _card({"fibrosis": ["F0", "F1", "F2"]}, clinical=False), fps=2, threshold=0.5, segments=[])
     assert len(hidden["tracks"]) == 2  # a head not validated on real labels is not drawn
     pos, peak = reduce_series(np.array([0, 1, 0, 0, 0, 0, 5, 0, 0, 0], float), 5)
     assert pos.tolist() == [0.5, 2.5, 4.5, 6.5, 8.5] and peak.tolist() == [1, 0, 0, 5, 0]  # a short peak survives
@@ -156,11 +165,25 @@ def _write_report(out, *, stem: str, original: str | None, overlay: bool = True)
     for r in rows:
         r["name"] = f"{stem}_{r['index']:06d}"
     video = {"fps": 10.0, "width": 32, "height": 24}
-    summary = summarise(rows, card, video, [{"file": stem, "error": f"bad frame {HOSTILE}"}], threshold=0.5,
-                        opts=ReviewOptions(min_informative_frames=1))
+    summary = summarise(
+        rows,
+        card,
+        video,
+        [{"file": stem, "error": f"bad frame {HOSTILE}"}],
+        threshold=0.5,
+        opts=ReviewOptions(min_informative_frames=1),
+    )
     frame = np.zeros((24, 32, 3), np.uint8)
-    return write_report(out, stem=stem, records=rows, summary=summary, card=card, key_frames=[(0.9, 2, frame)],
-                        overlay=f"{stem}_overlay.mp4" if overlay else None, original=original)
+    return write_report(
+        out,
+        stem=stem,
+        records=rows,
+        summary=summary,
+        card=card,
+        key_frames=[(0.9, 2, frame)],
+        overlay=f"{stem}_overlay.mp4" if overlay else None,
+        original=original,
+    )
 
 
 def test_report_keeps_hostile_text_as_text_and_offers_the_original(tmp_path):
@@ -200,8 +223,12 @@ def test_original_video_is_written_deidentified_in_order_by_both_paths(tmp_path,
             w.write(f)
     out = tmp_path / "out"
     pred = Predictor.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32")
-    process_input(clip, predictor=pred, out_dir=out, opts=ReviewOptions(streaming=streaming, original_video=True,
-                                                                        deidentify=True, overlay_size=[192, 144]))
+    process_input(
+        clip,
+        predictor=pred,
+        out_dir=out,
+        opts=ReviewOptions(streaming=streaming, original_video=True, deidentify=True, overlay_size=[192, 144]),
+    )
     with av.open(str(out / "case_original.mp4")) as c:
         got = [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
     assert len(got) == 4 and got[0].shape == (144, 192, 3)  # every frame, at the overlay's size
@@ -209,7 +236,7 @@ def test_original_video_is_written_deidentified_in_order_by_both_paths(tmp_path,
     for k, g in enumerate(got):  # frame k is input frame k (the scenes differ), burned-in text unreadable
         assert np.argmin([np.abs(g - s).mean() for s in small]) == k
         for x0, y0, x1, y1 in boxes:
-            assert (g[y0 // 2:y1 // 2, x0 // 2:x1 // 2].max(2) > 128).sum() == 0
+            assert (g[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2].max(2) > 128).sum() == 0
     assert not list(out.rglob("*.partial*")) and '<video id="original"' in (out / "report.html").read_text()
 
 

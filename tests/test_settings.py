@@ -1,4 +1,5 @@
 """Every setting is checked where it enters: bad values give one line naming the key and the allowed range."""
+
 from __future__ import annotations
 
 import pytest
@@ -61,15 +62,23 @@ def test_defaults_and_every_experiment_pass(script):
     check_settings(_compose(script, []), RULES[script])
     if script == "train":
         for exp in sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml")):
-            check_settings(_compose("train", [f"experiment={exp}", "data.manifest=x.csv"] if exp == "hospital_heads"
-                                    else [f"experiment={exp}"]), TRAIN)
+            check_settings(
+                _compose(
+                    "train",
+                    [f"experiment={exp}", "data.manifest=x.csv"] if exp == "hospital_heads" else [f"experiment={exp}"],
+                ),
+                TRAIN,
+            )
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["input=/data/name", "with", "spaces.png"], "'with' is not a key=value setting"),
-    (["input=/data/name with spaces.png"], "input: a value with spaces"),
-    (["out_dir=/proc/forbidden"], "out_dir=/proc/forbidden cannot be created"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["input=/data/name", "with", "spaces.png"], "'with' is not a key=value setting"),
+        (["input=/data/name with spaces.png"], "input: a value with spaces"),
+        (["out_dir=/proc/forbidden"], "out_dir=/proc/forbidden cannot be created"),
+    ],
+)
 def test_command_line_problems_are_explained(argv, needle):
     with pytest.raises(UserError, match="quoted|cannot be created") as e:
         check_command_line(argv)
@@ -77,11 +86,14 @@ def test_command_line_problems_are_explained(argv, needle):
     check_command_line(["input='/data/name with spaces.png'", "-m", "data.cv.fold=0,1", "x=[a, b]"])
 
 
-@pytest.mark.parametrize("args,needle", [  # one per script end to end; the table above covers every setting
-    (["infer.py", "input=/tmp/name with spaces.png"], "must be quoted for Hydra"),
-    (["train.py", "trainer.max_epochs=-1", "hydra.run.dir=/tmp/endolift-bad"], "trainer.max_epochs=-1"),
-    (["evaluate.py", "batch_size=0", "out_dir=/tmp/endolift-bad"], "batch_size=0 is invalid"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [  # one per script end to end; the table above covers every setting
+        (["infer.py", "input=/tmp/name with spaces.png"], "must be quoted for Hydra"),
+        (["train.py", "trainer.max_epochs=-1", "hydra.run.dir=/tmp/endolift-bad"], "trainer.max_epochs=-1"),
+        (["evaluate.py", "batch_size=0", "out_dir=/tmp/endolift-bad"], "batch_size=0 is invalid"),
+    ],
+)
 def test_entry_scripts_exit_2_with_one_line(args, needle):
     p = run_script(*args)
     assert p.returncode == 2, p.stderr[-2000:]

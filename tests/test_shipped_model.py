@@ -1,5 +1,6 @@
 """The shipped default model: a fast smoke test on the bundled samples (CI), and a slow test of its published
 test-set scores on the public data."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,9 @@ from metrics.basic import dice_iou_per_image
 from tests.conftest import ROOT, needs_shared_data, run_script
 
 SHIPPED = ROOT / "checkpoints" / "endolift_polyp_unet_mnv2"
-needs_model = pytest.mark.skipif(not SHIPPED.with_suffix(".safetensors").is_file(),
-                                 reason=f"shipped model not found: {SHIPPED}.safetensors")
+needs_model = pytest.mark.skipif(
+    not SHIPPED.with_suffix(".safetensors").is_file(), reason=f"shipped model not found: {SHIPPED}.safetensors"
+)
 
 
 def _mean_dice(pred_dir: Path, gt_dir: Path) -> tuple[float, int]:

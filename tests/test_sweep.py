@@ -1,5 +1,6 @@
 """Hyper-parameter search through Hydra's sweeper: a real 2-trial Optuna sweep
 (configs/hparams_search/optuna_heads.yaml) of heads on a frozen tiny segmenter, on the smoke experiment's frames."""
+
 from __future__ import annotations
 
 import csv
@@ -16,16 +17,29 @@ def _trial_score(trial_dir) -> float:
     """What train.py returns with the segmenter frozen: -(mean validation NLL of the heads) at the best epoch."""
     with (trial_dir / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
-    return max(-sum(float(r[k]) for k in r if k.startswith("val/nll_")) / sum(k.startswith("val/nll_") for k in r)
-               for r in rows)
+    return max(
+        -sum(float(r[k]) for k in r if k.startswith("val/nll_")) / sum(k.startswith("val/nll_") for k in r)
+        for r in rows
+    )
 
 
 def test_optuna_sweep_of_heads_on_a_frozen_segmenter(tmp_path, tiny_checkpoint):
     sweep = tmp_path / "sweep"
-    p = run_script("train.py", "-m", "experiment=smoke", "hparams_search=optuna_heads", "hydra.sweeper.n_trials=2",
-                   f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path / 'cache'}", "trainer.progress=false",
-                   "trainer.max_epochs=1", "trainer.n_boot=10", "trainer.freeze=segmentation",
-                   f"trainer.init_from={tiny_checkpoint}", "+model.decoder.decoder_channels=[16,16,16,8,8]")
+    p = run_script(
+        "train.py",
+        "-m",
+        "experiment=smoke",
+        "hparams_search=optuna_heads",
+        "hydra.sweeper.n_trials=2",
+        f"hydra.sweep.dir={sweep}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "trainer.progress=false",
+        "trainer.max_epochs=1",
+        "trainer.n_boot=10",
+        "trainer.freeze=segmentation",
+        f"trainer.init_from={tiny_checkpoint}",
+        "+model.decoder.decoder_channels=[16,16,16,8,8]",
+    )
     assert p.returncode == 0, p.stderr[-3000:]
 
     trials = sorted((d for d in sweep.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: int(d.name))

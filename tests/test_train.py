@@ -67,13 +67,19 @@ def test_warmup_cosine_schedule_shape():
     assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] > 0.1
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["train.py", "no_such_key=1"], "no_such_key"),
-    (["train.py", "model=nope"], "model"),
-    (["train.py", "experiment=smoke", "model.arch=nope", "hydra.run.dir=/tmp/endolift-bad"], "model.arch='nope' is invalid"),
-    (["train.py", "paths.shared_data=/nonexistent", "hydra.run.dir=/tmp/endolift-bad"], "/nonexistent"),
-    (["infer.py", "input=/nonexistent/clip.mp4", "out_dir=/tmp/endolift-bad"], "/nonexistent/clip.mp4"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["train.py", "no_such_key=1"], "no_such_key"),
+        (["train.py", "model=nope"], "model"),
+        (
+            ["train.py", "experiment=smoke", "model.arch=nope", "hydra.run.dir=/tmp/endolift-bad"],
+            "model.arch='nope' is invalid",
+        ),
+        (["train.py", "paths.shared_data=/nonexistent", "hydra.run.dir=/tmp/endolift-bad"], "/nonexistent"),
+        (["infer.py", "input=/nonexistent/clip.mp4", "out_dir=/tmp/endolift-bad"], "/nonexistent/clip.mp4"),
+    ],
+)
 def test_bad_settings_exit_2_without_traceback(args, needle):
     p = run_script(*args)
     assert p.returncode == 2, p.stderr[-2000:]
@@ -84,9 +90,19 @@ def test_bad_settings_exit_2_without_traceback(args, needle):
 def test_two_process_ddp_smoke_run_on_cpu(tmp_path):
     """torchrun with 2 CPU processes (gloo): both shard the data, rank 0 alone writes checkpoints and logs."""
     run = tmp_path / "ddp"
-    p = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
-                   "experiment=smoke", f"hydra.run.dir={run}", f"paths.cache_dir={tmp_path / 'cache'}",
-                   "trainer.max_epochs=1", "trainer.progress=false", "data.batch_size=4")
+    p = run_script(
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "train.py",
+        "experiment=smoke",
+        f"hydra.run.dir={run}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "trainer.max_epochs=1",
+        "trainer.progress=false",
+        "data.batch_size=4",
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert _epochs(run) == [1]
     card = json.loads((run / "checkpoints" / "last.json").read_text())
@@ -129,8 +145,13 @@ def test_training_is_reproducible_and_a_killed_run_resumes_to_the_same_weights(t
     import sys
     import time
 
-    common = ["experiment=smoke", f"paths.cache_dir={tmp_path / 'cache'}", "trainer.progress=false",
-              "trainer.max_epochs=2", "trainer.n_boot=10"]
+    common = [
+        "experiment=smoke",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "trainer.progress=false",
+        "trainer.max_epochs=2",
+        "trainer.n_boot=10",
+    ]
     a, d = tmp_path / "a", tmp_path / "d"
     for run in (a, d):
         p = run_script("train.py", *common, f"hydra.run.dir={run}")
@@ -148,8 +169,13 @@ def test_training_is_reproducible_and_a_killed_run_resumes_to_the_same_weights(t
 
     b = tmp_path / "b"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "train.py", *common, f"hydra.run.dir={b}"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *common, f"hydra.run.dir={b}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     card = b / "checkpoints" / "last.json"
     deadline = time.time() + 120
     while not card.is_file() and time.time() < deadline and proc.poll() is None:

@@ -68,7 +68,7 @@ def test_key_frames_stay_bounded_whatever_the_length():
     assert most <= 12 and len(out) == 6
     idx = [i for _, i, _ in out]
     assert idx == sorted(idx) and 137 in idx and 612 in idx  # the best frames survive every merge
-    assert idx[0] < 250 and idx[-1] > 750                     # spread over the whole video
+    assert idx[0] < 250 and idx[-1] > 750  # spread over the whole video
     assert KeyFrames(0).result() == []
 
 
@@ -122,8 +122,9 @@ def test_streaming_keeps_order_and_counts_with_tiny_queues(tmp_path, tiny_checkp
 
     pred = Predictor.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32")
     out = tmp_path / "o"
-    summary = process_input(synthetic_video, predictor=pred, out_dir=out,
-                            opts=ReviewOptions(batch_size=5, queue_depth=1, threshold=0.001))
+    summary = process_input(
+        synthetic_video, predictor=pred, out_dir=out, opts=ReviewOptions(batch_size=5, queue_depth=1, threshold=0.001)
+    )
     rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert summary["frames"] == 12 and [r["index"] for r in rows] == list(range(12))
     assert len(list((out / "masks").iterdir())) == 12 and not list(out.rglob("*.partial*"))
@@ -157,8 +158,9 @@ def test_stage_workers_pass_errors_to_the_caller():
     with pytest.raises(KeyError):  # the consumer fails while the producer waits on a full queue
         for _ in prefetch(iter([1, 2, 3]), depth=1):
             raise KeyError("consumer")
-    assert time.perf_counter() - t0 < 2 and not any(t.name == "endolift-prefetch" and t.is_alive()
-                                                    for t in threading.enumerate())
+    assert time.perf_counter() - t0 < 2 and not any(
+        t.name == "endolift-prefetch" and t.is_alive() for t in threading.enumerate()
+    )
 
 
 def test_a_video_run_killed_midway_leaves_no_output_under_its_final_name(tmp_path, tiny_checkpoint):
@@ -178,9 +180,12 @@ def test_a_video_run_killed_midway_leaves_no_output_under_its_final_name(tmp_pat
         for _ in range(600):
             w.write(frame)
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "infer.py", f"input={video}", f"out_dir={out}",
-                             f"checkpoint={tiny_checkpoint}"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "infer.py", f"input={video}", f"out_dir={out}", f"checkpoint={tiny_checkpoint}"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and len(list((out / "masks").glob("*.png"))) < 20:
         time.sleep(0.05)
@@ -198,7 +203,12 @@ def test_a_video_run_killed_midway_leaves_no_output_under_its_final_name(tmp_pat
     with VideoWriter(short, fps=25, width=320, height=256) as w:
         for _ in range(3):
             w.write(frame)
-    p = subprocess.run([sys.executable, "infer.py", f"input={short}", f"out_dir={out}",
-                        f"checkpoint={tiny_checkpoint}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "infer.py", f"input={short}", f"out_dir={out}", f"checkpoint={tiny_checkpoint}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     assert not list(out.rglob("*.partial-*")) and (out / "short_overlay.mp4").is_file()  # ... the next run removes
