@@ -127,6 +127,10 @@ def _polygon(parts: list, h: int, w: int, where: str) -> np.ndarray:
             raise UserError(f"{where}: a polygon must be a flat list of x, y numbers")
         if len(p) < 6:
             raise UserError(f"{where}: polygon has {len(p) // 2} points, needs at least 3 (fix or delete it)")
+        xs, ys = np.asarray(p[0::2], float), np.asarray(p[1::2], float)
+        # a non-finite or far-away vertex makes pycocotools allocate without bound or crash: refuse it here
+        if not (np.isfinite(p).all() and (np.abs(xs) <= 2 * w).all() and (np.abs(ys) <= 2 * h).all()):
+            raise UserError(f"{where}: polygon coordinate outside the {w}x{h} image (NaN, infinite or far off)")
     return coco_mask.decode(coco_mask.merge(coco_mask.frPyObjects(parts, h, w))).astype(bool)
 
 
@@ -243,7 +247,10 @@ def read_coco(path: Path, image_dirs: Sequence[Path], notes: list[str]) -> tuple
     images, anns, cats = (_need(data, k, where, list) for k in ("images", "annotations", "categories"))
     names = {}
     for i, c in enumerate(cats):
-        names[_need(c, "id", f"{path}: categories[{i}]")] = str(_need(c, "name", f"{path}: categories[{i}]"))
+        cid = _need(c, "id", f"{path}: categories[{i}]")
+        if cid in names:
+            raise UserError(f"{path}: categories[{i}]: id {cid} is used twice (give every category its own id)")
+        names[cid] = str(_need(c, "name", f"{path}: categories[{i}]"))
     by_id: dict[Any, dict] = {}
     for i, im in enumerate(images):
         w = f"{path}: images[{i}]"
@@ -303,7 +310,7 @@ def read_cvat_mask(root: Path, image_dirs: Sequence[Path], notes: list[str]) -> 
     if not labelmap.is_file():
         raise UserError(f"{labelmap}: missing (CVAT writes it with the export: re-export the task)")
     colours: dict[int, str] = {}
-    for n, line in enumerate(labelmap.read_text().splitlines(), 1):
+    for n, line in enumerate(labelmap.read_text(encoding="utf-8-sig").splitlines(), 1):
         if line.strip() and not line.startswith("#"):
             try:
                 name, rgb = line.split(":")[:2]
@@ -313,7 +320,8 @@ def read_cvat_mask(root: Path, image_dirs: Sequence[Path], notes: list[str]) -> 
             colours[r << 16 | g << 8 | b] = name.strip()
     # the "background" label, and black (unpainted) unless a label claims it
     background = {c for c, n in colours.items() if n == "background"} | ({0} - set(colours))
-    names = list(dict.fromkeys(s.strip() for f in lists for s in f.read_text().splitlines() if s.strip()))
+    lines = (s.strip() for f in lists for s in f.read_text(encoding="utf-8-sig").splitlines())
+    names = list(dict.fromkeys(s for s in lines if s))
 
     def frames() -> Iterable[Frame]:
         for stem in names:
@@ -533,7 +541,7 @@ def _build(
 
 
 def _write_csv(path: Path, rows: list[dict[str, str]], columns: Sequence[str]) -> None:
-    with path.open("w", newline="") as f:
+    with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -625,13 +633,20 @@ def convert(
             default_dirs = [root / "JPEGImages"]
         else:
             root = root if root.is_file() else _export_json(root)
-            default_dirs = [root.parent] + ([root.parent.parent / "images"] if fmt == "coco" else [])
+            default_dirs = [root.parent] + (
+                [root.parent / "images", root.parent.parent / "images"] if fmt == "coco" else []
+            )
         notes: list[str] = []
         categories, frames = READERS[fmt](root, [Path(images)] if images else default_dirs, notes)
         missing = [c for c in lesion if c not in categories]
         if missing:
             raise UserError(f"{src}: no category {missing} (--lesion); the export has {sorted(categories)}")
         chosen = set(lesion) or categories
+        if not lesion and len(categories) > 1:
+            notes.append(
+                f"no --lesion: every category is drawn as lesion ({', '.join(sorted(categories))}); "
+                "name the lesion ones with --lesion"
+            )
 
         def group_of(f: Frame) -> str:
             if pattern is not None:
@@ -671,13 +686,16 @@ def convert(
             shutil.rmtree(old)
         else:
             stage.rename(out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(stage, ignore_errors=True)
         for p in created:
             try:
                 p.rmdir()
             except OSError:
                 break
+        unpacked = str(stage / ".export") + os.sep
+        if isinstance(e, UserError) and unpacked in str(e):  # name the zip and its member, not a deleted folder
+            raise UserError(str(e).replace(unpacked, f"{src}: ")) from None
         raise
 
     if not group and not group_column:

@@ -104,7 +104,7 @@ def folder_records(
         gpath = root / groups_csv
         if not gpath.is_file():
             raise UserError(f"groups file not found: {gpath}")
-        with gpath.open(newline="") as f:
+        with gpath.open(newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
         groups = {Path(r[0]).stem: r[1] for r in rows[1:] if len(r) >= 2}
     if groups_keep is not None:
@@ -174,14 +174,14 @@ def read_table(path: Path) -> list[dict[str, Any]]:
         raise UserError(f"file not found: {path}")
     if path.suffix.lower() == ".jsonl":
         rows = []
-        for i, line in enumerate(path.read_text().splitlines(), 1):
+        for i, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
                     raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
     elif path.suffix.lower() == ".csv":
-        with path.open(newline="") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: Excel's "CSV UTF-8" starts with a BOM
             rows = list(csv.DictReader(f))
     else:
         raise UserError(f"{path} must be .csv or .jsonl")

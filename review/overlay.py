@@ -13,7 +13,7 @@ TEXT = (255, 255, 255)
 
 
 def timecode(seconds: float) -> str:
-    m, s = divmod(max(0.0, seconds), 60)
+    m, s = divmod(round(max(0.0, seconds), 2), 60)  # rounded first: 59.996 s is 01:00.00, not 00:60.00
     return f"{int(m):02d}:{s:05.2f}"
 
 

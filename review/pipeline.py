@@ -472,7 +472,8 @@ def summarise(
         "segments": lesion_segments(records, fps=video["fps"]) if video else None,
         "segment_gap_s": GAP_S if video else None,
         "heads": heads,
-        "video": video,
+        # the length read (webm/mkv often declare none; a truncated file is shorter than declared)
+        "video": dict(video, duration=round(len(records) / video["fps"], 4)) if video else None,
         "threshold": threshold,
         "errors": errors,
         "model": {"name": card.name, "date": card.date, "git_commit": card.git_commit},
@@ -525,7 +526,7 @@ def process_input(
             "fps": info.fps,
             "width": info.width,
             "height": info.height,
-            "duration": info.n_frames / info.fps if info.n_frames else 60.0,
+            "duration": info.n_frames / info.fps if info.n_frames else None,  # set from the frames read
             "declared_frames": info.n_frames,
         }
         return process_sequence(

@@ -27,7 +27,9 @@ INSTALL = "install it (Debian/Ubuntu: apt-get install chromium) or put chromium 
 
 
 def find_chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
+    """Google Chrome first where installed (GitHub's runners ship it; their open-source Chromium build has no H.264
+    decoder), else Debian's or Ubuntu's Chromium (which plays H.264)."""
+    return shutil.which("google-chrome") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def headless(chromium: str, profile: Path, *args: str) -> list[str]:

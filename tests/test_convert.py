@@ -167,7 +167,28 @@ def _zip_slip(tmp: Path) -> dict:
     return {"fmt": "cvat-mask", "src": tmp / "evil.zip", "images": IMAGES}
 
 
+def _zipped_bad_coco(tmp: Path) -> dict:
+    data = json.loads(COCO["src"].read_text())
+    data["annotations"][0]["image_id"] = 99
+    with zipfile.ZipFile(tmp / "export.zip", "w") as zf:
+        zf.writestr("annotations/instances_default.json", json.dumps(data))
+    return {**COCO, "src": tmp / "export.zip", "images": IMAGES}
+
+
 BAD = {  # case -> (arguments made in tmp, what the one-line message must say)
+    "NaN vertex": (  # pycocotools would allocate without bound (the process is killed) or crash on these
+        lambda t: _coco(t, lambda d: d["annotations"][0]["segmentation"][0].__setitem__(3, float("nan"))),
+        ["bad.json", "P01_0001.png", "outside the 64x48 image"],
+    ),
+    "far vertex": (
+        lambda t: _coco(t, lambda d: d["annotations"][0]["segmentation"][0].__setitem__(2, 1e8)),
+        ["bad.json", "outside"],
+    ),
+    "category id twice": (
+        lambda t: _coco(t, lambda d: d["categories"].append({**d["categories"][0], "name": "other"})),
+        ["bad.json", "used twice"],
+    ),
+    "zip member named": (_zipped_bad_coco, ["export.zip: annotations/instances_default.json", "image_id 99"]),
     "malformed JSON": (lambda t: _coco(t, text='{"images": ['), ["bad.json", "not valid JSON"]),
     "missing key": (lambda t: _coco(t, lambda d: d["images"][0].pop("file_name")), ["bad.json", "'file_name'"]),
     "unknown image": (
@@ -236,7 +257,7 @@ def test_bad_input_is_one_line_naming_the_file_and_writes_nothing(tmp_path, case
     with pytest.raises(UserError) as e:
         convert(out=tmp_path / "new" / "out", **kwargs)
     msg = str(e.value)
-    assert all(x in msg for x in expected) and "\n" not in msg, msg
+    assert all(x in msg for x in expected) and "\n" not in msg and ".partial" not in msg, msg
     assert not (tmp_path / "new").exists()  # not even the parent folder it created
 
 

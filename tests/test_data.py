@@ -111,7 +111,8 @@ def test_manifest_csv_and_jsonl_labels(tmp_path):
         w.writeheader()
         w.writerows(rows)
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    for name in ("m.csv", "m.jsonl"):
+    (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "m.csv").read_bytes())  # Excel's CSV UTF-8
+    for name in ("m.csv", "m.jsonl", "excel.csv"):
         recs = manifest_records(tmp_path / name, heads=heads)
         assert [r.labels for r in recs] == [
             {"fibrosis": 2, "lift": -1},

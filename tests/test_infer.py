@@ -34,7 +34,7 @@ def test_video_outputs_follow_the_contract(tmp_path, tiny_checkpoint, synthetic_
         assert s.codec_context.name == "h264" and (s.codec_context.width, s.codec_context.height) == (96, 64)
         assert float(s.average_rate) == 10.0 and sum(1 for _ in c.decode(s)) == 12
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["frames"] == 12 and summary["video"]["fps"] == 10.0
+    assert summary["frames"] == 12 and summary["video"]["fps"] == 10.0 and summary["video"]["duration"] == 1.2
     html = (out / "report.html").read_text()
     assert 'src="clip_overlay.mp4"' in html and '<svg id="timeline"' in html and "Research use only" in html
     # heads trained on synthetic labels are never shown to a clinician, in the report or the summary's meaning

@@ -29,6 +29,7 @@ FPS, FRAMES = 10, 12
 CLICKS = """<script>
 (function () {
   var b = document.body, v = document.getElementById("overlay"), o = document.getElementById("original");
+  b.dataset.h264 = v.canPlayType('video/mp4; codecs="avc1.42E01E"') || "no";
   function once(el, name, f) { el.addEventListener(name, f, {once: true}); }
   function clickTimeline() {
     var svg = document.getElementById("timeline"), box = svg.getBoundingClientRect();
@@ -94,15 +95,27 @@ def report(tmp_path_factory, tiny_checkpoint) -> Path:
 def test_report_plays_and_seeks_in_a_real_browser(report, tmp_path):
     page = report.with_name("clicked.html")  # beside the report: the videos' relative URLs still resolve
     page.write_text(report.read_text().replace("</body>", CLICKS + "</body>"))
-    r = subprocess.run(
-        headless(CHROMIUM, tmp_path / "profile", "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    body = re.search(r"<body[^>]*>", r.stdout)
-    assert body, r.stderr[-2000:]
-    state = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', body.group(0)))
+    for attempt in range(3):  # Chromium's virtual-time budget can run out before a seek lands on a loaded machine
+        r = subprocess.run(
+            headless(
+                CHROMIUM,
+                tmp_path / f"profile{attempt}",
+                "--enable-logging=stderr",
+                "--v=0",
+                "--dump-dom",
+                page.as_uri(),
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        body = re.search(r"<body[^>]*>", r.stdout)
+        assert body, r.stderr[-2000:]
+        state = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', body.group(0)))
+        if state.get("done") == "yes" or "js-error" in state:
+            break
+    if state.get("h264") == "no":  # e.g. an open-source Chromium build without proprietary codecs
+        pytest.skip(f"{CHROMIUM} cannot play H.264 video; Debian's chromium or Google Chrome can")
     assert state.get("video") == "canplay", f"video never became playable: {body.group(0)}"
     assert "js-error" not in state and state.get("done") == "yes", state
     console = [line for line in r.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]

@@ -246,3 +246,15 @@ def test_original_video_setting_is_checked():
 
     with pytest.raises(UserError, match="review.original_video='yes' is invalid: it must be true or false"):
         check_settings({"review": {"original_video": "yes"}}, INFER)
+
+
+def test_timecode_rounds_before_splitting_minutes():
+    from review.overlay import timecode
+
+    assert [timecode(t) for t in (0, 1.234, 59.996, 119.999, 61.5)] == [
+        "00:00.00",
+        "00:01.23",
+        "01:00.00",
+        "02:00.00",
+        "01:01.50",
+    ]
