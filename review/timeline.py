@@ -84,6 +84,8 @@ def timeline(
         drawn = []
         for name, colour, values, how in lines:
             pos, vals = reduce_series(np.asarray(values, dtype=float), MAX_POINTS, how)
+            if len(pos) == 1:  # a one-frame video: a line across its frame (one point draws nothing)
+                pos, vals = np.array([pos[0], pos[0] + 1]), np.repeat(vals, 2)
             pts = " ".join(f"{X0 + p / n * w:.1f},{yy:.1f}" for p, yy in zip(pos, y(vals)))
             drawn.append({"name": name, "colour": colour, "points": pts})
         t = {

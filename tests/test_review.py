@@ -148,6 +148,10 @@ def test_timeline_is_drawn_in_video_time_with_clinical_heads_only():
     assert reduce_series(np.array([0.0, 1.0]), 1, "mean")[1].tolist() == [0.5]
     many = timeline([_row(k) for k in range(5000)], _card({}, clinical=False), fps=25, threshold=0.5, segments=[])
     assert len(many["tracks"][0]["lines"][0]["points"].split()) <= MAX_POINTS
+    single = timeline([_row(0)], _card({}, clinical=False), fps=25, threshold=0.5, segments=[])
+    assert [float(p.split(",")[0]) for p in single["tracks"][0]["lines"][0]["points"].split()] == pytest.approx(
+        [X0, X0 + w], abs=0.1
+    )  # a one-frame video still draws a line, across its frame
 
 
 HOSTILE = "<img src=x onerror=alert(1)>"
