@@ -12,15 +12,19 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from data.errors import UserError, guard_task, run_cli
-from data.io import clean_stale_partials, output_lock
+from data.io import clean_stale_partials, output_lock, require_input
 from data.settings import INFER, check_settings
-from models.predictor import Predictor
-from review.pipeline import ReviewOptions, process_input
+
+# torch, the model and the pipeline are imported once the settings have passed (main), so that a mistyped setting
+# or path is answered in about a second, not after the five seconds those imports take.
+if TYPE_CHECKING:
+    from review.pipeline import ReviewOptions
 
 
 def unique_names(paths: list[Path]) -> list[str]:
@@ -41,6 +45,11 @@ def main(cfg: DictConfig) -> None:
     if not inputs or any(i is None or str(i) == "" for i in inputs):
         raise UserError("input is empty: give input=PATH (image, folder or video) or input=[A,B]")
     paths = [Path(str(i)) for i in inputs]
+    if not any(p.exists() for p in paths):  # nothing to do: say so before loading torch and the model
+        require_input(paths[0])
+    from models.predictor import Predictor
+    from review.pipeline import ReviewOptions
+
     try:
         opts = ReviewOptions(**OmegaConf.to_container(cfg.review, resolve=True))
     except TypeError as e:
@@ -62,6 +71,8 @@ def run_inputs(
     paths: list[Path], *, predictor, out_root: Path, opts: ReviewOptions, frames_as_video: bool
 ) -> list[str]:
     """Process each input into its folder; one bad input never stops the others. Returns the error messages."""
+    from review.pipeline import process_input
+
     failures: list[str] = []
     for path, name in zip(paths, unique_names(paths)):
         out_dir = out_root if len(paths) == 1 else out_root / name

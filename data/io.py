@@ -35,6 +35,12 @@ def read_image(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(arr[:, :, ::-1])
 
 
+def require_input(path: Path) -> None:
+    """An entry script's input must exist (infer.py checks before loading a model, the pipeline per input)."""
+    if not path.exists():
+        raise UserError(f"input not found: {path} (give an image, a folder of images, or a video)")
+
+
 def read_mask(path: str | Path, threshold: int = 128) -> np.ndarray:
     """Read a mask as H x W uint8 in {0, 1}: pixels >= threshold are lesion.
 

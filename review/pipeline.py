@@ -17,7 +17,16 @@ import cv2
 import numpy as np
 
 from data.errors import UserError
-from data.io import IMAGE_EXTS, VIDEO_EXTS, atomic_write, list_images, prob_to_uint8, read_image, write_image_atomic
+from data.io import (
+    IMAGE_EXTS,
+    VIDEO_EXTS,
+    atomic_write,
+    list_images,
+    prob_to_uint8,
+    read_image,
+    require_input,
+    write_image_atomic,
+)
 from data.quality import frame_quality
 from data.scope import content_area, deidentify
 from data.video import Frame, VideoWriter, probe, read_frames
@@ -485,8 +494,7 @@ def process_input(
 ) -> dict[str, Any]:
     """One input: an image, a folder of images (or of frames, with frames_as_video), or a video file."""
     errors: list[dict] = []
-    if not path.exists():
-        raise UserError(f"input not found: {path} (give an image, a folder of images, or a video)")
+    require_input(path)
     if path.is_dir():
         files = list(list_images(path).values())
         if not files:
