@@ -9,6 +9,7 @@ into oof.json for `python -m metrics.cv`. Multi-process: torchrun --nproc_per_no
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -240,7 +241,10 @@ def main(cfg: DictConfig) -> float:
             eval_model.load_state_dict(backup)
     if writer is not None:
         writer.close()
-    if rank == 0 and heads:  # temperature scaling on validation; a CV fold's held-out predictions
+    failed = best == float("-inf")  # every score NaN (a diverged run): no best checkpoint; a sweep marks it failed
+    if failed and rank == 0:
+        print("warning: no epoch gave a finite validation score; no best checkpoint was written", file=sys.stderr)
+    if rank == 0 and heads and not failed:  # temperature scaling on validation; a CV fold's held-out predictions
         from models.calibration import finish_heads
 
         finish_heads(
@@ -258,7 +262,7 @@ def main(cfg: DictConfig) -> float:
         )
     if world > 1:
         torch.distributed.destroy_process_group()
-    return best
+    return float("nan") if failed else best
 
 
 if __name__ == "__main__":

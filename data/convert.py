@@ -127,9 +127,17 @@ def _polygon(parts: list, h: int, w: int, where: str) -> np.ndarray:
             raise UserError(f"{where}: a polygon must be a flat list of x, y numbers")
         if len(p) < 6:
             raise UserError(f"{where}: polygon has {len(p) // 2} points, needs at least 3 (fix or delete it)")
-        xs, ys = np.asarray(p[0::2], float), np.asarray(p[1::2], float)
+        try:
+            xs, ys = np.asarray(p[0::2], float), np.asarray(p[1::2], float)
+        except OverflowError:  # an integer beyond float's range
+            xs = ys = np.array([np.inf])
         # a non-finite or far-away vertex makes pycocotools allocate without bound or crash: refuse it here
-        if not (np.isfinite(p).all() and (np.abs(xs) <= 2 * w).all() and (np.abs(ys) <= 2 * h).all()):
+        if not (
+            np.isfinite(xs).all()
+            and np.isfinite(ys).all()
+            and (np.abs(xs) <= 2 * w).all()
+            and (np.abs(ys) <= 2 * h).all()
+        ):
             raise UserError(f"{where}: polygon coordinate outside the {w}x{h} image (NaN, infinite or far off)")
     return coco_mask.decode(coco_mask.merge(coco_mask.frPyObjects(parts, h, w))).astype(bool)
 
@@ -164,7 +172,7 @@ def _coco_segmentation(seg: Any, h: int, w: int, where: str) -> np.ndarray:
     if not isinstance(seg, dict):
         raise UserError(f"{where}: segmentation must be polygons or an RLE object")
     size, counts = _need(seg, "size", where, list), _need(seg, "counts", where, (list, str))
-    if [int(s) for s in size if isinstance(s, (int, float))] != [h, w]:
+    if [s for s in size if isinstance(s, (int, float)) and not isinstance(s, bool)] != [h, w]:
         raise UserError(
             f"{where}: RLE size {size} [height, width] does not match the image ([{h}, {w}]): "
             "re-export the annotations for these very images"
@@ -186,7 +194,7 @@ def _coco_segmentation(seg: Any, h: int, w: int, where: str) -> np.ndarray:
     return coco_mask.decode(rle).astype(bool)
 
 
-def ls_rle_decode(rle: Sequence[int], where: str = "brush") -> np.ndarray:
+def ls_rle_decode(rle: Sequence[int], where: str = "brush", expected: int | None = None) -> np.ndarray:
     """Label Studio's brush RLE (the rle-pack bit stream of its front end) -> the flat array it encodes.
 
     Bits are read most significant first: a 32-bit value count, word size - 1 (5 bits), four run-length field sizes
@@ -212,6 +220,11 @@ def ls_rle_decode(rle: Sequence[int], where: str = "brush") -> np.ndarray:
         return int(bits[start : start + n], 2)
 
     num, word = read(32), read(5) + 1
+    if expected is not None and num != expected:  # checked before allocating: the count is untrusted (up to 2**32)
+        raise UserError(
+            f"{where}: brush RLE holds {num} values, the image needs {expected} (RGBA): "
+            "was the image replaced after annotation?"
+        )
     sizes = [read(4) + 1 for _ in range(4)]
     weights = np.left_shift(1, np.arange(word - 1, -1, -1, dtype=np.uint64), dtype=np.uint64)
     out = np.zeros(num, np.uint64)
@@ -247,14 +260,14 @@ def read_coco(path: Path, image_dirs: Sequence[Path], notes: list[str]) -> tuple
     images, anns, cats = (_need(data, k, where, list) for k in ("images", "annotations", "categories"))
     names = {}
     for i, c in enumerate(cats):
-        cid = _need(c, "id", f"{path}: categories[{i}]")
+        cid = _need(c, "id", f"{path}: categories[{i}]", (int, str))
         if cid in names:
             raise UserError(f"{path}: categories[{i}]: id {cid} is used twice (give every category its own id)")
         names[cid] = str(_need(c, "name", f"{path}: categories[{i}]"))
     by_id: dict[Any, dict] = {}
     for i, im in enumerate(images):
         w = f"{path}: images[{i}]"
-        iid = _need(im, "id", w)
+        iid = _need(im, "id", w, (int, str))
         if iid in by_id:
             raise UserError(f"{w}: image id {iid} appears twice")
         safe_name(_need(im, "file_name", w), w)
@@ -264,7 +277,7 @@ def read_coco(path: Path, image_dirs: Sequence[Path], notes: list[str]) -> tuple
     shapes: dict[Any, list[Shape]] = defaultdict(list)
     for i, a in enumerate(anns):
         w = f"{path}: annotations[{i}] (id {a.get('id') if isinstance(a, dict) else '?'})"
-        iid, cid = _need(a, "image_id", w), _need(a, "category_id", w)
+        iid, cid = _need(a, "image_id", w, (int, str)), _need(a, "category_id", w, (int, str))
         if iid not in by_id:
             raise UserError(f"{w}: image_id {iid} is not in 'images' (remove the annotation or add its image)")
         if cid not in names:
@@ -369,12 +382,7 @@ def _ls_names(url: str, where: str) -> list[str]:
 def _ls_brush(value: dict, h: int, w: int, where: str) -> np.ndarray:
     if value.get("format", "rle") != "rle":
         raise UserError(f"{where}: brush format {value.get('format')!r} is not 'rle'")
-    flat = ls_rle_decode(_need(value, "rle", where, list), where)
-    if flat.size != h * w * 4:
-        raise UserError(
-            f"{where}: brush RLE holds {flat.size} values, the {w}x{h} image needs {h * w * 4} (RGBA): "
-            "was the image replaced after annotation?"
-        )
+    flat = ls_rle_decode(_need(value, "rle", where, list), f"{where} ({w}x{h} image)", expected=h * w * 4)
     return flat.reshape(h, w, 4)[:, :, 3] > 0  # alpha: every pixel the brush touched, as Label Studio's COCO export
 
 
@@ -680,10 +688,10 @@ def convert(
         _write_csv(stage / "manifest.csv", rows, ["image", "mask", "group", *([] if case_labels else heads)])
         shutil.rmtree(stage / ".export", ignore_errors=True)
         if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            old = out.with_name(f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
             out.rename(old)
             stage.rename(out)
-            shutil.rmtree(old)
+            shutil.rmtree(old, ignore_errors=True)  # the new dataset is in place either way
         else:
             stage.rename(out)
     except BaseException as e:
@@ -777,6 +785,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the export was fine; writing --out was not (permission, disk full): nothing was kept
+        print(f"error: cannot write --out {a.out}: {e.strerror or e} ({e.filename or a.out})", file=sys.stderr)
         return 2
     for note in summary.pop("warnings"):
         print(f"warning: {note}", file=sys.stderr)

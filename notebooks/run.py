@@ -86,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        if args.write:
-            nbformat.write(nb, path)
+        if args.write:  # under a temporary name, then renamed: an interrupted run never truncates a notebook
+            tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+            nbformat.write(nb, tmp)
+            os.replace(tmp, path)
     return 0
 
 

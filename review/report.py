@@ -154,5 +154,5 @@ def write_report(
     )
     path = out_dir / "report.html"
     with atomic_write(path) as tmp:
-        tmp.write_text(page)
+        tmp.write_text(page, encoding="utf-8")  # as the page declares, whatever the locale
     return path

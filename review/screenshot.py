@@ -11,6 +11,7 @@ shared with the report's browser test (tests/test_report_browser.py), so the pic
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -38,7 +39,7 @@ def headless(chromium: str, profile: Path, *args: str) -> list[str]:
     return [
         chromium,
         "--headless",
-        "--no-sandbox",
+        *(["--no-sandbox"] if os.geteuid() == 0 else []),  # Chromium refuses to run as root with its sandbox
         "--disable-gpu",
         "--disable-quic",
         "--no-first-run",
@@ -72,14 +73,21 @@ def screenshot(page: Path, png: Path, *, width: int = 1280, height: int = 4000, 
         raise UserError(f"page not found: {page} (run infer.py on a video first; it writes report.html)")
     with tempfile.TemporaryDirectory(prefix="endolift-shot-") as tmp:
         raw = Path(tmp) / "shot.png"
-        r = subprocess.run(
-            headless(
-                chromium, Path(tmp) / "profile", f"--screenshot={raw}", f"--window-size={width},{height}", page.as_uri()
-            ),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        try:
+            r = subprocess.run(
+                headless(
+                    chromium,
+                    Path(tmp) / "profile",
+                    f"--screenshot={raw}",
+                    f"--window-size={width},{height}",
+                    page.as_uri(),
+                ),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise UserError(f"Chromium took over {timeout:.0f} s on {page}: try again on a less busy machine") from None
         if not raw.is_file():
             raise UserError(f"Chromium wrote no screenshot of {page}: {r.stderr.strip()[-500:]}")
         rgb = trim_bottom(np.asarray(Image.open(raw).convert("RGB")))

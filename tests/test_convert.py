@@ -184,6 +184,22 @@ BAD = {  # case -> (arguments made in tmp, what the one-line message must say)
         lambda t: _coco(t, lambda d: d["annotations"][0]["segmentation"][0].__setitem__(2, 1e8)),
         ["bad.json", "outside"],
     ),
+    "NaN RLE size": (
+        lambda t: _coco(t, lambda d: d["annotations"][2]["segmentation"].update(size=[float("nan"), 64])),
+        ["bad.json", "does not match"],
+    ),
+    "huge integer vertex": (
+        lambda t: _coco(t, lambda d: d["annotations"][0]["segmentation"][0].__setitem__(2, 2**70)),
+        ["bad.json", "outside"],
+    ),
+    "list as id": (
+        lambda t: _coco(t, lambda d: d["images"][0].update(id=[1])),
+        ["bad.json", "'id' has the wrong type"],
+    ),
+    "brush count": (  # a header claiming 2**32 - 1 values is refused before anything is allocated
+        lambda t: _ls(t, lambda ts: ts[0]["annotations"][0]["result"][0]["value"].update(rle=[255, 255, 255, 255, 0])),
+        ["export.json", "task 1", "4294967295 values"],
+    ),
     "category id twice": (
         lambda t: _coco(t, lambda d: d["categories"].append({**d["categories"][0], "name": "other"})),
         ["bad.json", "used twice"],
@@ -301,3 +317,7 @@ def test_cli(tmp_path):
     p = run_script("-m", "data.convert", "coco", str(bad), "--out", str(tmp_path / "bad"), "--images", str(IMAGES))
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and p.stderr.startswith("error: ") and "bad.json" in p.stderr
     assert not (tmp_path / "bad").exists()
+    # an --out that cannot be created (even by root: /proc takes no folders) is one line and exit 2 as well
+    from data.convert import main
+
+    assert main(["coco", str(COCO["src"]), "--out", "/proc/endolift-test/x", "--images", str(IMAGES)]) == 2
