@@ -48,6 +48,23 @@ QUOTE_HINT = (
 )
 
 
+# Hydra's command-line flags that take the next word as their value (hydra/_internal/utils.py get_args_parser)
+HYDRA_VALUE_FLAGS = {
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--experimental-rerun",
+}
+HYDRA_INFO_CHOICES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}  # --info's optional value
+
+
 def check_command_line(argv: list[str]) -> None:
     """What Hydra would reject with a grammar error or a traceback, said plainly before it parses anything:
     a stray word (an unquoted path with spaces split by the shell), an unquoted value with spaces, and an output
@@ -55,8 +72,14 @@ def check_command_line(argv: list[str]) -> None:
     import os
     from pathlib import Path
 
-    for tok in argv:
+    skip = False
+    for i, tok in enumerate(argv):
+        if skip:  # the value of a Hydra flag (--cfg job, -cn infer, --info defaults)
+            skip = False
+            continue
         if tok.startswith("-"):
+            nxt = argv[i + 1] if i + 1 < len(argv) else ""
+            skip = tok in HYDRA_VALUE_FLAGS or (tok in ("--info", "-i") and nxt in HYDRA_INFO_CHOICES)
             continue
         if "=" not in tok:
             raise UserError(f"'{tok}' is not a key=value setting; {QUOTE_HINT}")

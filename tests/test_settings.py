@@ -84,6 +84,11 @@ def test_command_line_problems_are_explained(argv, needle):
         check_command_line(argv)
     assert needle in str(e.value)
     check_command_line(["input='/data/name with spaces.png'", "-m", "data.cv.fold=0,1", "x=[a, b]"])
+    # Hydra's own flags and their values pass (--cfg job, -cn NAME, --info defaults), as does --info alone
+    check_command_line(["--cfg", "job", "-cn", "train", "--package", "trainer", "--info", "defaults", "a=1"])
+    check_command_line(["--info", "a=1", "-c", "all", "--cfg=job"])
+    with pytest.raises(UserError, match="'stray' is not a key=value"):
+        check_command_line(["--info", "a=1", "stray"])
 
 
 @pytest.mark.parametrize(
