@@ -344,6 +344,16 @@ class RecordDataset(Dataset):
             self._cache[index] = sample
         return sample
 
+    def fill_cache(self, threads: int = 2) -> None:
+        """Decode and cache every record now, in this process (OpenCV releases the GIL: ``threads`` decode at once).
+        DataLoader workers forked afterwards share these arrays copy-on-write; filled lazily, each worker would
+        decode the whole dataset again and hold its own copy."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self.cache_size:
+            with ThreadPoolExecutor(max(1, threads)) as pool:
+                list(pool.map(self.raw, range(len(self.records))))
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         """index: a record index, or ``epoch * len(self) + record index`` (data.loaders.EpochSampler); with a seed,
         the sample's augmentation is drawn from (seed, epoch, record index) alone."""

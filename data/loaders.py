@@ -80,6 +80,10 @@ def make_loader(
         quality=quality,
         seed=seed if train else None,
     )
+    mp = torch.multiprocessing
+    forked = (mp.get_start_method(allow_none=True) or mp.get_all_start_methods()[0]) == "fork"  # Linux's default
+    if cache_size and num_workers > 0 and forked:
+        ds.fill_cache(threads=num_workers)  # one copy, shared by the forked workers (not one per worker)
     sampler = EpochSampler(
         len(ds), shuffle=train, seed=seed, world_size=world_size if train else 1, rank=rank if train else 0
     )

@@ -254,3 +254,32 @@ def test_frame_quality_measures_glare_and_blur_inside_the_field_only():
         "overexposed_fraction": 0.0,
         "overexposed": False,
     }
+
+
+def test_a_cached_loader_decodes_once_for_all_its_workers(tmp_path):
+    """With the RAM cache and worker processes, the cache is filled before the workers fork (one shared copy, not
+    one per worker), and the workers' batches are the single-process batches."""
+    import torch
+
+    from data.loaders import make_loader
+
+    make_folder(tmp_path, names=tuple("abcdef"))
+    recs = folder_records(tmp_path)
+    common = dict(
+        augment=[],
+        size=32,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        resize="stretch",
+        heads=[],
+        batch_size=2,
+        cache=True,
+        train=True,
+        seed=3,
+    )
+    pooled = make_loader(recs, num_workers=2, **common)
+    assert len(pooled.dataset._cache) == len(recs)  # filled here, before any worker exists
+    single = make_loader(recs, num_workers=0, **common)
+    assert len(single.dataset._cache) == 0  # one process: filled as it goes
+    for a, b in zip(pooled, single, strict=True):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
