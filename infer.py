@@ -24,7 +24,7 @@ from data.settings import INFER, check_settings
 # torch, the model and the pipeline are imported once the settings have passed (main), so that a mistyped setting
 # or path is answered in about a second, not after the five seconds those imports take.
 if TYPE_CHECKING:
-    from review.pipeline import ReviewOptions
+    from review.options import ReviewOptions
 
 
 def unique_names(paths: list[Path]) -> list[str]:
@@ -48,7 +48,7 @@ def main(cfg: DictConfig) -> None:
     if not any(p.exists() for p in paths):  # nothing to do: say so before loading torch and the model
         require_input(paths[0])
     from models.predictor import Predictor
-    from review.pipeline import ReviewOptions
+    from review.options import ReviewOptions
 
     try:
         opts = ReviewOptions(**OmegaConf.to_container(cfg.review, resolve=True))

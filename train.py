@@ -26,22 +26,20 @@ from data.io import clean_stale_partials
 from data.loaders import make_loader
 from data.settings import TRAIN, check_settings
 from data.splits import training_splits
-from metrics.basic import dice_iou_per_image
+from metrics.basic import validate
 from models import checkpoint as ckpt
 from models.build import build_model, prepare_for_training
-from models.heads import head_classes, head_probabilities, parse_heads
-from models.runtime import ModelEMA, autocast, init_distributed, log_epoch, pick_device, seed_everything, unwrap
-
-
-def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    out = {
-        "image": batch["image"].to(device, memory_format=fmt),
-        "mask": batch["mask"].to(device),
-        "has_mask": batch["has_mask"].to(device),
-        "labels": {k: v.to(device) for k, v in batch["labels"].items()},
-    }
-    return out | {k: batch[k].to(device) for k in ("covariates", "poor_quality") if k in batch}
+from models.heads import head_classes, parse_heads
+from models.runtime import (
+    ModelEMA,
+    autocast,
+    init_distributed,
+    log_epoch,
+    pick_device,
+    seed_everything,
+    to_device,
+    unwrap,
+)
 
 
 def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, ema, *, device, cfg, epoch, rank) -> dict:
@@ -79,30 +77,6 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, ema, *, device
     stats = {f"train/{k}": v / max(1, n_steps) for k, v in sums.items()}
     stats["train/images_per_s"] = n_images / max(1e-9, time.perf_counter() - t0)
     stats["lr"] = optimizer.param_groups[0]["lr"]
-    return stats
-
-
-@torch.no_grad()
-def validate(model, loader, *, device, cfg, kinds: dict[str, str]) -> dict:
-    """Mean Dice at 0.5 over frames with a mask; per head accuracy and NLL over frames with a known label."""
-    model.eval()
-    dices, correct, nll, counted = [], dict.fromkeys(kinds, 0), dict.fromkeys(kinds, 0.0), dict.fromkeys(kinds, 0)
-    for batch in loader:
-        b = to_device(batch, device, cfg.trainer.channels_last)
-        with autocast(device, cfg.trainer.precision):
-            out = model(b["image"], b.get("covariates"))
-        keep = b["has_mask"].bool()
-        if keep.any():
-            dices.append(dice_iou_per_image(out["mask"][keep] > 0, b["mask"][keep] > 0.5)[0])
-        for h, kind in kinds.items():
-            known = b["labels"][h] >= 0
-            p, y = head_probabilities(out[h][known], kind), b["labels"][h][known]
-            correct[h] += int((p.argmax(1) == y).sum())
-            nll[h] -= float(torch.log(p.gather(1, y[:, None]).clamp_min(1e-12)).sum())
-            counted[h] += int(known.sum())
-    stats = {"val/dice": float(torch.cat(dices).mean()) if dices else float("nan")}
-    stats.update({f"val/acc_{h}": correct[h] / counted[h] for h in kinds if counted[h]})
-    stats.update({f"val/nll_{h}": nll[h] / counted[h] for h in kinds if counted[h]})
     return stats
 
 
@@ -214,7 +188,16 @@ def main(cfg: DictConfig) -> float:
         eval_model = unwrap(model)
         backup = ema.copy_to(eval_model) if ema is not None else None
         if val_loader is not None and rank == 0:
-            stats.update(validate(eval_model, val_loader, device=device, cfg=cfg, kinds=kinds))
+            stats.update(
+                validate(
+                    eval_model,
+                    val_loader,
+                    device=device,
+                    channels_last=cfg.trainer.channels_last,
+                    precision=cfg.trainer.precision,
+                    kinds=kinds,
+                )
+            )
         if rank == 0:
             nlls = [v for k, v in stats.items() if k.startswith("val/nll_")]
             score = -sum(nlls) / len(nlls) if frozen and nlls else stats.get("val/dice", -stats["train/total"])

@@ -122,3 +122,15 @@ def log_epoch(csv_path: Any, writer: Any, epoch: int, stats: dict[str, float]) -
     for k, v in stats.items():
         writer.add_scalar(k, v, epoch)
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+
+
+def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
+    """A training batch (data.datasets' sample contract, collated) on ``device``."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = {
+        "image": batch["image"].to(device, memory_format=fmt),
+        "mask": batch["mask"].to(device),
+        "has_mask": batch["has_mask"].to(device),
+        "labels": {k: v.to(device) for k, v in batch["labels"].items()},
+    }
+    return out | {k: batch[k].to(device) for k in ("covariates", "poor_quality") if k in batch}

@@ -15,8 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
+from data.annotation_formats import ls_rle_decode
 from data.check import main as check_main
-from data.convert import convert, ls_rle_decode
+from data.convert import convert
 from data.datasets import load_raw, manifest_records
 from data.errors import UserError
 from tests.conftest import run_script

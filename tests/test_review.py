@@ -80,7 +80,7 @@ def test_model_ema_tracks_and_restores():
 
 
 def _row(k: int, *, fps: float = 10.0, lesion: bool = True, area: float = 0.1, p: float = 0.9, heads=None) -> dict:
-    """A summary row (review.pipeline.summary_row) made by hand: frame k of a video at ``fps``."""
+    """A summary row (review.summary.summary_row) made by hand: frame k of a video at ``fps``."""
     return {
         "name": f"c_{k:06d}",
         "index": k,
@@ -159,8 +159,9 @@ HOSTILE = "<img src=x onerror=alert(1)>"
 
 def _write_report(out, *, stem: str, original: str | None, overlay: bool = True):
     """A report written straight from hand-made rows (no model), with hostile text in every field that can carry it."""
-    from review.pipeline import ReviewOptions, summarise
+    from review.options import ReviewOptions
     from review.report import write_report
+    from review.summary import summarise
 
     head, classes = f"{HOSTILE}head", [f"{HOSTILE}a", "b"]
     card = _card({head: classes}, clinical=True)
