@@ -147,6 +147,8 @@ def main(cfg: DictConfig) -> float:
         init_from=cfg.trainer.init_from,
         freeze=cfg.trainer.freeze,
         covariate_rows=[[r.covariates.get(c, float("nan")) for c in covs] for r in train_recs],
+        input_size=cfg.data.size,
+        resize=cfg.data.resize,
     )
     model = model.to(device, memory_format=torch.channels_last if cfg.trainer.channels_last else torch.preserve_format)
     loss_fn = instantiate(cfg.loss, heads=resolved["model"]["heads"], segmentation=not frozen)

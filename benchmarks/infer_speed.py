@@ -1,12 +1,15 @@
 """Inference speed on this machine: model-only images/s, and end-to-end video frames/s with the model's share.
 
-python benchmarks/infer_speed.py [--checkpoint checkpoints/endolift_polyp_unet_mnv2] [--frames 46]
-1. model only, 352x352: batch 1 and 8, fp32 vs bf16 (+ channels_last); ratios against fp32 batch 1.
+python benchmarks/infer_speed.py [--checkpoint checkpoints/endolift_polyp_unet_mnv2] [--compare OTHER ...] [--loops 2]
+1. model only, at the checkpoint's input size: batch 1 and 8, fp32 vs bf16 (+ channels_last); ratios against fp32
+   batch 1.
 2. end to end (decode + model + smoothing + masks/probs PNGs + JSONL + overlay + H.264 encode, report off; the
    README's default outputs) on the bundled 384x288 clip and on a 1920x1080 clip made by upscaling it, for the
    serial path (review.streaming=false) and the streaming path (the default), bf16 and fp32; ratio streaming /
    serial in this run, and the streaming masks' Dice against the serial ones. The model's share is the time inside
    predict().
+3. the issue's targets (1920x1080 >= 15 and 384x288 >= 40 frames/s, streaming bf16 on the CPU), met or not, and with
+   --compare the streaming ratio of --checkpoint to each other checkpoint in the same run.
 """
 
 from __future__ import annotations
@@ -72,15 +75,13 @@ def mask_agreement(a: Path, b: Path) -> float:
     return float(worst)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "endolift_polyp_unet_mnv2"))
-    ap.add_argument("--clip", default=str(ROOT / "samples" / "clinicdb_seq6.mp4"))
-    ap.add_argument("--loops", type=int, default=2, help="repeat the clip this many times for the timing")
-    ap.add_argument("--device", default="cpu", help="cpu | cuda (fp16 replaces bf16 there)")
-    a = ap.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    pred = Predictor.from_checkpoint(a.checkpoint, device=a.device)
+TARGETS = {"1920x1080": 15.0, "384x288": 40.0}  # frames/s end to end, streaming, bf16 (fp16 on CUDA), CPU
+
+
+def bench(checkpoint: str, device: str, clips: dict[str, Path], tmp: Path) -> dict[str, float]:
+    """Every figure for one checkpoint; returns the streaming bf16/fp16 frames/s per clip."""
+    pred = Predictor.from_checkpoint(checkpoint, device=device)
+    print(f"--- {checkpoint} ({pred.size}x{pred.size} input)")
     half = "fp16" if pred.device.type == "cuda" else "bf16"
     base = None
     for batch in (1, 8):
@@ -88,6 +89,40 @@ def main() -> None:
             ips = model_only(pred, batch, precision)
             base = base or ips
             print(f"model only  {pred.size}px batch {batch} {precision}: {ips:6.1f} images/s  (x{ips / base:.2f})")
+    fast = {}
+    for precision in (half, "fp32"):
+        pred.precision = precision
+        for name, path in clips.items():
+            res = {}
+            for streaming in (False, True):
+                out = tmp / f"out_{Path(checkpoint).name}_{name}_{precision}_{streaming}"
+                fps, share, n = end_to_end(pred, path, out, streaming)
+                res[streaming] = fps
+                label = "streaming" if streaming else "serial   "
+                print(
+                    f"end to end  {name:9s} {precision} {label}: {fps:6.1f} frames/s over {n} frames "
+                    f"({1000 / fps:.1f} ms a frame), model {100 * share:.0f}%"
+                    + (f"  (x{fps / res[False]:.2f} vs serial)" if streaming else "")
+                )
+            serial, stream = (tmp / f"out_{Path(checkpoint).name}_{name}_{precision}_{s}" for s in (False, True))
+            print(
+                f"            {name:9s} {precision} masks, streaming vs serial: min Dice "
+                f"{mask_agreement(serial, stream):.4f}"
+            )
+            if precision == half:
+                fast[name] = res[True]
+    return fast
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "endolift_polyp_unet_mnv2"))
+    ap.add_argument("--compare", nargs="*", default=[], help="other checkpoints measured in the same run")
+    ap.add_argument("--clip", default=str(ROOT / "samples" / "clinicdb_seq6.mp4"))
+    ap.add_argument("--loops", type=int, default=2, help="repeat the clip this many times for the timing")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (fp16 replaces bf16 there)")
+    a = ap.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         frames = [f.image for f in read_frames(a.clip)] * a.loops
@@ -100,24 +135,15 @@ def main() -> None:
                 for f in frames:
                     vw.write(f if size is None else cv2.resize(f, size, interpolation=cv2.INTER_CUBIC))
             clips[name] = path
-        for precision in (half, "fp32"):
-            pred.precision = precision
-            for name, path in clips.items():
-                res = {}
-                for streaming in (False, True):
-                    out = tmp / f"out_{name}_{precision}_{streaming}"
-                    fps, share, n = end_to_end(pred, path, out, streaming)
-                    res[streaming] = fps
-                    label = "streaming" if streaming else "serial   "
-                    print(
-                        f"end to end  {name:9s} {precision} {label}: {fps:6.1f} frames/s over {n} frames "
-                        f"({1000 / fps:.1f} ms a frame), model {100 * share:.0f}%"
-                        + (f"  (x{fps / res[False]:.2f} vs serial)" if streaming else "")
-                    )
-                print(
-                    f"            {name:9s} {precision} masks, streaming vs serial: min Dice "
-                    f"{mask_agreement(tmp / f'out_{name}_{precision}_False', tmp / f'out_{name}_{precision}_True'):.4f}"
-                )
+        results = {ck: bench(ck, a.device, clips, tmp) for ck in [a.checkpoint, *a.compare]}
+    first = results[a.checkpoint]
+    for ck in a.compare:
+        ratios = ", ".join(f"{name} x{first[name] / fps:.2f}" for name, fps in results[ck].items())
+        print(f"{a.checkpoint} vs {ck}, streaming end to end: {ratios}")
+    if a.device == "cpu":
+        for name, target in TARGETS.items():
+            verdict = "met" if first[name] >= target else "NOT met"
+            print(f"target {name} >= {target:.0f} frames/s end to end (streaming, bf16): {first[name]:.1f}, {verdict}")
 
 
 if __name__ == "__main__":

@@ -76,13 +76,16 @@ def prepare_for_training(
     init_from: str | None = None,
     freeze: str | None = None,
     covariate_rows: Sequence[Sequence[float]] = (),
+    input_size: int | None = None,
+    resize: str | None = None,
 ) -> dict[str, Any] | None:
     """Before training: copy the segmenter of ``init_from``, freeze it (freeze="segmentation": only the heads
-    train), and standardise covariates with the training rows. Returns init_from's provenance (for the card)."""
+    train), and standardise covariates with the training rows. ``input_size``/``resize`` (the data's) must match
+    init_from's. Returns init_from's provenance (for the card)."""
     from models.checkpoint import init_segmenter
     from models.heads import set_covariate_stats
 
-    init = init_segmenter(model, init_from) if init_from else None
+    init = init_segmenter(model, init_from, input_size=input_size, resize=resize) if init_from else None
     if freeze == "segmentation":
         model.freeze_segmentation()
     elif freeze:

@@ -130,10 +130,21 @@ def read_card(path: str | Path) -> ModelCard:
     return ModelCard.from_dict(card, str(card_path))
 
 
-def init_segmenter(model: nn.Module, path: str | Path) -> dict[str, Any]:
+def init_segmenter(
+    model: nn.Module, path: str | Path, *, input_size: int | None = None, resize: str | None = None
+) -> dict[str, Any]:
     """Copy the segmenter (encoder, decoder, mask head) of the checkpoint at ``path`` into ``model`` (an EndoNet
-    with the same architecture); heads are left as built. Returns the source card's name, date and commit."""
+    with the same architecture); heads are left as built. ``input_size``/``resize``: the training data's, which
+    must be the ones the segmenter was trained at (a frozen segmenter fed another grid computes other features).
+    Returns the source card's name, date and commit."""
     src, card = load_checkpoint(path)
+    wrong_size = input_size is not None and input_size != card.input.size
+    if wrong_size or (resize is not None and resize != card.input.resize):
+        raise UserError(
+            f"trainer.init_from={path}: its segmenter was trained at {card.input.size}x{card.input.size} "
+            f"({card.input.resize}) but data.size={input_size} data.resize={resize}; "
+            f"set data.size={card.input.size} data.resize={card.input.resize}"
+        )
     seg_state = {k: v for k, v in src.state_dict().items() if k.startswith("seg.")}
     mine = {k for k in model.state_dict() if k.startswith("seg.")}
     if set(seg_state) != mine:

@@ -133,6 +133,21 @@ def test_frozen_segmenter_does_not_change_while_heads_train():
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("heads."))
 
 
+def test_heads_train_only_at_the_frozen_segmenters_own_input_size(tiny_checkpoint):
+    from models.build import prepare_for_training
+    from models.checkpoint import load_checkpoint
+
+    src, card = load_checkpoint(tiny_checkpoint)  # trained (here: saved) at 64x64, stretch
+    model = build_model(**{**card.model, "weights": None})
+    with pytest.raises(UserError, match=r"trained at 64x64 \(stretch\) but data.size=96.*set data.size=64"):
+        prepare_for_training(model, init_from=str(tiny_checkpoint), input_size=96, resize="stretch")
+    with pytest.raises(UserError, match="set data.size=64 data.resize=stretch"):
+        prepare_for_training(model, init_from=str(tiny_checkpoint), input_size=64, resize="letterbox")
+    prepare_for_training(model, init_from=str(tiny_checkpoint), freeze="segmentation", input_size=64, resize="stretch")
+    seg = {k: v for k, v in src.state_dict().items() if k.startswith("seg.")}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in seg.items())
+
+
 def test_uninformative_frames_are_down_weighted():
     loss_fn = EndoLoss(heads={"h": {"classes": ["a", "b"]}}, min_lesion_fraction=0.05, uninformative_weight=0.0)
     out = {"mask": torch.full((3, 1, 8, 8), -5.0), "h": torch.tensor([[5.0, -5.0], [5.0, -5.0], [-5.0, 5.0]])}

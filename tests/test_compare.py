@@ -1,0 +1,65 @@
+"""python -m metrics.compare: paired per-image differences between two evaluate.py runs, resampled by group."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from metrics.compare import compare_set, groups_of, load_sequences, main
+
+
+def write_run(root, sets):
+    for name, rows in sets.items():
+        (root / name).mkdir(parents=True)
+        with (root / name / "per_image.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["name", "dice", "iou"])
+            w.writerows([n, d, d / (2 - d)] for n, d in rows)
+
+
+def test_clinicdb_frames_resample_by_sequence_other_images_alone():
+    seq = load_sequences()
+    assert seq["1"] == "1" and seq["612"] == "29"  # the shipped table: 612 frames, 29 sequences
+    assert groups_of(["clinicdb/1", "clinicdb/2", "clinicdb/612", "kvasir/abc"], seq) == [
+        "clinicdb-seq1",
+        "clinicdb-seq1",
+        "clinicdb-seq29",
+        "kvasir/abc",
+    ]
+
+
+def test_paired_difference_and_its_interval():
+    rng = np.random.default_rng(0)
+    a = {f"kvasir/{i}": float(rng.uniform(0.5, 1.0)) for i in range(60)}
+    shifted = compare_set(a, {k: v + 0.02 for k, v in a.items()}, n_boot=200)
+    assert shifted["diff"] == pytest.approx(0.02) and shifted["ci95"] == pytest.approx([0.02, 0.02])
+    assert (shifted["b_better"], shifted["a_better"], shifted["n_groups"]) == (60, 0, 60)
+    # half the images gain 0.1, half lose 0.1: mean 0, and the interval straddles 0
+    b = {k: v + (0.1 if i % 2 else -0.1) for i, (k, v) in enumerate(sorted(a.items()))}
+    mixed = compare_set(a, b, n_boot=500)
+    assert mixed["diff"] == pytest.approx(0.0, abs=1e-9) and mixed["ci95"][0] < 0 < mixed["ci95"][1]
+    # the same differences, but each sign confined to one group: two units, a far wider interval
+    groups = ["g1" if i % 2 else "g2" for i in range(60)]
+    grouped = compare_set(a, b, groups, n_boot=500)
+    width = {name: r["ci95"][1] - r["ci95"][0] for name, r in (("mixed", mixed), ("grouped", grouped))}
+    assert grouped["n_groups"] == 2 and width["grouped"] > 3 * width["mixed"]
+
+
+def test_cli_table_and_refusals(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_run(a, {"kvasir": [("kvasir/x", 0.8), ("kvasir/y", 0.6)], "clinicdb": [("clinicdb/1", 0.9)]})
+    write_run(b, {"kvasir": [("kvasir/y", 0.7), ("kvasir/x", 0.9)], "only_b": [("z", 1.0)]})
+    assert main([str(a), str(b), "--n-boot", "50", "--out", str(tmp_path / "cmp.md")]) == 0
+    table = (tmp_path / "cmp.md").read_text()
+    assert "| kvasir | 2 (2) | 0.700 | 0.800 | +0.100 [+0.100, +0.100] | 2 / 0 |" in table  # paired by name
+    assert "clinicdb" not in table and "only_b" not in table  # only sets both runs scored
+
+    write_run(c := tmp_path / "c", {"kvasir": [("kvasir/x", 0.8), ("kvasir/w", 0.6)]})
+    assert main([str(a), str(c)]) == 2
+    assert "kvasir: the two runs scored different images" in capsys.readouterr().err
+    assert main([str(a), str(b), "--metric", "hd95"]) == 2
+    assert "has no 'hd95' column" in capsys.readouterr().err
+    assert main([str(a), str(tmp_path / "missing")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
