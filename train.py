@@ -23,10 +23,10 @@ from tqdm import tqdm
 
 from data.errors import guard_task, run_cli
 from data.io import clean_stale_partials
-from data.loaders import make_loader
+from data.loaders import train_val_loaders
 from data.settings import TRAIN, check_settings
-from data.splits import training_splits
-from metrics.basic import validate
+from data.splits import splits_for
+from metrics.basic import selection_score, validate
 from models import checkpoint as ckpt
 from models.build import build_model, prepare_for_training
 from models.heads import head_classes, parse_heads
@@ -93,50 +93,18 @@ def main(cfg: DictConfig) -> float:
     heads, covs = head_classes(resolved["model"]["heads"]), list(resolved["model"]["covariates"])
     kinds = {h: spec.kind for h, spec in parse_heads(resolved["model"]["heads"]).items()}
     data, cv = resolved["data"], resolved["data"]["cv"]
-    train_recs, val_recs, heldout = training_splits(
-        data["train_sources"],
-        data["val_sources"],
-        heads=heads,
-        covariates=covs,
-        val_fraction=data["val_fraction"],
-        split_seed=data["split_seed"],
-        cv_folds=cv["folds"],
-        cv_fold=cv["fold"],
-        cv_seed=cv["seed"],
-        cv_stratify=cv["stratify"],
-        labelled_only=data["labelled_only"],
-    )
-    common = dict(
-        size=cfg.data.size,
-        mean=cfg.data.mean,
-        std=cfg.data.std,
-        resize=cfg.data.resize,
-        heads=list(heads),
-        num_workers=cfg.data.num_workers,
-        cache=cfg.data.cache,
-        covariates=covs,
-        quality=cfg.data.frame_quality,
-    )
-    train_loader = make_loader(
+    train_recs, val_recs, heldout = splits_for(data, heads=heads, covariates=covs)
+    train_loader, val_loader = train_val_loaders(
         train_recs,
-        augment=[instantiate(t) for t in cfg.augment.train],
-        train=True,
-        batch_size=cfg.data.batch_size,
+        val_recs,
+        data,
+        augment_train=[instantiate(t) for t in cfg.augment.train],
+        augment_eval=[instantiate(t) for t in cfg.augment.eval],
+        heads=list(heads),
+        covariates=covs,
         world_size=world,
         rank=rank,
         seed=cfg.seed,
-        **common,
-    )
-    val_loader = (
-        make_loader(
-            val_recs,
-            augment=[instantiate(t) for t in cfg.augment.eval],
-            train=False,
-            batch_size=cfg.data.batch_size,
-            **common,
-        )
-        if val_recs
-        else None
     )
     counts = {"train": ckpt.label_counts(train_recs, heads), "val": ckpt.label_counts(val_recs, heads)}
 
@@ -201,8 +169,6 @@ def main(cfg: DictConfig) -> float:
                 )
             )
         if rank == 0:
-            nlls = [v for k, v in stats.items() if k.startswith("val/nll_")]
-            score = -sum(nlls) / len(nlls) if frozen and nlls else stats.get("val/dice", -stats["train/total"])
             card = ckpt.training_card(
                 resolved,
                 epoch=epoch,
@@ -214,13 +180,18 @@ def main(cfg: DictConfig) -> float:
                 commit=commit,
                 init_from=init,
             )
-            if score > best:
-                best = score
-                ckpt.save_checkpoint(ckpt_dir / "best", eval_model, card)
-            if backup is not None:
-                eval_model.load_state_dict(backup)
-            state, card["resume"] = ckpt.training_state(optimizer, scheduler, ema, epoch=epoch, best=best)
-            ckpt.save_checkpoint(ckpt_dir / "last", eval_model, card, train_state=state)
+            best = ckpt.save_epoch(
+                ckpt_dir,
+                eval_model,
+                card,
+                score=selection_score(stats, heads_only=frozen),
+                best=best,
+                ema_backup=backup,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                ema=ema,
+                epoch=epoch,
+            )
             log_epoch(out_dir / "metrics.csv", writer, epoch, stats)
         elif backup is not None:
             eval_model.load_state_dict(backup)

@@ -1,6 +1,6 @@
 """Model-only speed of peers beside the shipped model, one process, random weights (speed only).
 
-python benchmarks/peers_speed.py [--size 352] [--reps 3]
+python benchmarks/peers_speed.py [--size N (default: the shipped checkpoint's input size)] [--reps 3]
 Models: the shipped U-Net/MobileNetV2 (slim decoder), smp U-Net ResNet-34, a U-Net with a ResNet-50 encoder and
 one with a Res2Net-50 encoder (timm, PraNet's backbone), at batch 1 and 8, fp32 and bf16 (+ channels_last); each
 printed as images/s and as a ratio to the shipped model in the same setting.
@@ -18,6 +18,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from models.build import build_model  # noqa: E402
+from models.checkpoint import read_card  # noqa: E402
 from models.runtime import autocast  # noqa: E402
 
 PEERS = {
@@ -40,9 +41,11 @@ def rate(model: torch.nn.Module, batch: int, size: int, precision: str, reps: in
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--size", type=int, default=352)
+    ap.add_argument("--size", type=int, default=None, help="input side (default: the shipped model's)")
     ap.add_argument("--reps", type=int, default=3)
     a = ap.parse_args()
+    if a.size is None:
+        a.size = read_card(ROOT / "checkpoints" / "endolift_polyp_unet_mnv2").input.size
     models = {}
     for name, kw in PEERS.items():
         m = build_model(arch="unet", weights=None, **kw).eval().to(memory_format=torch.channels_last)

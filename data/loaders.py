@@ -9,7 +9,7 @@ uninterrupted run would have (the model's own random state is saved with the che
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -96,3 +96,38 @@ def make_loader(
         drop_last=train and len(sampler) > batch_size,
         **kwargs,
     )
+
+
+def train_val_loaders(
+    train_records: Sequence[Record],
+    val_records: Sequence[Record],
+    data: Mapping[str, Any],
+    *,
+    augment_train: Sequence[A.BasicTransform],
+    augment_eval: Sequence[A.BasicTransform],
+    heads: Sequence[str],
+    covariates: Sequence[str] = (),
+    world_size: int = 1,
+    rank: int = 0,
+    seed: int = 0,
+) -> tuple[DataLoader, DataLoader | None]:
+    """The training loader (sharded across DDP ranks) and the validation loader (None without validation records),
+    built alike from a data config's values (size, mean, std, resize, batch_size, num_workers, cache,
+    frame_quality)."""
+    common: dict[str, Any] = dict(
+        size=data["size"],
+        mean=data["mean"],
+        std=data["std"],
+        resize=data["resize"],
+        heads=list(heads),
+        batch_size=data["batch_size"],
+        num_workers=data["num_workers"],
+        cache=data["cache"],
+        covariates=covariates,
+        quality=data["frame_quality"],
+    )
+    train = make_loader(
+        train_records, augment=augment_train, train=True, world_size=world_size, rank=rank, seed=seed, **common
+    )
+    val = make_loader(val_records, augment=augment_eval, train=False, **common) if val_records else None
+    return train, val

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 from data.errors import UserError
 
@@ -93,6 +93,24 @@ def cv_split(
     )
     assigned = group_kfold(records, k=folds, seed=seed, stratify_of=strat)
     return ([r for r, f in zip(records, assigned) if f != fold], [r for r, f in zip(records, assigned) if f == fold])
+
+
+def splits_for(data: Mapping[str, Any], *, heads: dict[str, Sequence[str]], covariates: Sequence[str] = ()):
+    """training_splits with a data config's values (sources, validation fraction and seed, cv, labelled_only)."""
+    cv = data["cv"]
+    return training_splits(
+        data["train_sources"],
+        data["val_sources"],
+        heads=heads,
+        covariates=covariates,
+        val_fraction=data["val_fraction"],
+        split_seed=data["split_seed"],
+        cv_folds=cv["folds"],
+        cv_fold=cv["fold"],
+        cv_seed=cv["seed"],
+        cv_stratify=cv["stratify"],
+        labelled_only=data["labelled_only"],
+    )
 
 
 def training_splits(

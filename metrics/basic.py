@@ -47,3 +47,10 @@ def validate(model, loader, *, device, channels_last: bool, precision: str, kind
     stats.update({f"val/acc_{h}": correct[h] / counted[h] for h in kinds if counted[h]})
     stats.update({f"val/nll_{h}": nll[h] / counted[h] for h in kinds if counted[h]})
     return stats
+
+
+def selection_score(stats: dict[str, float], *, heads_only: bool) -> float:
+    """The number that picks the best epoch (higher is better): validation Dice, or minus the heads' mean NLL when
+    only heads train (the frozen segmenter's Dice cannot change); minus the training loss without validation."""
+    nlls = [v for k, v in stats.items() if k.startswith("val/nll_")]
+    return -sum(nlls) / len(nlls) if heads_only and nlls else stats.get("val/dice", -stats["train/total"])

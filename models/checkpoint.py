@@ -309,6 +309,32 @@ def training_state(
     )
 
 
+def save_epoch(
+    ckpt_dir: Path,
+    model: nn.Module,
+    card: dict[str, Any],
+    *,
+    score: float,
+    best: float,
+    ema_backup: dict[str, torch.Tensor] | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    ema: Any,
+    epoch: int,
+) -> float:
+    """End of an epoch (rank 0). ``model`` holds the evaluated weights (the EMA's when ``ema_backup`` holds the raw
+    ones): they become ``best`` when ``score`` beats it; then the raw weights are put back and saved as ``last``
+    with what resuming needs. Returns the best score so far."""
+    if score > best:
+        best = score
+        save_checkpoint(ckpt_dir / "best", model, card)
+    if ema_backup is not None:
+        model.load_state_dict(ema_backup)
+    state, card["resume"] = training_state(optimizer, scheduler, ema, epoch=epoch, best=best)
+    save_checkpoint(ckpt_dir / "last", model, card, train_state=state)
+    return best
+
+
 def restore_training(
     path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, ema: Any
 ) -> tuple[int, float]:
