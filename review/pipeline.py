@@ -123,13 +123,31 @@ def fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, tuple(size), interpolation=cv2.INTER_AREA)
 
 
-def review_video(
-    out_dir: Path, stem: str, kind: str, *, fps: float, size: tuple[int, int], opts: ReviewOptions
-) -> VideoWriter:
-    """``<stem>_overlay.mp4`` or ``<stem>_original.mp4``: H.264 written under a temporary name (data/video.py)."""
-    return VideoWriter(
-        out_dir / f"{stem}_{kind}.mp4", fps=fps, width=size[0], height=size[1], crf=opts.crf, preset=opts.x264_preset
+def review_videos(
+    stack: ExitStack, out_dir: Path, stem: str, video: dict[str, Any], opts: ReviewOptions
+) -> tuple[VideoWriter | None, VideoWriter | None, tuple[int, int]]:
+    """The overlay and original videos of a video run (``<stem>_overlay.mp4``, ``<stem>_original.mp4``; each None
+    when its setting is off), H.264 under temporary names (data/video.py) that ``stack`` renames into place when
+    it closes, or drops on an error; and the (width, height) every frame of both is fitted to."""
+    size = (
+        (int(opts.overlay_size[0]), int(opts.overlay_size[1]))
+        if opts.overlay_size
+        else (int(video["width"]), int(video["height"]))
     )
+
+    def open_video(kind: str, wanted: bool) -> VideoWriter | None:
+        path = out_dir / f"{stem}_{kind}.mp4"
+        return (
+            stack.enter_context(
+                VideoWriter(
+                    path, fps=video["fps"], width=size[0], height=size[1], crf=opts.crf, preset=opts.x264_preset
+                )
+            )
+            if wanted
+            else None
+        )
+
+    return open_video("overlay", opts.overlay), open_video("original", opts.original_video), size
 
 
 def frames_from_folder(files: list[Path], fps: float, errors: list[dict]) -> Iterator[Frame]:
@@ -171,13 +189,13 @@ def process_sequence(
     smoother = TemporalSmoother(opts.smoothing if video else 1.0)
     records: list[dict[str, Any]] = []
     keep = KeyFrames(opts.key_frames)  # bounded whatever the video's (declared or unknown) length
-    writer = original = None
     area = None
     cov = covariate_row(predictor, opts)
     # ExitStack closes the videos, then the JSONL, then renames the JSONL into place; on an exception each
     # drops its partial file instead
     with ExitStack() as stack:
         jl = stack.enter_context(stack.enter_context(atomic_write(out_dir / "predictions.jsonl")).open("w"))
+        writer, original, size = review_videos(stack, out_dir, stem, video, opts) if video else (None, None, None)
         for batch in batched(frames, opts.batch_size):
             preds = predictor.predict([f.image for f in batch], None if cov is None else np.repeat(cov, len(batch), 0))
             for f, p in zip(batch, preds):
@@ -202,18 +220,8 @@ def process_sequence(
                 ov = render_overlay(
                     shown, mask, lesion_prob=lesion_p, time_s=f.time if video else None, head_lines=lines
                 )
-                if video and opts.overlay_size:
-                    ov = fit(ov, (int(opts.overlay_size[0]), int(opts.overlay_size[1])))
                 if video:
-                    size = (ov.shape[1], ov.shape[0])
-                    if writer is None and opts.overlay:
-                        writer = stack.enter_context(
-                            review_video(out_dir, stem, "overlay", fps=video["fps"], size=size, opts=opts)
-                        )
-                    if original is None and opts.original_video:
-                        original = stack.enter_context(
-                            review_video(out_dir, stem, "original", fps=video["fps"], size=size, opts=opts)
-                        )
+                    ov = fit(ov, size)
                     if writer is not None:
                         writer.write(ov)
                     if original is not None:
@@ -265,23 +273,9 @@ def process_video_stream(
     keep = KeyFrames(opts.key_frames)
     cov = covariate_row(predictor, opts)
     area = None
-    size = (
-        (int(opts.overlay_size[0]), int(opts.overlay_size[1]))
-        if opts.overlay_size
-        else (int(video["width"]), int(video["height"]))
-    )
     with ExitStack() as stack:  # exits in reverse: render drains, then PNGs, then the video and the JSONL close
         jl = stack.enter_context(stack.enter_context(atomic_write(out_dir / "predictions.jsonl")).open("w"))
-        writer = (
-            stack.enter_context(review_video(out_dir, stem, "overlay", fps=video["fps"], size=size, opts=opts))
-            if opts.overlay
-            else None
-        )
-        original = (
-            stack.enter_context(review_video(out_dir, stem, "original", fps=video["fps"], size=size, opts=opts))
-            if opts.original_video
-            else None
-        )
+        writer, original, size = review_videos(stack, out_dir, stem, video, opts)
         pngs = stack.enter_context(OrderedWorker(opts.queue_depth, "endolift-png"))
         render = stack.enter_context(OrderedWorker(opts.queue_depth, "endolift-render"))
 
