@@ -9,6 +9,7 @@ into oof.json for `python -m metrics.cv`. Multi-process: torchrun --nproc_per_no
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -84,6 +85,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, ema, *, device
 @guard_task
 def main(cfg: DictConfig) -> float:
     resolved, commit = OmegaConf.to_container(cfg, resolve=True), ckpt.git_commit()
+    command = " ".join(["python train.py", *map(shlex.quote, HydraConfig.get().overrides.task)])
     check_settings(resolved, TRAIN)
     rank, local_rank, world = init_distributed()
     seed_everything(cfg.seed + rank)
@@ -179,6 +181,7 @@ def main(cfg: DictConfig) -> float:
                 device=str(device),
                 commit=commit,
                 init_from=init,
+                command=command,
             )
             best = ckpt.save_epoch(
                 ckpt_dir,

@@ -233,6 +233,7 @@ def training_card(
     device: str,
     commit: str | None = None,
     init_from: dict[str, Any] | None = None,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """The card train.py writes: resolved model config, input spec, heads with their label provenance, data, metrics.
 
@@ -241,6 +242,7 @@ def training_card(
     validation split held labels for it; calibration (models/calibration.py) then adds its validation metrics.
     commit: the code's git commit when training started (HEAD may move while a long run goes on).
     init_from: name, date and commit of the checkpoint whose (frozen) segmenter the heads were trained on.
+    command: the command line that trained it (``python train.py`` and its overrides), for the model card's recipe.
     """
     from models.heads import parse_heads
 
@@ -282,6 +284,7 @@ def training_card(
             "device": device,
             "threads": torch.get_num_threads(),
             "precision": config["trainer"]["precision"],
+            "command": command,
             "config": config,
         },
     }

@@ -151,7 +151,7 @@ CVC-ClinicDB (Bernal et al., CMIG 2015) are free for research and education with
 owners' permission.
 
 ## Recipe (segmenter)
-`python train.py experiment={cfg.get("name", "?")}`: loss
+`{training_command(card)}`: loss
 {cfg.get("loss", {}).get("kind")}, {opt.get("_target_", "?").split(".")[-1]} lr {opt.get("lr")}, weight decay
 {opt.get("weight_decay")}, batch {cfg.get("data", {}).get("batch_size")}, {comp.get("epochs")} epochs, multi-scale
 {cfg.get("trainer", {}).get("multiscale")}, EMA {cfg.get("trainer", {}).get("ema")}, precision {comp.get("precision")}.
@@ -186,6 +186,12 @@ Fibrosis (Matsumoto F0/F1/F2) and lift (adequate / partial / non-lifting): {
     )
 
 
+def training_command(card: ModelCard) -> str:
+    """The command that trained ``card``'s weights: as train.py recorded it (or --command gave it), else the
+    experiment named like the run."""
+    return card.training.get("command") or f"python train.py experiment={card.training.get('config', {}).get('name')}"
+
+
 def write_outputs(dst: str, model: torch.nn.Module, card: ModelCard) -> None:
     weights = save_checkpoint(dst, model, card, dtype=torch.float16)
     size_mb = weights.stat().st_size / 1e6
@@ -214,7 +220,7 @@ def add_heads(a: argparse.Namespace) -> None:
     card.heads = head_card.heads
     for h, info in card.heads.items():
         info.training = {
-            "command": f"python train.py experiment={head_card.training['config']['name']}",
+            "command": training_command(head_card),
             "epoch": head_card.epoch,
             "git_commit": head_card.git_commit,
             "frozen_from": head_card.segmentation.get("frozen_from"),
@@ -273,6 +279,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--calibration", default=None, help="with --onnx-int8: a folder of images to calibrate on")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads training used (default: from the card)")
     ap.add_argument("--notes", default="")
+    ap.add_argument(
+        "--command", default=None, help="the training command line, for a run whose card predates recording it"
+    )
     a = ap.parse_args(argv)
     if a.onnx or a.onnx_int8:
         from data.io import list_images
@@ -313,6 +322,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     card.parameters, card.weights_dtype = sum(p.numel() for p in model.parameters()), "float16"
     card.extra["source_checkpoint"], card.notes = str(a.src), a.notes
+    if a.command:
+        card.training["command"] = a.command
     write_outputs(a.dst, model, card)
 
 

@@ -165,6 +165,7 @@ def test_training_is_reproducible_and_a_killed_run_resumes_to_the_same_weights(t
     assert card["heads"]["fibrosis"]["label_source"] == "synthetic" and card["heads"]["fibrosis"]["kind"] == "ordinal"
     assert card["heads"]["fibrosis"]["validated_on_real"] is False
     assert card["resume"]["epoch"] == 2 and card["input"]["size"] == 64
+    assert card["training"]["command"] == " ".join(["python train.py", *common])  # the recipe (hydra.* left out)
     assert any(k.startswith("optim/") for k in load_train_state(a / "checkpoints" / "last"))
 
     b = tmp_path / "b"
