@@ -95,11 +95,13 @@ def bench(checkpoint: str, device: str, clips: dict[str, Path], tmp: Path, repea
         pred.precision = precision
         for name, path in clips.items():
             res: dict[bool, list[float]] = {False: [], True: []}
+            shares: dict[bool, list[float]] = {False: [], True: []}
             for rep in range(repeats):  # alternating, so a slow spell of a shared machine hits both paths
                 for streaming in (False, True):
                     out = tmp / f"out_{Path(checkpoint).name}_{name}_{precision}_{streaming}_{rep}"
                     fps, share, n = end_to_end(pred, path, out, streaming)
                     res[streaming].append(fps)
+                    shares[streaming].append(share)
             for streaming in (False, True):
                 runs = res[streaming]
                 med = statistics.median(runs)
@@ -107,7 +109,7 @@ def bench(checkpoint: str, device: str, clips: dict[str, Path], tmp: Path, repea
                 print(
                     f"end to end  {name:9s} {precision} {label}: {med:6.1f} frames/s (median of {len(runs)} runs, "
                     f"{min(runs):.1f}-{max(runs):.1f}) over {n} frames ({1000 / med:.1f} ms a frame), "
-                    f"model {100 * share:.0f}% in the last"
+                    f"model {100 * statistics.median(shares[streaming]):.0f}%"
                     + (f"  (x{med / statistics.median(res[False]):.2f} vs serial)" if streaming else "")
                 )
             serial, stream = (tmp / f"out_{Path(checkpoint).name}_{name}_{precision}_{s}_0" for s in (False, True))
