@@ -79,7 +79,9 @@ def mask_agreement(a: Path, b: Path) -> float:
 TARGETS = {"1920x1080": 15.0, "384x288": 40.0}  # frames/s end to end, streaming, bf16 (fp16 on CUDA), CPU
 
 
-def bench(checkpoint: str, device: str, clips: dict[str, Path], tmp: Path, repeats: int) -> dict[str, list[float]]:
+def bench(
+    checkpoint: str, device: str, clips: dict[str, Path], tmp: Path, repeats: int, tag: str
+) -> dict[str, list[float]]:
     """Every figure for one checkpoint; returns the streaming bf16/fp16 runs' frames/s per clip."""
     pred = Predictor.from_checkpoint(checkpoint, device=device)
     print(f"--- {checkpoint} ({pred.size}x{pred.size} input)")
@@ -98,7 +100,7 @@ def bench(checkpoint: str, device: str, clips: dict[str, Path], tmp: Path, repea
             shares: dict[bool, list[float]] = {False: [], True: []}
             for rep in range(repeats):  # alternating, so a slow spell of a shared machine hits both paths
                 for streaming in (False, True):
-                    out = tmp / f"out_{Path(checkpoint).name}_{name}_{precision}_{streaming}_{rep}"
+                    out = tmp / f"out{tag}_{name}_{precision}_{streaming}_{rep}"
                     fps, share, n = end_to_end(pred, path, out, streaming)
                     res[streaming].append(fps)
                     shares[streaming].append(share)
@@ -112,7 +114,7 @@ def bench(checkpoint: str, device: str, clips: dict[str, Path], tmp: Path, repea
                     f"model {100 * statistics.median(shares[streaming]):.0f}%"
                     + (f"  (x{med / statistics.median(res[False]):.2f} vs serial)" if streaming else "")
                 )
-            serial, stream = (tmp / f"out_{Path(checkpoint).name}_{name}_{precision}_{s}_0" for s in (False, True))
+            serial, stream = (tmp / f"out{tag}_{name}_{precision}_{s}_0" for s in (False, True))
             print(
                 f"            {name:9s} {precision} masks, streaming vs serial: min Dice "
                 f"{mask_agreement(serial, stream):.4f}"
@@ -144,7 +146,9 @@ def main() -> None:
                 for f in frames:
                     vw.write(f if size is None else cv2.resize(f, size, interpolation=cv2.INTER_CUBIC))
             clips[name] = path
-        results = {ck: bench(ck, a.device, clips, tmp, a.repeats) for ck in [a.checkpoint, *a.compare]}
+        results = {
+            ck: bench(ck, a.device, clips, tmp, a.repeats, str(i)) for i, ck in enumerate([a.checkpoint, *a.compare])
+        }
     first = {name: statistics.median(runs) for name, runs in results[a.checkpoint].items()}
     for ck in a.compare:
         other = {name: statistics.median(runs) for name, runs in results[ck].items()}

@@ -20,11 +20,12 @@ def frame_quality(
     """Blur (variance of the Laplacian inside the field; low = blurry) and over-exposure (fraction of the field's
     pixels with all channels >= 250, i.e. specular glare or a lens against the wall).
 
-    Measured at ANALYSIS_SIZE x ANALYSIS_SIZE (the model's input size), so the same frame gets the same sharpness
-    from a 384x288 clip, a 1080p recording, or the video path that works at the model's resolution."""
+    Measured at ANALYSIS_SIZE x ANALYSIS_SIZE (a fixed grid, whatever the model's input), so the same frame gets the
+    same sharpness from a 384x288 clip or a 1080p recording. ``area``, the field of view, is best found on that grid
+    too (``quality_field``): the step from tissue to the scope's black surround is a large share of the Laplacian's
+    variance, so a rim found at another resolution moves the figure by up to about 10%."""
     a = ANALYSIS_SIZE
-    if image.shape[:2] != (a, a):
-        image = cv2.resize(image, (a, a), interpolation=cv2.INTER_AREA)
+    image = analysis_view(image)
     if area.shape[:2] != (a, a):
         area = cv2.resize(area.astype(np.uint8), (a, a), interpolation=cv2.INTER_NEAREST)
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
@@ -44,11 +45,24 @@ def frame_quality(
     }
 
 
-def poor_quality(image: np.ndarray) -> bool:
-    """True when the frame is blurry or over-exposed inside its field of view (data/scope.py)."""
+def analysis_view(image: np.ndarray) -> np.ndarray:
+    """The frame on the ANALYSIS_SIZE grid that quality is measured on (area-averaged, as every path resizes it)."""
+    a = ANALYSIS_SIZE
+    return image if image.shape[:2] == (a, a) else cv2.resize(image, (a, a), interpolation=cv2.INTER_AREA)
+
+
+def quality_field(view: np.ndarray, scope_mask: bool = True) -> np.ndarray:
+    """The field of view that frame_quality measures inside, found on ``view`` (analysis_view's output); the whole
+    grid without scope masking."""
     from data.scope import content_area
 
-    q = frame_quality(image, content_area(image))
+    return content_area(view) if scope_mask else np.ones(view.shape[:2], np.uint8)
+
+
+def poor_quality(image: np.ndarray) -> bool:
+    """True when the frame is blurry or over-exposed inside its field of view (data/scope.py)."""
+    view = analysis_view(image)
+    q = frame_quality(view, quality_field(view))
     return bool(q["blurry"] or q["overexposed"])
 
 

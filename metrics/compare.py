@@ -6,7 +6,8 @@ A and B are evaluate.py output folders; every set present in both (``<set>/per_i
 images the two share by name (a set whose names differ is refused: the runs did not score the same images). The
 interval resamples whole groups: CVC-ClinicDB frames by video sequence (``data/lists/cvc-clinicdb/sequences.csv``:
 frames of one sequence are near-duplicates, so resampling frames would make the interval too narrow), every other
-image on its own. "B - A" > 0 means B scores higher. Prints a Markdown table; ``--out FILE`` also writes it.
+image on its own. "B - A" > 0 means B scores higher (better for Dice, worse for HD95 or MAE). Prints a Markdown
+table; ``--out FILE`` also writes it.
 """
 
 from __future__ import annotations
@@ -80,8 +81,8 @@ def compare_set(
         "b": float(y.mean()) if len(y) else math.nan,
         "diff": float(d.mean()) if len(d) else math.nan,
         "ci95": ci,
-        "b_better": int((d > 0).sum()),
-        "a_better": int((d < 0).sum()),
+        "b_higher": int((d > 0).sum()),
+        "a_higher": int((d < 0).sum()),
     }
 
 
@@ -89,7 +90,7 @@ def markdown(results: Mapping[str, Mapping], metric: str, a: str, b: str) -> str
     lines = [
         f"A = `{a}`, B = `{b}`; per-image {metric}, mean over images; interval: paired bootstrap over groups",
         "",
-        "| set | images (groups) | A | B | B - A [95% CI] | images B better / A better |",
+        "| set | images (groups) | A | B | B - A [95% CI] | images B higher / A higher |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in results.items():
@@ -97,7 +98,7 @@ def markdown(results: Mapping[str, Mapping], metric: str, a: str, b: str) -> str
         span = f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
         lines.append(
             f"| {name} | {r['n']} ({r['n_groups']}) | {r['a']:.3f} | {r['b']:.3f} | {r['diff']:+.3f}{span} "
-            f"| {r['b_better']} / {r['a_better']} |"
+            f"| {r['b_higher']} / {r['a_higher']} |"
         )
     few = [name for name, r in results.items() if r["n_groups"] < 10]
     if few:
@@ -138,8 +139,16 @@ def _run(args: argparse.Namespace) -> int:
     for s in sets:
         a = read_per_image(args.a / s / "per_image.csv", args.metric)
         b = read_per_image(args.b / s / "per_image.csv", args.metric)
+        groups = groups_of(sorted(a), sequences)
+        alone = sum(n.startswith("clinicdb/") and not g.startswith("clinicdb-seq") for n, g in zip(sorted(a), groups))
+        if alone:
+            print(
+                f"warning: {s}: {alone} CVC-ClinicDB frames have no sequence in {SEQUENCES}; they are resampled one "
+                "by one, which makes the interval too narrow",
+                file=sys.stderr,
+            )
         try:
-            results[s] = compare_set(a, b, groups_of(sorted(a), sequences), n_boot=args.n_boot)
+            results[s] = compare_set(a, b, groups, n_boot=args.n_boot)
         except UserError as e:
             raise UserError(f"{s}: {e}") from None
     text = markdown(results, args.metric, str(args.a), str(args.b))

@@ -80,12 +80,17 @@ def prepare_for_training(
     resize: str | None = None,
 ) -> dict[str, Any] | None:
     """Before training: copy the segmenter of ``init_from``, freeze it (freeze="segmentation": only the heads
-    train), and standardise covariates with the training rows. ``input_size``/``resize`` (the data's) must match
-    init_from's. Returns init_from's provenance (for the card)."""
+    train), and standardise covariates with the training rows. With a frozen segmenter, ``input_size``/``resize``
+    (the data's) must match init_from's. Returns init_from's provenance (for the card)."""
     from models.checkpoint import init_segmenter
     from models.heads import set_covariate_stats
 
-    init = init_segmenter(model, init_from, input_size=input_size, resize=resize) if init_from else None
+    frozen = freeze == "segmentation"  # a frozen segmenter must see frames as it was trained; fine-tuning may differ
+    init = (
+        init_segmenter(model, init_from, input_size=input_size if frozen else None, resize=resize if frozen else None)
+        if init_from
+        else None
+    )
     if freeze == "segmentation":
         model.freeze_segmentation()
     elif freeze:

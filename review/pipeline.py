@@ -26,7 +26,7 @@ from data.io import (
     require_input,
     write_image_atomic,
 )
-from data.quality import frame_quality
+from data.quality import ANALYSIS_SIZE, analysis_view, frame_quality, quality_field
 from data.scope import content_area, deidentify
 from data.video import Frame, VideoWriter, probe, read_frames
 from models.card import ModelCard
@@ -98,17 +98,19 @@ def measure_frame(
     card: ModelCard,
     opts: ReviewOptions,
     analysis_image: np.ndarray,
+    quality_area: np.ndarray,
 ) -> tuple[dict[str, Any], np.ndarray, list[str]]:
     """Everything both video paths and the image path measure on one frame, at the resolution of ``prob`` (the
     frame's, or the model's grid; lesions are reported in frame pixels either way): the cleaned mask, lesions,
-    head estimates, quality -> (predictions.jsonl record, mask, overlay lines of clinically validated heads)."""
+    head estimates, quality (of ``analysis_image`` inside ``quality_area``: data/quality.py's grid, the same for every
+    path) -> (predictions.jsonl record, mask, overlay lines of clinically validated heads)."""
     mask = clean_mask(prob, area, threshold=opts.threshold, min_area_fraction=opts.min_area_fraction)
     h, w = f.image.shape[:2]
     found = lesions(prob, mask)
     if prob.shape != (h, w):
         found = scale_lesions(found, w / prob.shape[1], h / prob.shape[0])
     est = head_estimates(card, head_probs)
-    rec = frame_record(name, f, prob, mask, area, found, est, frame_quality(analysis_image, area))
+    rec = frame_record(name, f, prob, mask, area, found, est, frame_quality(analysis_image, quality_area))
     lines = [
         f"{hd}: {e['estimate']} ({e['confidence']:.2f})" for hd, e in est.items() if e["clinically_validated"] and found
     ]
@@ -201,10 +203,19 @@ def process_sequence(
             for f, p in zip(batch, preds):
                 if area is None or area.shape != f.image.shape[:2] or not video or f.index % opts.scope_every == 0:
                     area = content_area(f.image) if opts.scope_mask else np.ones(f.image.shape[:2], np.uint8)
+                    q_area = quality_field(analysis_view(f.image), opts.scope_mask)
                 prob, heads = smoother(p.prob * area, p.heads)
                 name = names[f.index] if names else f"{stem}_{f.index:06d}"
                 rec, mask, lines = measure_frame(
-                    f, prob, heads, area, name=name, card=predictor.card, opts=opts, analysis_image=f.image
+                    f,
+                    prob,
+                    heads,
+                    area,
+                    name=name,
+                    card=predictor.card,
+                    opts=opts,
+                    analysis_image=f.image,
+                    quality_area=q_area,
                 )
                 write_image_atomic(
                     out_dir / "masks" / f"{name}.png", mask * 255, png_level=opts.png_level, bilevel=True
@@ -311,29 +322,39 @@ def process_video_stream(
                 original.write(fit(shown, size))
             keep.offer(f.time, lesion_p, f.index, ov)
 
-        def with_small(items: Iterable[Frame]) -> Iterator[tuple[Frame, np.ndarray]]:  # runs in the decode thread
-            for f in items:
-                yield f, cv2.resize(f.image, (s, s), interpolation=cv2.INTER_AREA)
+        def with_small(items: Iterable[Frame]) -> Iterator[tuple[Frame, np.ndarray, np.ndarray]]:  # decode thread
+            for f in items:  # the model's input, and the frame quality is measured on (data/quality.py)
+                small = cv2.resize(f.image, (s, s), interpolation=cv2.INTER_AREA)
+                yield f, small, small if s == ANALYSIS_SIZE else analysis_view(f.image)
 
-        def model_stage(items: Iterable[tuple[Frame, np.ndarray]]) -> Iterator[list[tuple[Frame, Any]]]:
-            for pairs in batched(items, opts.batch_size):  # runs in the model thread, a batch ahead of this one
-                batch = [f for f, _ in pairs]
+        def model_stage(items: Iterable[tuple[Frame, np.ndarray, np.ndarray]]) -> Iterator[list[tuple]]:
+            for triples in batched(items, opts.batch_size):  # runs in the model thread, a batch ahead of this one
+                batch = [f for f, _, _ in triples]
                 preds = predictor.predict(
                     [f.image for f in batch],
                     None if cov is None else np.repeat(cov, len(batch), 0),
                     full_size=False,
-                    resized=[small for _, small in pairs],
+                    resized=[small for _, small, _ in triples],
                 )
-                yield list(zip(batch, preds))
+                yield list(zip(batch, preds, [q for _, _, q in triples]))
 
         for done in prefetch(model_stage(prefetch(with_small(frames), 2 * opts.batch_size)), 1):
-            for f, p in done:
+            for f, p, analysis in done:
                 if area is None or f.index % opts.scope_every == 0:
                     area = content_area(p.resized) if opts.scope_mask else np.ones((s, s), np.uint8)
+                    q_area = quality_field(analysis, opts.scope_mask)
                 prob_s, heads = smoother(p.prob * area, p.heads)
                 name = f"{stem}_{f.index:06d}"
                 rec, mask_s, lines = measure_frame(
-                    f, prob_s, heads, area, name=name, card=predictor.card, opts=opts, analysis_image=p.resized
+                    f,
+                    prob_s,
+                    heads,
+                    area,
+                    name=name,
+                    card=predictor.card,
+                    opts=opts,
+                    analysis_image=analysis,
+                    quality_area=q_area,
                 )
                 # specks the mask dropped must not come back when the map is resized to the frame
                 prob_s = np.where((mask_s > 0) | (prob_s < opts.threshold), prob_s, 0.0).astype(np.float32)

@@ -35,7 +35,7 @@ def test_paired_difference_and_its_interval():
     a = {f"kvasir/{i}": float(rng.uniform(0.5, 1.0)) for i in range(60)}
     shifted = compare_set(a, {k: v + 0.02 for k, v in a.items()}, n_boot=200)
     assert shifted["diff"] == pytest.approx(0.02) and shifted["ci95"] == pytest.approx([0.02, 0.02])
-    assert (shifted["b_better"], shifted["a_better"], shifted["n_groups"]) == (60, 0, 60)
+    assert (shifted["b_higher"], shifted["a_higher"], shifted["n_groups"]) == (60, 0, 60)
     # half the images gain 0.1, half lose 0.1: mean 0, and the interval straddles 0
     b = {k: v + (0.1 if i % 2 else -0.1) for i, (k, v) in enumerate(sorted(a.items()))}
     mixed = compare_set(a, b, n_boot=500)
@@ -49,12 +49,17 @@ def test_paired_difference_and_its_interval():
 
 def test_cli_table_and_refusals(tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
-    write_run(a, {"kvasir": [("kvasir/x", 0.8), ("kvasir/y", 0.6)], "clinicdb": [("clinicdb/1", 0.9)]})
-    write_run(b, {"kvasir": [("kvasir/y", 0.7), ("kvasir/x", 0.9)], "only_b": [("z", 1.0)]})
+    clinic_a = [("clinicdb/1", 0.9), ("clinicdb/2", 0.8), ("clinicdb/612", 0.7), ("clinicdb/9999", 0.5)]
+    write_run(a, {"kvasir": [("kvasir/x", 0.8), ("kvasir/y", 0.6), ("kvasir/n", float("nan"))], "clinicdb": clinic_a})
+    write_run(b, {"kvasir": [("kvasir/y", 0.7), ("kvasir/n", 0.5), ("kvasir/x", 0.9)], "only_b": [("z", 1.0)]})
+    write_run(b, {"clinicdb": [(n, d + 0.1) for n, d in clinic_a]})
     assert main([str(a), str(b), "--n-boot", "50", "--out", str(tmp_path / "cmp.md")]) == 0
     table = (tmp_path / "cmp.md").read_text()
-    assert "| kvasir | 2 (2) | 0.700 | 0.800 | +0.100 [+0.100, +0.100] | 2 / 0 |" in table  # paired by name
-    assert "clinicdb" not in table and "only_b" not in table  # only sets both runs scored
+    # paired by name; the image whose metric is undefined (NaN) is left out of both sides
+    assert "| kvasir | 2 (2) | 0.700 | 0.800 | +0.100 [+0.100, +0.100] | 2 / 0 |" in table
+    # ClinicDB frames grouped by sequence (1 and 2: sequence 1; 612: 29); an unknown frame alone, with a warning
+    assert "| clinicdb | 4 (3) | 0.725 | 0.825 |" in table and "only_b" not in table
+    assert "clinicdb: 1 CVC-ClinicDB frames have no sequence" in capsys.readouterr().err
 
     write_run(c := tmp_path / "c", {"kvasir": [("kvasir/x", 0.8), ("kvasir/w", 0.6)]})
     assert main([str(a), str(c)]) == 2

@@ -111,6 +111,8 @@ def test_streaming_path_matches_the_serial_one_at_384x288_and_1080p(tmp_path):
         rb = [json.loads(x) for x in (b / "predictions.jsonl").read_text().splitlines()]
         assert [r["index"] for r in rb] == list(range(n)) and all(set(x) == set(y) for x, y in zip(ra, rb))
         assert all(abs(x["area_fraction"] - y["area_fraction"]) < 0.01 for x, y in zip(ra, rb))
+        # frame quality: the same grid and field of view whatever the path and the model's input size
+        assert [r["quality"] for r in ra] == [r["quality"] for r in rb]
         assert (b / f"{video.stem}_overlay.mp4").is_file() and (b / "report.html").is_file()
         with av.open(str(b / f"{video.stem}_overlay.mp4")) as c:
             assert sum(1 for _ in c.decode(c.streams.video[0])) == n
