@@ -144,7 +144,7 @@ def main(cfg: DictConfig) -> dict:
         results[cfg.name] = {"segmentation": seg, "heads": head_results}
     else:
         test_sets = OmegaConf.to_container(cfg.data.test_sets, resolve=True)
-        wanted = list(cfg.sets) if cfg.sets else list(test_sets)
+        wanted = [cfg.sets] if isinstance(cfg.sets, str) else list(cfg.sets) if cfg.sets else list(test_sets)
         unknown = [s for s in wanted if s not in test_sets]
         if unknown:
             raise UserError(f"sets {unknown} are not in data.test_sets ({list(test_sets)})")
@@ -152,9 +152,10 @@ def main(cfg: DictConfig) -> dict:
             cfg.checkpoint, device=cfg.device, precision=cfg.precision, tta=cfg.tta, backend=cfg.backend
         )
         classes = {h: v.classes for h, v in pred.card.heads.items()}
+        # every set's files are found before any is scored: a missing dataset stops the run before it writes
+        records = {n: records_from_sources(test_sets[n], heads=classes, covariates=pred.covariates) for n in wanted}
         for name in wanted:
-            records = records_from_sources(test_sets[name], heads=classes, covariates=pred.covariates)
-            seg, head_results, (per_image, load) = score_checkpoint(cfg, pred, records, out_dir / name)
+            seg, head_results, (per_image, load) = score_checkpoint(cfg, pred, records[name], out_dir / name)
             if seg is not None:
                 write_set(out_dir / name, name, seg, per_image, load, cfg.gallery)
             results[name] = {"segmentation": seg, "heads": head_results}

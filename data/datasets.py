@@ -42,7 +42,10 @@ class Record:
 
 def _read_list(path: Path) -> list[str]:
     if not path.is_file():
-        raise UserError(f"split list not found: {path} (set the source's split_file to an existing file, or null)")
+        raise UserError(
+            f"split list not found: {path} (for the public datasets: python -m data.layout --root DATA --install; "
+            "else set the source's split_file to an existing file, or null)"
+        )
     return [Path(line.strip()).stem for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -70,7 +73,11 @@ def folder_records(
     root = Path(root)
     img_dir = root / images_dir
     if not img_dir.is_dir():
-        raise UserError(f"image folder not found: {img_dir} (set data root to a folder holding '{images_dir}/')")
+        raise UserError(
+            f"image folder not found: {img_dir} (set the source's root to a folder holding '{images_dir}/'; the public "
+            "datasets' root is ENDOLIFT_DATA, default ../shared/data from the current folder: README, 'Getting the "
+            "public data')"
+        )
     images = list_images(img_dir)
     if not images:
         raise UserError(f"no images ({', '.join(IMAGE_EXTS)}) in {img_dir}")

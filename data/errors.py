@@ -82,6 +82,8 @@ def check_command_line(argv: list[str]) -> None:
             skip = tok in HYDRA_VALUE_FLAGS or (tok in ("--info", "-i") and nxt in HYDRA_INFO_CHOICES)
             continue
         if "=" not in tok:
+            if Path(tok).exists():  # `python infer.py clip.mp4`: settings are key=value, the input too
+                raise UserError(f"'{tok}' is not a key=value setting: to process it, write input={tok}")
             raise UserError(f"'{tok}' is not a key=value setting; {QUOTE_HINT}")
         key, value = tok.split("=", 1)
         quoted = len(value) >= 2 and value[0] in "'\"" and value[-1] == value[0]

@@ -2,7 +2,7 @@
 
     python -m metrics.compare outputs/evaluate/A outputs/evaluate/B [--metric dice] [--n-boot 2000]
 
-A and B are evaluate.py output folders; every set present in both (``<set>/per_image.csv``) is compared on the
+A and B are finished evaluate.py output folders; every set both scored (in their metrics.json) is compared on the
 images the two share by name (a set whose names differ is refused: the runs did not score the same images). The
 interval resamples whole groups: CVC-ClinicDB frames by video sequence (``data/lists/cvc-clinicdb/sequences.csv``:
 frames of one sequence are near-duplicates, so resampling frames would make the interval too narrow), every other
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -40,6 +41,18 @@ def read_per_image(path: Path, metric: str) -> dict[str, float]:
         return {r["name"]: float(r[metric]) for r in rows}
     except ValueError as e:
         raise UserError(f"{path}: a '{metric}' value is not a number ({e})") from None
+
+
+def finished_sets(run: Path) -> set[str]:
+    """The sets a finished evaluate.py run scored (its metrics.json, written last): a folder left by a failed run,
+    or a set left over from an earlier run into the same folder, is not compared."""
+    path = run / "metrics.json"
+    if not path.is_file():
+        raise UserError(f"{run} has no metrics.json: not a finished evaluate.py run (rerun evaluate.py into it)")
+    try:
+        return set(json.loads(path.read_text()).get("results", {}))
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise UserError(f"{path} is not evaluate.py's metrics.json ({e})") from None
 
 
 def groups_of(names: Sequence[str], sequences: Mapping[str, str]) -> list[str]:
@@ -129,9 +142,8 @@ def _run(args: argparse.Namespace) -> int:
     for d in (args.a, args.b):
         if not d.is_dir():
             raise UserError(f"{d} is not a folder: give two evaluate.py output folders")
-    sets = sorted(
-        p.parent.name for p in args.a.glob("*/per_image.csv") if (args.b / p.parent.name / "per_image.csv").is_file()
-    )
+    both = finished_sets(args.a) & finished_sets(args.b)
+    sets = sorted(s for s in both if all((d / s / "per_image.csv").is_file() for d in (args.a, args.b)))
     if not sets:
         raise UserError(f"{args.a} and {args.b} share no set (<set>/per_image.csv in both): run evaluate.py on both")
     sequences = load_sequences()

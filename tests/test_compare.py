@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -10,7 +11,11 @@ import pytest
 from metrics.compare import compare_set, groups_of, load_sequences, main
 
 
-def write_run(root, sets):
+def write_run(root, sets, finished=True):
+    if finished:  # evaluate.py writes metrics.json last, listing the sets it scored
+        old = json.loads((root / "metrics.json").read_text())["results"] if (root / "metrics.json").is_file() else {}
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "metrics.json").write_text(json.dumps({"results": old | dict.fromkeys(sets, {})}))
     for name, rows in sets.items():
         (root / name).mkdir(parents=True)
         with (root / name / "per_image.csv").open("w", newline="") as f:
@@ -60,6 +65,14 @@ def test_cli_table_and_refusals(tmp_path, capsys):
     # ClinicDB frames grouped by sequence (1 and 2: sequence 1; 612: 29); an unknown frame alone, with a warning
     assert "| clinicdb | 4 (3) | 0.725 | 0.825 |" in table and "only_b" not in table
     assert "clinicdb: 1 CVC-ClinicDB frames have no sequence" in capsys.readouterr().err
+
+    # a set left in the folder by an earlier or failed run (not in metrics.json) is not compared
+    write_run(a, {"stale": [("s", 0.1)]}, finished=False)
+    write_run(b, {"stale": [("s", 0.9)]})
+    assert main([str(a), str(b), "--n-boot", "50"]) == 0 and "stale" not in capsys.readouterr().out
+    write_run(d := tmp_path / "d", {"kvasir": [("kvasir/x", 0.8)]}, finished=False)
+    assert main([str(a), str(d)]) == 2
+    assert "has no metrics.json: not a finished evaluate.py run" in capsys.readouterr().err
 
     write_run(c := tmp_path / "c", {"kvasir": [("kvasir/x", 0.8), ("kvasir/w", 0.6)]})
     assert main([str(a), str(c)]) == 2

@@ -177,3 +177,16 @@ def test_evaluate_checkpoint_mode_scores_heads(tmp_path, tiny_checkpoint):
     md = (tmp_path / "o" / "results.md").read_text()
     assert "| synthetic | 16 |" in md and "**fibrosis** (ordinal" in md and "| frame | 16 (8 cases) |" in md
     assert (tmp_path / "o" / "synthetic" / "reliability_fibrosis.png").is_file()
+
+
+def test_evaluate_finds_every_sets_files_before_scoring_and_takes_one_set_unbracketed(tmp_path, tiny_checkpoint):
+    common = [f"checkpoint={tiny_checkpoint}", "data=synthetic", f"paths.cache_dir={tmp_path}"]
+    out = tmp_path / "o"
+    p = run_script(
+        "evaluate.py", *common, f"out_dir={out}", "+data.test_sets.gone=[{kind:folder,name:gone,root:/nonexistent/el}]"
+    )
+    assert p.returncode == 2 and "image folder not found: /nonexistent/el/images" in p.stderr, p.stderr[-2000:]
+    assert "ENDOLIFT_DATA" in p.stderr and not (out / "synthetic").exists() and not (out / "metrics.json").exists()
+    p = run_script("evaluate.py", *common, f"out_dir={out}", "sets=synthetic")  # not ['s', 'y', ...]
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert list(json.loads((out / "metrics.json").read_text())["results"]) == ["synthetic"]

@@ -89,6 +89,9 @@ def test_command_line_problems_are_explained(argv, needle):
     check_command_line(["--info", "a=1", "-c", "all", "--cfg=job"])
     with pytest.raises(UserError, match="'stray' is not a key=value"):
         check_command_line(["--info", "a=1", "stray"])
+    clip = str(ROOT / "samples" / "clinicdb_seq6.mp4")
+    with pytest.raises(UserError, match=f"to process it, write input={clip}"):
+        check_command_line([clip])  # an existing file given without input=
 
 
 @pytest.mark.parametrize(
