@@ -18,7 +18,14 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from data.errors import UserError, guard_task, run_cli
-from data.io import clean_stale_partials, output_lock, require_input
+from data.io import (
+    clean_stale_partials,
+    forget_previous_run,
+    list_run_outputs,
+    output_lock,
+    recording_outputs,
+    require_input,
+)
 from data.settings import INFER, check_settings
 
 # torch, the model and the pipeline are imported once the settings have passed (main), so that a mistyped setting
@@ -60,9 +67,14 @@ def main(cfg: DictConfig) -> None:
     out_root = Path(cfg.out_dir)
     with output_lock(out_root):
         clean_stale_partials(out_root)
-        failures = run_inputs(
-            paths, predictor=predictor, out_root=out_root, opts=opts, frames_as_video=cfg.frames_as_video
-        )
+        forget_previous_run(out_root)  # an earlier run's files never mix with this one's
+        with recording_outputs() as written:
+            try:
+                failures = run_inputs(
+                    paths, predictor=predictor, out_root=out_root, opts=opts, frames_as_video=cfg.frames_as_video
+                )
+            finally:
+                list_run_outputs(out_root, written)
     if failures:
         sys.exit(2)
 

@@ -74,6 +74,69 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     tmp.replace(path)
+    record_output(path)
+
+
+_RECORDERS: list[set[Path]] = []  # the open recording_outputs() blocks' sets (output threads add to them too)
+
+
+def record_output(path: str | Path) -> None:
+    """Note a file that was just put in place, for every recording_outputs() block open in this process."""
+    for written in _RECORDERS:
+        written.add(Path(path).absolute())
+
+
+@contextmanager
+def recording_outputs() -> Iterator[set[Path]]:
+    """Collect the absolute paths of every output file put in place (atomic_write, VideoWriter) inside the block."""
+    written: set[Path] = set()
+    _RECORDERS.append(written)
+    try:
+        yield written
+    finally:
+        _RECORDERS.remove(written)
+
+
+RUN_OUTPUTS = ".endolift-outputs.json"  # in an output folder: the files the last run into it wrote
+
+
+def forget_previous_run(folder: str | Path) -> int:
+    """Delete the files the previous run into ``folder`` listed in RUN_OUTPUTS (and folders they leave empty), so a
+    new run never mixes with an older one's masks, videos or report. Only listed files inside ``folder`` are touched:
+    nothing of the user's. Returns how many files were deleted."""
+    import json
+
+    folder = Path(folder).absolute()
+    listing = folder / RUN_OUTPUTS
+    if not listing.is_file():
+        return 0
+    try:
+        names = json.loads(listing.read_text())["files"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"{listing} is unreadable: delete it, or choose another out_dir") from None
+    n, parents = 0, set()
+    for name in names:
+        p = (folder / str(name)).resolve()
+        if folder.resolve() not in p.parents or not p.is_file():
+            continue  # outside the folder (a hand-edited listing) or already gone
+        p.unlink()
+        n += 1
+        parents.update(q for q in p.parents if folder.resolve() in q.parents)
+    for d in sorted(parents, key=lambda q: len(q.parts), reverse=True):
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+    listing.unlink()
+    return n
+
+
+def list_run_outputs(folder: str | Path, written: set[Path]) -> None:
+    """Write RUN_OUTPUTS: the files of ``written`` inside ``folder``, relative to it (read by forget_previous_run)."""
+    import json
+
+    folder = Path(folder).absolute()
+    names = sorted(str(p.relative_to(folder)) for p in written if folder in p.parents and p.is_file())
+    with atomic_write(folder / RUN_OUTPUTS) as tmp:
+        tmp.write_text(json.dumps({"files": names}, indent=1))
 
 
 def prob_to_uint8(prob: np.ndarray) -> np.ndarray:

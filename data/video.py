@@ -16,6 +16,7 @@ import av
 import numpy as np
 
 from data.errors import UserError
+from data.io import record_output
 
 
 @dataclass
@@ -130,5 +131,6 @@ class VideoWriter:
             self._container.close()
         if exc_type is None and self.frames_written > 0:
             self.tmp.replace(self.path)
+            record_output(self.path)
         else:
             self.tmp.unlink(missing_ok=True)

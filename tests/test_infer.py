@@ -121,6 +121,37 @@ def test_images_folder_with_a_corrupt_file_processes_the_rest(tmp_path, tiny_che
     assert len(errors) == 1 and errors[0]["file"].endswith("f1.png")
 
 
+def test_a_rerun_into_the_same_folder_replaces_the_previous_runs_files_and_nothing_else(
+    tmp_path, tiny_checkpoint, synthetic_video
+):
+    src = tmp_path / "frames"
+    src.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(2):
+        cv2.imwrite(str(src / f"f{i}.png"), synthetic_frame(rng, (64, 64))["image"][:, :, ::-1])
+    (src / "f9.png").write_bytes(b"broken")  # an errors.jsonl the next run must not inherit
+
+    def files(folder):
+        skip = (".hydra", "infer.log", ".endolift-outputs.json")
+        return sorted(
+            str(q.relative_to(folder))
+            for q in folder.rglob("*")
+            if q.is_file() and q.parts[-1] not in skip and ".hydra" not in q.relative_to(folder).parts
+        )
+
+    fresh, reused = tmp_path / "fresh", tmp_path / "reused"
+    assert run_script("infer.py", f"input={src}", f"out_dir={fresh}", f"checkpoint={tiny_checkpoint}").returncode == 2
+    mine = reused / "my_notes.txt"
+    reused.mkdir()
+    mine.write_text("the user's own file")
+    for run in (f"input=[{src},{synthetic_video}]", f"input={synthetic_video}", f"input={src}"):
+        p = run_script("infer.py", run, f"out_dir={reused}", f"checkpoint={tiny_checkpoint}")
+        assert p.returncode in (0, 2) and "Traceback" not in p.stderr, p.stderr[-2000:]
+    # the third run's files are exactly what a run into an empty folder writes: no clip masks, video or subfolders
+    assert files(reused) == sorted(files(fresh) + ["my_notes.txt"])
+    assert mine.read_text() == "the user's own file" and not (reused / "clip").exists()
+
+
 def test_several_inputs_one_subfolder_each_and_bad_ones_reported(tmp_path, tiny_checkpoint, synthetic_video):
     img = tmp_path / "one.png"
     cv2.imwrite(str(img), synthetic_frame(np.random.default_rng(2), (64, 64))["image"])
@@ -226,3 +257,17 @@ def test_hostile_file_names_cannot_inject_into_the_report(tmp_path, tiny_checkpo
         )
     for stem in HOSTILE:  # each name is shown, as text
         assert any(stem in t for t in shown), stem
+
+
+def test_forgetting_a_run_touches_only_listed_files_inside_the_folder(tmp_path):
+    from data.io import RUN_OUTPUTS, forget_previous_run
+
+    out = tmp_path / "out"
+    (out / "masks").mkdir(parents=True)
+    (out / "masks" / "a.png").write_bytes(b"a")
+    (out / "keep.txt").write_text("mine")
+    (tmp_path / "outside.txt").write_text("not endolift's")
+    (out / RUN_OUTPUTS).write_text(json.dumps({"files": ["masks/a.png", "../outside.txt", "gone.png"]}))
+    assert forget_previous_run(out) == 1
+    assert not (out / "masks").exists() and (out / "keep.txt").is_file() and (tmp_path / "outside.txt").is_file()
+    assert not (out / RUN_OUTPUTS).exists() and forget_previous_run(out) == 0
