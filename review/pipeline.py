@@ -431,9 +431,9 @@ def process_input(
             video=video,
             errors=errors,
         )
-    if suffix in IMAGE_EXTS:
+    if suffix in IMAGE_EXTS:  # read first: an unreadable image stops here, with nothing written
         return process_sequence(
-            frames_from_folder([path], 1.0, errors),
+            iter([Frame(0, 0.0, read_image(path))]),
             stem=path.stem,
             names=[path.stem],
             predictor=predictor,

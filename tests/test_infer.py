@@ -152,6 +152,16 @@ def test_a_rerun_into_the_same_folder_replaces_the_previous_runs_files_and_nothi
     assert mine.read_text() == "the user's own file" and not (reused / "clip").exists()
 
 
+def test_a_single_unreadable_image_writes_nothing(tmp_path, tiny_checkpoint):
+    bad = tmp_path / "notimage.jpg"
+    bad.write_bytes(b"plain text, not a JPEG")
+    out = tmp_path / "out"
+    p = run_script("infer.py", f"input={bad}", f"out_dir={out}", f"checkpoint={tiny_checkpoint}")
+    assert p.returncode == 2 and "notimage.jpg" in p.stderr and "Traceback" not in p.stderr
+    assert "0 frames" not in p.stdout  # no success line for an input that produced nothing
+    assert not any(q.name in ("summary.json", "predictions.jsonl") for q in out.rglob("*"))
+
+
 def test_several_inputs_one_subfolder_each_and_bad_ones_reported(tmp_path, tiny_checkpoint, synthetic_video):
     img = tmp_path / "one.png"
     cv2.imwrite(str(img), synthetic_frame(np.random.default_rng(2), (64, 64))["image"])
