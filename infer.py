@@ -9,6 +9,7 @@ were still written); 1 a bug.
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from data.errors import UserError, guard_task, run_cli
 from data.io import (
+    atomic_write,
     clean_stale_partials,
     forget_previous_run,
     list_run_outputs,
@@ -69,6 +71,7 @@ def main(cfg: DictConfig) -> None:
         clean_stale_partials(out_root)
         forget_previous_run(out_root)  # an earlier run's files never mix with this one's
         with recording_outputs() as written:
+            write_run_config(out_root, cfg)
             try:
                 failures = run_inputs(
                     paths, predictor=predictor, out_root=out_root, opts=opts, frames_as_video=cfg.frames_as_video
@@ -77,6 +80,16 @@ def main(cfg: DictConfig) -> None:
                 list_run_outputs(out_root, written)
     if failures:
         sys.exit(2)
+
+
+def write_run_config(out_root: Path, cfg: DictConfig) -> None:
+    """config.yaml: the command line's overrides and the resolved settings this run used."""
+    from hydra.core.hydra_config import HydraConfig
+
+    command = shlex.join(["python", "infer.py", *HydraConfig.get().overrides.task])
+    text = f"# {command}\n" + OmegaConf.to_yaml(cfg, resolve=True)
+    with atomic_write(out_root / "config.yaml") as tmp:
+        tmp.write_text(text)
 
 
 def run_inputs(

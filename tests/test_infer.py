@@ -132,7 +132,7 @@ def test_a_rerun_into_the_same_folder_replaces_the_previous_runs_files_and_nothi
     (src / "f9.png").write_bytes(b"broken")  # an errors.jsonl the next run must not inherit
 
     def files(folder):
-        skip = (".hydra", "infer.log", ".endolift-outputs.json")
+        skip = (".endolift-outputs.json",)
         return sorted(
             str(q.relative_to(folder))
             for q in folder.rglob("*")
@@ -150,6 +150,12 @@ def test_a_rerun_into_the_same_folder_replaces_the_previous_runs_files_and_nothi
     # the third run's files are exactly what a run into an empty folder writes: no clip masks, video or subfolders
     assert files(reused) == sorted(files(fresh) + ["my_notes.txt"])
     assert mine.read_text() == "the user's own file" and not (reused / "clip").exists()
+    # the settings travel with the results: config.yaml, written under the lock; a failed run leaves it alone
+    assert (reused / "config.yaml").read_text().startswith(f"# python infer.py input={src}")
+    p = run_script("infer.py", f"input={tmp_path / 'nope.mp4'}", f"out_dir={reused}", f"checkpoint={tiny_checkpoint}")
+    assert p.returncode == 2 and files(reused) == sorted(files(fresh) + ["my_notes.txt"])
+    assert (reused / "config.yaml").read_text().startswith(f"# python infer.py input={src}")
+    assert not (reused / ".hydra").exists() and not (reused / "infer.log").exists()
 
 
 def test_a_single_unreadable_image_writes_nothing(tmp_path, tiny_checkpoint):
