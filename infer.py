@@ -9,6 +9,7 @@ were still written); 1 a bug.
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 import time
@@ -99,6 +100,7 @@ def run_inputs(
     from review.pipeline import process_input
 
     failures: list[str] = []
+    failed_inputs: list[dict[str, str]] = []
     for path, name in zip(paths, unique_names(paths)):
         out_dir = out_root if len(paths) == 1 else out_root / name
         t0 = time.perf_counter()
@@ -108,6 +110,7 @@ def run_inputs(
             )
         except UserError as e:
             failures.append(str(e))
+            failed_inputs.append({"input": str(path), "error": str(e)})
             print(f"error: {e}", file=sys.stderr)
             continue
         dt = time.perf_counter() - t0
@@ -118,6 +121,9 @@ def run_inputs(
         for err in summary["errors"]:
             failures.append(err["error"])
             print(f"error: {err['error']}", file=sys.stderr)
+    if failed_inputs and len(paths) > 1:  # the inputs that produced no subfolder, beside those that did
+        with atomic_write(out_root / "errors.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps(e) + "\n" for e in failed_inputs))
     return failures
 
 

@@ -181,6 +181,8 @@ def test_several_inputs_one_subfolder_each_and_bad_ones_reported(tmp_path, tiny_
     assert (out / "one" / "masks" / "one.png").is_file() and (out / "one" / "overlays" / "one.jpg").is_file()
     assert (out / "clip" / "clip_overlay.mp4").is_file()
     assert not (out / "bad").exists() or not any((out / "bad").rglob("*.mp4"))
+    failed = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]  # what produced no subfolder
+    assert [e["input"] for e in failed] == [str(bad)] and "bad.mp4" in failed[0]["error"]
 
 
 def test_truncated_video_keeps_decodable_frames(tmp_path, tiny_checkpoint, synthetic_video):
