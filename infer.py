@@ -9,7 +9,6 @@ were still written); 1 a bug.
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 import time
@@ -28,6 +27,7 @@ from data.io import (
     output_lock,
     recording_outputs,
     require_input,
+    write_jsonl,
 )
 from data.settings import INFER, check_settings
 
@@ -122,8 +122,7 @@ def run_inputs(
             failures.append(err["error"])
             print(f"error: {err['error']}", file=sys.stderr)
     if failed_inputs and len(paths) > 1:  # the inputs that produced no subfolder, beside those that did
-        with atomic_write(out_root / "errors.jsonl") as tmp:
-            tmp.write_text("".join(json.dumps(e) + "\n" for e in failed_inputs))
+        write_jsonl(out_root / "errors.jsonl", failed_inputs)
     return failures
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -106,7 +107,7 @@ def forget_previous_run(folder: str | Path) -> int:
     nothing of the user's. Returns how many files were deleted."""
     import json
 
-    folder = Path(folder).absolute()
+    folder = Path(folder).resolve()
     listing = folder / RUN_OUTPUTS
     if not listing.is_file():
         return 0
@@ -117,11 +118,11 @@ def forget_previous_run(folder: str | Path) -> int:
     n, parents = 0, set()
     for name in names:
         p = (folder / str(name)).resolve()
-        if folder.resolve() not in p.parents or not p.is_file():
+        if folder not in p.parents or not p.is_file():
             continue  # outside the folder (a hand-edited listing) or already gone
         p.unlink()
         n += 1
-        parents.update(q for q in p.parents if folder.resolve() in q.parents)
+        parents.update(q for q in p.parents if folder in q.parents)
     for d in sorted(parents, key=lambda q: len(q.parts), reverse=True):
         if d.is_dir() and not any(d.iterdir()):
             d.rmdir()
@@ -137,6 +138,14 @@ def list_run_outputs(folder: str | Path, written: set[Path]) -> None:
     names = sorted(str(p.relative_to(folder)) for p in written if folder in p.parents and p.is_file())
     with atomic_write(folder / RUN_OUTPUTS) as tmp:
         tmp.write_text(json.dumps({"files": names}, indent=1))
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    """One JSON object a line, written atomically."""
+    import json
+
+    with atomic_write(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def prob_to_uint8(prob: np.ndarray) -> np.ndarray:

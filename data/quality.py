@@ -22,8 +22,8 @@ def frame_quality(
 
     Measured at ANALYSIS_SIZE x ANALYSIS_SIZE (a fixed grid, whatever the model's input), so the same frame gets the
     same sharpness from a 384x288 clip or a 1080p recording. ``area``, the field of view, is best found on that grid
-    too (``quality_field``): the step from tissue to the scope's black surround is a large share of the Laplacian's
-    variance, so a rim found at another resolution moves the figure by up to about 10%."""
+    too (data.scope.field_of_view of analysis_view's output): the step from tissue to the scope's black surround is
+    a large share of the Laplacian's variance, so a rim found at another resolution moves the figure by up to 10%."""
     a = ANALYSIS_SIZE
     image = analysis_view(image)
     if area.shape[:2] != (a, a):
@@ -51,18 +51,12 @@ def analysis_view(image: np.ndarray) -> np.ndarray:
     return image if image.shape[:2] == (a, a) else cv2.resize(image, (a, a), interpolation=cv2.INTER_AREA)
 
 
-def quality_field(view: np.ndarray, scope_mask: bool = True) -> np.ndarray:
-    """The field of view that frame_quality measures inside, found on ``view`` (analysis_view's output); the whole
-    grid without scope masking."""
-    from data.scope import content_area
-
-    return content_area(view) if scope_mask else np.ones(view.shape[:2], np.uint8)
-
-
 def poor_quality(image: np.ndarray) -> bool:
     """True when the frame is blurry or over-exposed inside its field of view (data/scope.py)."""
+    from data.scope import field_of_view
+
     view = analysis_view(image)
-    q = frame_quality(view, quality_field(view))
+    q = frame_quality(view, field_of_view(view))
     return bool(q["blurry"] or q["overexposed"])
 
 

@@ -36,6 +36,11 @@ def content_area(image: np.ndarray, *, threshold: int = 20, min_fraction: float 
     return out
 
 
+def field_of_view(image: np.ndarray, enabled: bool = True) -> np.ndarray:
+    """content_area, or the whole frame when scope masking is off (review.scope_mask=false)."""
+    return content_area(image) if enabled else np.ones(image.shape[:2], np.uint8)
+
+
 def deidentify(image: np.ndarray, area: np.ndarray, *, ksize: int = 51) -> np.ndarray:
     """Blur everything outside the field of view (burned-in names, dates, IDs)."""
     k = ksize | 1

@@ -91,7 +91,7 @@ def prepare_for_training(
         if init_from
         else None
     )
-    if freeze == "segmentation":
+    if frozen:
         model.freeze_segmentation()
     elif freeze:
         raise UserError(f"trainer.freeze '{freeze}' is unknown: use segmentation or null")

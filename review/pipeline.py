@@ -26,8 +26,8 @@ from data.io import (
     require_input,
     write_image_atomic,
 )
-from data.quality import ANALYSIS_SIZE, analysis_view, frame_quality, quality_field
-from data.scope import content_area, deidentify
+from data.quality import ANALYSIS_SIZE, analysis_view, frame_quality
+from data.scope import deidentify, field_of_view
 from data.video import Frame, VideoWriter, probe, read_frames
 from models.card import ModelCard
 from models.predictor import Predictor
@@ -138,15 +138,11 @@ def review_videos(
     )
 
     def open_video(kind: str, wanted: bool) -> VideoWriter | None:
-        path = out_dir / f"{stem}_{kind}.mp4"
-        return (
-            stack.enter_context(
-                VideoWriter(
-                    path, fps=video["fps"], width=size[0], height=size[1], crf=opts.crf, preset=opts.x264_preset
-                )
-            )
-            if wanted
-            else None
+        if not wanted:
+            return None
+        path, (w, h) = out_dir / f"{stem}_{kind}.mp4", size
+        return stack.enter_context(
+            VideoWriter(path, fps=video["fps"], width=w, height=h, crf=opts.crf, preset=opts.x264_preset)
         )
 
     return open_video("overlay", opts.overlay), open_video("original", opts.original_video), size
@@ -201,9 +197,10 @@ def process_sequence(
         for batch in batched(frames, opts.batch_size):
             preds = predictor.predict([f.image for f in batch], None if cov is None else np.repeat(cov, len(batch), 0))
             for f, p in zip(batch, preds):
+                view = analysis_view(f.image)  # what quality is measured on (data/quality.py)
                 if area is None or area.shape != f.image.shape[:2] or not video or f.index % opts.scope_every == 0:
-                    area = content_area(f.image) if opts.scope_mask else np.ones(f.image.shape[:2], np.uint8)
-                    q_area = quality_field(analysis_view(f.image), opts.scope_mask)
+                    area = field_of_view(f.image, opts.scope_mask)
+                    q_area = field_of_view(view, opts.scope_mask)
                 prob, heads = smoother(p.prob * area, p.heads)
                 name = names[f.index] if names else f"{stem}_{f.index:06d}"
                 rec, mask, lines = measure_frame(
@@ -214,7 +211,7 @@ def process_sequence(
                     name=name,
                     card=predictor.card,
                     opts=opts,
-                    analysis_image=f.image,
+                    analysis_image=view,
                     quality_area=q_area,
                 )
                 write_image_atomic(
@@ -341,8 +338,8 @@ def process_video_stream(
         for done in prefetch(model_stage(prefetch(with_small(frames), 2 * opts.batch_size)), 1):
             for f, p, analysis in done:
                 if area is None or f.index % opts.scope_every == 0:
-                    area = content_area(p.resized) if opts.scope_mask else np.ones((s, s), np.uint8)
-                    q_area = quality_field(analysis, opts.scope_mask)
+                    area = field_of_view(p.resized, opts.scope_mask)
+                    q_area = area if analysis is p.resized else field_of_view(analysis, opts.scope_mask)
                 prob_s, heads = smoother(p.prob * area, p.heads)
                 name = f"{stem}_{f.index:06d}"
                 rec, mask_s, lines = measure_frame(

@@ -4,23 +4,17 @@ for a video), errors.jsonl, and for a video the report."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from data.io import atomic_write
+from data.io import atomic_write, write_jsonl
 from models.card import ModelCard
 from models.heads import aggregate_case
 from models.predictor import Predictor
 from review.options import ReviewOptions
 from review.segments import GAP_S, lesion_segments
-
-
-def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def summary_row(rec: dict[str, Any]) -> dict[str, Any]:
