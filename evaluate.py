@@ -124,6 +124,14 @@ def write_set(set_dir: Path, name: str, seg: dict, per_image: list[dict], load, 
         worst_gallery(set_dir / "worst.png", per_image, load, n=gallery, title=name)
 
 
+def locked_test_source(source: dict[str, Any]) -> bool:
+    """A test-set source that nothing in training chose from: manifest rows with split=test, or a folder's
+    test list. Everything else (e.g. held-out validation sequences, which chose the epoch) is not locked."""
+    if source.get("kind") == "manifest":
+        return source.get("split") == "test"
+    return source.get("kind", "folder") == "folder" and "test" in Path(str(source.get("split_file") or "")).name
+
+
 def markdown_table(results: dict[str, dict]) -> str:
     head = "| set | n | " + " | ".join(TABLE_KEYS) + " |\n|" + "---|" * (len(TABLE_KEYS) + 2) + "\n"
     return head + "".join(
@@ -159,8 +167,15 @@ def main(cfg: DictConfig) -> dict:
             if seg is not None:
                 write_set(out_dir / name, name, seg, per_image, load, cfg.gallery)
             results[name] = {"segmentation": seg, "heads": head_results}
+    doc: dict[str, Any] = {"config": OmegaConf.to_container(cfg, resolve=True), "results": results}
+    if not cfg.pred_dir:  # what models.approve needs to accept these results as a locked test split's evidence
+        doc["checkpoint"] = {
+            "name": pred.card.name,
+            "save_id": pred.card.save_id,
+            "locked_test_sets": [n for n in wanted if all(locked_test_source(s) for s in test_sets[n])],
+        }
     with atomic_write(out_dir / "metrics.json") as tmp:
-        tmp.write_text(json.dumps({"config": OmegaConf.to_container(cfg, resolve=True), "results": results}, indent=2))
+        tmp.write_text(json.dumps(doc, indent=2))
     table = markdown_table({k: v["segmentation"] for k, v in results.items() if v["segmentation"]})
     table += "".join("\n" + heads_markdown(v["heads"], title=f"Heads: {k}") for k, v in results.items() if v["heads"])
     with atomic_write(out_dir / "results.md") as tmp:

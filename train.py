@@ -22,11 +22,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from data.errors import guard_task, run_cli
-from data.io import clean_stale_partials
+from data.errors import UserError, guard_task, run_cli
+from data.io import clean_stale_partials, write_json_atomic
 from data.loaders import train_val_loaders
 from data.settings import TRAIN, check_settings
-from data.splits import splits_for
+from data.splits import split_summary, splits_for
 from metrics.basic import selection_score, validate
 from models import checkpoint as ckpt
 from models.build import build_model, prepare_for_training
@@ -81,6 +81,30 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, ema, *, device
     return stats
 
 
+def declare_labels(data: dict, *, heads: list[str], select_on: str | None) -> None:
+    """Check the run's label declarations before any work: a head's labels are ``real`` only when a named person
+    says so on this run (data.label_declared_by), never by a config default; the date is recorded in the card."""
+    from models.card import LABEL_SOURCES
+
+    sources = data.get("label_source") or {}
+    for h, src in sources.items():
+        if src not in LABEL_SOURCES:
+            raise UserError(f"data.label_source.{h}={src!r} is invalid: it must be one of {', '.join(LABEL_SOURCES)}")
+    real = [h for h, src in sources.items() if src == "real"]
+    by = data.get("label_declared_by")
+    if real and not (isinstance(by, str) and by.strip()):
+        raise UserError(
+            f"data.label_source declares {', '.join(real)} real (clinicians' annotation): add "
+            "data.label_declared_by='YOUR NAME', who vouches for the labels (recorded in the card with the date)"
+        )
+    if real:
+        import datetime as dt
+
+        data["label_declared_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    if select_on not in (None, "all") and select_on not in heads:
+        raise UserError(f"trainer.select_on={select_on!r} is not a head of this model ({', '.join(heads) or 'none'})")
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 @guard_task
 def main(cfg: DictConfig) -> float:
@@ -95,7 +119,9 @@ def main(cfg: DictConfig) -> float:
     heads, covs = head_classes(resolved["model"]["heads"]), list(resolved["model"]["covariates"])
     kinds = {h: spec.kind for h, spec in parse_heads(resolved["model"]["heads"]).items()}
     data, cv = resolved["data"], resolved["data"]["cv"]
+    declare_labels(data, heads=list(heads), select_on=cfg.trainer.select_on)
     train_recs, val_recs, heldout = splits_for(data, heads=heads, covariates=covs)
+    parts = split_summary({"train": train_recs, "val": val_recs, "heldout": heldout})
     train_loader, val_loader = train_val_loaders(
         train_recs,
         val_recs,
@@ -144,6 +170,7 @@ def main(cfg: DictConfig) -> float:
         from torch.utils.tensorboard import SummaryWriter
 
         clean_stale_partials(out_dir)  # temporary files of a killed earlier run in this folder
+        write_json_atomic(out_dir / "splits.json", {"group": data.get("group", "column"), "cv": cv, "parts": parts})
         writer = SummaryWriter(str(out_dir / "tb"))
         print(
             f"train {len(train_recs)} / val {len(val_recs)} / held-out fold {len(heldout)} images, {steps} "
@@ -187,7 +214,7 @@ def main(cfg: DictConfig) -> float:
                 ckpt_dir,
                 eval_model,
                 card,
-                score=selection_score(stats, heads_only=frozen),
+                score=selection_score(stats, heads_only=frozen, select_on=cfg.trainer.select_on),
                 best=best,
                 ema_backup=backup,
                 optimizer=optimizer,
@@ -214,6 +241,9 @@ def main(cfg: DictConfig) -> float:
             fold=cv["fold"],
             folds=cv["folds"],
             variant=cfg.model.head_inputs,
+            splits=parts,
+            cv=cv,
+            group_unit="frame" if data.get("group") == "frame" else "patient",
             device=cfg.trainer.device,
             n_boot=cfg.trainer.n_boot,
             min_frames=cfg.data.case_min_frames,

@@ -25,7 +25,7 @@ import numpy as np
 
 from data.datasets import Record, folder_records, load_raw, manifest_records
 from data.errors import UserError
-from data.splits import group_kfold
+from data.splits import development_folds, unit_of
 
 THUMB = (48, 36)
 
@@ -73,16 +73,16 @@ def audit(
             frac = float(s["mask"].mean())
             coverage.append(frac)
             empty_masks += frac == 0.0
-    splits_of: dict[str, set] = {}
-    for r in records:
-        splits_of.setdefault(r.group, set()).add(r.split)
-    for g, sp in sorted(splits_of.items()):
-        named = sorted(x for x in sp if x)
-        if len(named) > 1:
-            problems.append(
-                f"case/group '{g}' has frames in splits {named}: its frames leak between them "
-                "(put every frame of a patient in one split)"
-            )
+    for kind, key in (("case/group", lambda r: r.group), ("patient", unit_of)):
+        splits_of: dict[str, set] = {}
+        for r in records if kind == "case/group" else [r for r in records if r.patient]:
+            splits_of.setdefault(key(r), set()).add(r.split or "train")  # unsplit = development: train unless carved
+        for g, sp in sorted(splits_of.items()):
+            if len(sp) > 1:
+                problems.append(
+                    f"{kind} '{g}' has frames in splits {sorted(sp)}: its frames leak between them "
+                    "(put every frame of a patient in one split; an empty split is development data)"
+                )
 
     dups = near_duplicates(records, thumbs, near_duplicate)
     for held, train, d in dups[:20]:
@@ -100,14 +100,15 @@ def audit(
         }
 
     labels = count(records)
-    by_split = {
-        sp: count([r for r in records if (r.split or "unsplit") == sp])
-        for sp in sorted({r.split or "unsplit" for r in records})
+    by_split = {  # an empty split is development data (train / validation / cross-validation), never test
+        sp: count([r for r in records if (r.split or "development") == sp])
+        for sp in sorted({r.split or "development" for r in records})
     }
     cov = np.array(coverage) if coverage else np.zeros(1)
     return {
         "records": len(records),
         "groups": len({r.group for r in records}),
+        "patients": len({unit_of(r) for r in records}),
         "with_mask": len(coverage),
         "empty_masks": empty_masks,
         "mask_coverage_median": round(float(np.median(cov)), 4),
@@ -120,12 +121,38 @@ def audit(
     }
 
 
+def fold_table(
+    records: Sequence[Record], folds: Sequence[int], heads: dict[str, Sequence[str]], k: int
+) -> dict[int, dict[str, Any]]:
+    """Per cross-validation fold: frames, cases and patients, and per head the labels counted by frame and by
+    case (a case's label: its frames' most frequent known label)."""
+    out: dict[int, dict[str, Any]] = {}
+    for f in range(k):
+        rs = [r for r, fi in zip(records, folds) if fi == f]
+        by_case: dict[str, list[int]] = {}
+        row: dict[str, Any] = {
+            "frames": len(rs),
+            "cases": len({r.group for r in rs}),
+            "patients": len({unit_of(r) for r in rs}),
+        }
+        for h, classes in heads.items():
+            by_case = {}
+            for r in rs:
+                if r.labels.get(h, -1) >= 0:
+                    by_case.setdefault(r.group, []).append(r.labels[h])
+            frames = Counter(classes[r.labels[h]] if r.labels.get(h, -1) >= 0 else "unknown" for r in rs)
+            cases = Counter(classes[max(set(v), key=v.count)] for v in by_case.values())
+            row[h] = {"frames": dict(frames), "cases": dict(cases)}
+        out[f] = row
+    return out
+
+
 def heads_from_columns(manifest: Path, cases: str | None, covariates: Sequence[str]) -> dict[str, list[str]]:
     """Head columns of a manifest (and case table) when --heads is not given: every column that is not a known
     field, with its distinct values (sorted) as classes."""
     from data.datasets import read_table
 
-    known = {"image", "mask", "group", "split", *covariates}
+    known = {"image", "mask", "group", "split", "patient", "centre", *covariates}
     values: dict[str, set] = {}
     tables = [read_table(manifest)] + ([read_table(manifest.parent / cases)] if cases else [])
     for rows in tables:
@@ -149,6 +176,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, default=None, help="report label counts per patient-level CV fold")
     ap.add_argument("--stratify", default=None, help="head whose labels balance the folds")
     ap.add_argument("--seed", type=int, default=0, help="fold seed (data.cv.seed)")
+    ap.add_argument("--repeat", type=int, default=0, help="repeat of a repeated cross-validation (data.cv.repeat)")
+    ap.add_argument(
+        "--group",
+        choices=("column", "frame"),
+        default="column",
+        help="column: the manifest's group column names each frame's case (required); frame: every frame is its "
+        "own case (data.group=frame)",
+    )
     ap.add_argument(
         "--near-duplicate",
         type=float,
@@ -162,37 +197,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.manifest and not a.heads:
             heads = heads_from_columns(Path(a.manifest), a.cases, a.covariates)
         records = (
-            manifest_records(a.manifest, heads=heads, cases=a.cases, covariates=a.covariates, errors=label_problems)
+            manifest_records(
+                a.manifest, heads=heads, cases=a.cases, covariates=a.covariates, errors=label_problems, group=a.group
+            )
             if a.manifest
             else folder_records(a.root, groups_csv=a.groups_csv, split_file=a.split_file, require_masks=False)
         )
         folds = None
-        if a.folds:
-            strat = (
-                (lambda r: r.labels.get(a.stratify) if r.labels.get(a.stratify, -1) >= 0 else None)
-                if a.stratify
-                else None
-            )
-            folds = group_kfold(records, k=a.folds, seed=a.seed, stratify_of=strat)
+        if a.folds:  # the development records only, by the function train.py uses: the same folds
+            dev = [r for r in records if r.split != "test"]
+            folds = development_folds(dev, folds=a.folds, seed=a.seed, repeat=a.repeat, stratify_head=a.stratify)
     except (UserError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     report = audit(records, heads, near_duplicate=a.near_duplicate)
     report["problems"] = label_problems + report["problems"]
     if folds is not None:
-        report["labels_by_fold"] = {
-            f: {
-                h: dict(
-                    Counter(
-                        heads[h][r.labels[h]] if r.labels.get(h, -1) >= 0 else "unknown"
-                        for r, fi in zip(records, folds)
-                        if fi == f
-                    )
-                )
-                for h in heads
-            }
-            for f in range(a.folds)
-        }
+        report["labels_by_fold"] = fold_table(dev, folds, heads, a.folds)
     for p in report.pop("problems"):
         print(f"error: {p}", file=sys.stderr)
         report.setdefault("n_problems", 0)

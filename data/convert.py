@@ -4,6 +4,9 @@
         --group '^(P\\d+)_' --lesion polyp --label fibrosis=fibrosis lift=lift_quality --case-labels
     python -m data.convert cvat-mask task.zip --out /study/frames --images /study/png --group '^(P\\d+)_'
     python -m data.convert labelstudio project.json --out /study/frames --images /study/png --group-column patient
+    python -m data.convert coco instances_default.json --out /study/frames --group-column patient \\
+        --split-column split --lesion polyp --label fibrosis=fibrosis --case-labels \\
+        --covariate prior_radiotherapy=rt weeks_since_rt=rt_weeks distance_av_cm=distance
 
 Formats: ``coco`` (instances or stuff JSON: polygons, uncompressed and compressed RLE, rasterised by pycocotools),
 ``cvat-mask`` (CVAT "Segmentation mask 1.1": labelmap.txt, SegmentationClass/, SegmentationObject/,
@@ -11,9 +14,18 @@ ImageSets/Segmentation/*.txt; a folder or the zip), ``labelstudio`` (Label Studi
 polygons in percent). SRC is the JSON file, or a folder / zip holding the export.
 
 Output: ``OUT/images/<name>`` (the frame, copied byte for byte), ``OUT/masks/<stem>.png`` (0/255, the union of the
-frame's lesion objects; empty when it has none), ``OUT/manifest.csv`` (image, mask, group, one column per --label
-head) and with --case-labels ``OUT/cases.csv`` (one row per group) instead of the heads' manifest columns: what
-``data.datasets.manifest_records`` reads and ``python -m data.check`` audits.
+frame's lesion objects; empty when it has none), ``OUT/manifest.csv`` (image, mask, group, with --split-column
+split, one column per --label head) and with --case-labels or --covariate ``OUT/cases.csv`` (one row per group:
+group, with --split-column split, with --case-labels the heads instead of their manifest columns, one column per
+--covariate): what ``data.datasets.manifest_records`` reads and ``python -m data.check`` audits.
+
+Per-image values (--group-column, --split-column) are read from the image's fields / attributes (COCO: the image's
+own fields and its ``attributes``; Label Studio: the task's ``data`` fields and its whole-image choices); labels and
+covariates (--label, --covariate) from those and the image's objects' attributes. A split is ``train``, ``val``,
+``test`` or empty (development data: train / validation / cross-validation, never test), and every frame of a group
+has the same one, so a patient cannot straddle train and test. A covariate is a clinical value per case, kept as
+text as exported (a number, yes/no, empty = unknown); the frames of a case must agree on it. CVAT's mask export
+carries no attributes: only --group REGEX works there.
 
 Why this is strict: hand-made manifests mis-pair frames and masks, and a silently wrong mask trains a wrong model.
 An export's file names are untrusted (no absolute paths, no '..'); every image is read; every size the export
@@ -43,7 +55,9 @@ from data.annotation_formats import READERS, Frame, safe_name
 from data.errors import UserError
 
 FORMATS = ("coco", "cvat-mask", "labelstudio")
-RESERVED = ("image", "mask", "group", "split")  # manifest columns a head may not be called
+RESERVED = ("image", "mask", "group", "split")  # manifest / case-table columns a head or covariate may not be called
+SPLITS = ("train", "val", "test")  # and empty: development data (train / validation / cross-validation)
+UNKNOWN = ("", "na", "nan", "unknown")  # covariate values that mean unknown, as data.datasets reads them
 
 
 # --- conversion ---------------------------------------------------------------------------------------------------
@@ -73,16 +87,40 @@ def _value(v: Any) -> str:
     return "" if v is None else str(v).strip()
 
 
+def _covariate(text: str) -> bool:
+    """Whether ``data.datasets`` can read ``text`` as a covariate: a number, yes/no (true/false, y/n), or unknown."""
+    if text.lower() in (*UNKNOWN, "yes", "true", "y", "no", "false", "n"):
+        return True
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _one_value(f: Frame, attr: str, flag: str) -> str:
+    """The value of ``attr`` on the frame or its objects (empty when none has it); two different values is an error."""
+    values = sorted({_value(a.get(attr)) for a in (f.attrs, *(s.attrs for s in f.shapes))} - {""})
+    if len(values) > 1:
+        raise UserError(
+            f"{f.where}: conflicting '{attr}' values {values} ({flag}): one frame takes one value; fix the annotations"
+        )
+    return values[0] if values else ""
+
+
 def _build(
     frames: Iterable[Frame],
     stage: Path,
     *,
     is_lesion: Callable[[tuple[str, ...]], bool],
     group_of: Callable[[Frame], str],
+    split_of: Callable[[Frame], str] | None = None,
     labels: Mapping[str, str],
+    covariates: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Write images/ and masks/ under ``stage``; return the manifest rows and what was counted."""
-    rows, seen, attrs_seen = [], {}, set()
+    """Write images/ and masks/ under ``stage``; return the manifest rows (with the covariates, which only
+    cases.csv takes) and what was counted."""
+    rows, seen, attrs_seen, fields_seen = [], {}, set(), set()
     objects, ignored, empty, bare = 0, Counter(), 0, []
     for f in frames:
         stem = PurePosixPath(f.name).with_suffix("").as_posix()
@@ -110,16 +148,20 @@ def _build(
         if not f.shapes:
             bare.append(f.name)
         row = {"image": f"images/{f.name}", "mask": f"masks/{stem}.png", "group": group_of(f)}
+        if split_of is not None:
+            row["split"] = split_of(f)
+        fields_seen.update(f.attrs)
+        attrs_seen.update(f.attrs, *(s.attrs for s in f.shapes))
         for head, attr in labels.items():
-            sources = [f.attrs, *(s.attrs for s in f.shapes)]
-            attrs_seen.update(k for a in sources for k in a)
-            values = sorted({_value(a.get(attr)) for a in sources} - {""})
-            if len(values) > 1:
+            row[head] = _one_value(f, attr, f"--label {head}={attr}")
+        for name, attr in (covariates or {}).items():
+            value = _one_value(f, attr, f"--covariate {name}={attr}")
+            if not _covariate(value):
                 raise UserError(
-                    f"{f.where}: conflicting '{attr}' values {values} (--label {head}={attr}): one "
-                    "frame takes one label; fix the annotations"
+                    f"{f.where}: '{attr}' = '{value}' (--covariate {name}={attr}) is not a number, yes/no, or "
+                    "empty (unknown): fix the annotations"
                 )
-            row[head] = values[0] if values else ""
+            row[name] = "" if value.lower() in UNKNOWN else value
         (stage / "images" / f.name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(f.image, stage / "images" / f.name)
         (stage / "masks" / stem).parent.mkdir(parents=True, exist_ok=True)
@@ -132,6 +174,7 @@ def _build(
         "empty": empty,
         "bare": bare,
         "attrs_seen": attrs_seen,
+        "fields_seen": fields_seen,
     }
 
 
@@ -142,18 +185,41 @@ def _write_csv(path: Path, rows: list[dict[str, str]], columns: Sequence[str]) -
         writer.writerows(rows)
 
 
-def _case_rows(rows: list[dict[str, str]], heads: Sequence[str], src: Path) -> list[dict[str, str]]:
-    """One row per group; a group whose frames carry two different labels for a head is an error."""
+def _check_splits(rows: list[dict[str, str]], src: Path, split_column: str) -> None:
+    """Every frame of a group in one split (empty, development data, counts as a split of its own)."""
+    first: dict[str, dict[str, str]] = {}
+    for r in rows:
+        f = first.setdefault(r["group"], r)
+        if r["split"] != f["split"]:
+            a, b = (f"'{x['split']}'" if x["split"] else "empty (development data)" for x in (f, r))
+            raise UserError(
+                f"{src}: group '{r['group']}' has frames in split {a} ({f['image']}) and {b} ({r['image']}) "
+                f"(--split-column {split_column}): a patient's frames must all be in one split, or they leak "
+                "between them; fix the export"
+            )
+
+
+def _case_rows(
+    rows: list[dict[str, str]], heads: Sequence[str], src: Path, *, covariates: Mapping[str, str] | None = None
+) -> list[dict[str, str]]:
+    """One row per group (with its split when the rows have one); a group whose frames carry two different labels
+    for a head, or two different values of a covariate, is an error (an empty value is unknown, not a conflict)."""
+    covariates = dict(covariates or {})
     cases: dict[str, dict[str, str]] = {}
     origin: dict[tuple[str, str], str] = {}
     for r in rows:
-        case = cases.setdefault(r["group"], {"group": r["group"], **{h: "" for h in heads}})
-        for h in heads:
+        case = cases.setdefault(r["group"], {"group": r["group"], **({"split": r["split"]} if "split" in r else {})})
+        for h in [*heads, *covariates]:
+            case.setdefault(h, "")
             if r[h] and case[h] and r[h] != case[h]:
+                why = (
+                    f"--covariate {h}={covariates[h]}: one value per case; fix the annotations"
+                    if h in covariates
+                    else "--case-labels: one label per case; fix the annotations or drop --case-labels"
+                )
                 raise UserError(
-                    f"{src}: case '{r['group']}' has conflicting '{h}' labels '{case[h]}' "
-                    f"({origin[r['group'], h]}) and '{r[h]}' ({r['image']}) (--case-labels: one label "
-                    "per case; fix the annotations or drop --case-labels)"
+                    f"{src}: case '{r['group']}' has conflicting '{h}' {'values' if h in covariates else 'labels'} "
+                    f"'{case[h]}' ({origin[r['group'], h]}) and '{r[h]}' ({r['image']}) ({why})"
                 )
             if r[h] and not case[h]:
                 case[h], origin[r["group"], h] = r[h], r["image"]
@@ -168,35 +234,50 @@ def convert(
     images: str | Path | None = None,
     group: str | None = None,
     group_column: str | None = None,
+    split_column: str | None = None,
     lesion: Sequence[str] = (),
     labels: Mapping[str, str] | None = None,
     case_labels: bool = False,
+    covariates: Mapping[str, str] | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Convert the export ``src`` (format ``fmt``) into the dataset folder ``out``; return the summary.
 
     images: folder holding the frames (default: the export's own image folder). group: regex whose first capture
     group, searched in each image's name, is the case id; group_column: an attribute / field holding it; neither:
-    each image its own group (with a warning). lesion: categories that mean lesion (default: all). labels: head ->
-    attribute. case_labels: labels go to cases.csv, one per group. overwrite: replace a non-empty ``out``.
+    each image its own group (with a warning). split_column: an attribute / field holding each image's split
+    (train, val, test or empty), the same for every frame of a group. lesion: categories that mean lesion
+    (default: all). labels: head -> attribute. case_labels: labels go to cases.csv, one per group. covariates:
+    name -> attribute, one value per group, written to cases.csv (which is then written even without
+    case_labels). overwrite: replace a non-empty ``out``.
     Raises UserError, having written nothing, on any problem with the options or the export.
     """
-    src, out, labels = Path(src), Path(out), dict(labels or {})
+    src, out, labels, covariates = Path(src), Path(out), dict(labels or {}), dict(covariates or {})
     if fmt not in READERS:
         raise UserError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     if group and group_column:
         raise UserError("give --group or --group-column, not both")
-    if fmt == "cvat-mask" and (labels or group_column):
+    if split_column is not None and not split_column.strip():
+        raise UserError("--split-column needs the name of the image field / attribute holding the split")
+    options = {"--label": labels, "--group-column": group_column, "--split-column": split_column}
+    given = [flag for flag, v in (options | {"--covariate": covariates}).items() if v]
+    if fmt == "cvat-mask" and given:
         raise UserError(
-            "CVAT's Segmentation mask 1.1 export carries no attributes, so --label and --group-column "
-            "cannot be read from it: use --group REGEX, or export the task as COCO 1.0 (it keeps "
-            "attributes) and convert it with format coco"
+            f"CVAT's Segmentation mask 1.1 export carries no attributes, so {' and '.join(given)} cannot be read "
+            "from it: use --group REGEX, or export the task as COCO 1.0 (it keeps attributes) and convert it "
+            "with format coco"
         )
     for head, attr in labels.items():
         if not head or not attr or head in RESERVED or not re.fullmatch(r"[\w.-]+", head):
             raise UserError(
                 f"--label {head}={attr}: HEAD must be a column name other than {', '.join(RESERVED)}, "
                 "ATTRIBUTE not empty"
+            )
+    for name, attr in covariates.items():
+        if not name or not attr or name in RESERVED or name in labels or not re.fullmatch(r"[\w.-]+", name):
+            raise UserError(
+                f"--covariate {name}={attr}: NAME must be a column name other than {', '.join(RESERVED)} and "
+                f"the --label heads ({', '.join(labels) or 'none'}), ATTRIBUTE not empty"
             )
     if case_labels and not labels:
         raise UserError("--case-labels needs --label HEAD=ATTRIBUTE")
@@ -256,23 +337,47 @@ def convert(
                 return value
             return PurePosixPath(f.name).with_suffix("").as_posix()
 
+        def split_of(f: Frame) -> str:
+            value = _value(f.attrs.get(split_column))
+            if value not in ("", *SPLITS):
+                raise UserError(
+                    f"{f.where}: split '{value}' (--split-column {split_column}) is not one of {', '.join(SPLITS)} "
+                    "or empty (development data: train / validation / cross-validation): fix it in the export"
+                )
+            return value
+
         built = _build(
-            frames, stage, is_lesion=lambda cats: any(c in chosen for c in cats), group_of=group_of, labels=labels
+            frames,
+            stage,
+            is_lesion=lambda cats: any(c in chosen for c in cats),
+            group_of=group_of,
+            split_of=split_of if split_column else None,
+            labels=labels,
+            covariates=covariates,
         )
         rows = built["rows"]
         if not rows:
             raise UserError(f"{src}: no annotated images in the export")
-        for head, attr in labels.items():
-            if attr not in built["attrs_seen"]:
+        for flag, wanted in (("--label", labels), ("--covariate", covariates)):
+            for name, attr in wanted.items():
+                if attr not in built["attrs_seen"]:
+                    raise UserError(
+                        f"{src}: attribute '{attr}' ({flag} {name}={attr}) is on no image or annotation "
+                        f"(attributes seen: {sorted(built['attrs_seen'])})"
+                    )
+        if split_column:
+            if split_column not in built["fields_seen"]:
                 raise UserError(
-                    f"{src}: attribute '{attr}' (--label {head}={attr}) is on no image or annotation "
-                    f"(attributes seen: {sorted(built['attrs_seen'])})"
+                    f"{src}: field '{split_column}' (--split-column) is on no image "
+                    f"(image fields / attributes seen: {sorted(built['fields_seen'])})"
                 )
-        heads = list(labels)
-        if case_labels:
-            cases = _case_rows(rows, heads, src)
-            _write_csv(stage / "cases.csv", cases, ["group", *heads])
-        _write_csv(stage / "manifest.csv", rows, ["image", "mask", "group", *([] if case_labels else heads)])
+            _check_splits(rows, src, split_column)
+        heads, split = list(labels), ["split"] if split_column else []
+        cases = _case_rows(rows, heads if case_labels else [], src, covariates=covariates)
+        if case_labels or covariates:
+            columns = ["group", *split, *(heads if case_labels else []), *covariates]
+            _write_csv(stage / "cases.csv", cases, columns)
+        _write_csv(stage / "manifest.csv", rows, ["image", "mask", "group", *split, *([] if case_labels else heads)])
         shutil.rmtree(stage / ".export", ignore_errors=True)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -313,18 +418,22 @@ def convert(
         "lesion_objects": built["objects"],
         "groups": len({r["group"] for r in rows}),
         "labels": {h: dict(Counter(r[h] or "unknown" for r in labelled)) for h in heads},
+        **({"splits": dict(Counter(c["split"] or "development" for c in cases))} if split_column else {}),
+        **({"covariates_known": {c: sum(bool(r[c]) for r in cases) for c in covariates}} if covariates else {}),
         "ignored_categories": dict(built["ignored"]),
         "warnings": notes,
     }
 
 
-def parse_labels(items: Sequence[str]) -> dict[str, str]:
-    """``HEAD=ATTRIBUTE`` strings -> {head: attribute}."""
+def parse_labels(items: Sequence[str], *, flag: str = "--label") -> dict[str, str]:
+    """``HEAD=ATTRIBUTE`` strings (``NAME=ATTRIBUTE`` for --covariate) -> {head: attribute}."""
     out: dict[str, str] = {}
     for item in items:
         head, sep, attr = item.partition("=")
         if not sep or head.strip() in out:
-            raise UserError(f"--label {item!r}: expected HEAD=ATTRIBUTE, each head once (e.g. fibrosis=fibrosis)")
+            example = "fibrosis=fibrosis" if flag == "--label" else "prior_radiotherapy=rt"
+            what = "HEAD=ATTRIBUTE, each head" if flag == "--label" else "NAME=ATTRIBUTE, each name"
+            raise UserError(f"{flag} {item!r}: expected {what} once (e.g. {example})")
         out[head.strip()] = attr.strip()
     return out
 
@@ -338,6 +447,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     grouping = ap.add_mutually_exclusive_group()
     grouping.add_argument("--group", metavar="REGEX", help="case id = first capture group in the image name")
     grouping.add_argument("--group-column", metavar="NAME", help="case id = this image field / attribute / data field")
+    ap.add_argument(
+        "--split-column",
+        metavar="NAME",
+        help="split (train, val, test; empty = development data) = this image field / attribute / data field; "
+        "written to manifest.csv's split column (and cases.csv), the same for all frames of a group",
+    )
     ap.add_argument(
         "--lesion",
         nargs="+",
@@ -355,6 +470,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="head label column from a frame or object attribute (Label Studio: a Choices name)",
     )
     ap.add_argument("--case-labels", action="store_true", help="write the labels per group into cases.csv")
+    ap.add_argument(
+        "--covariate",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="NAME=ATTRIBUTE",
+        help="clinical covariate column of cases.csv (written whenever one is given) from a frame or object "
+        "attribute: one value per group (a number, yes/no, empty = unknown)",
+    )
     ap.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     a = ap.parse_args(argv)
     try:
@@ -365,9 +489,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             images=a.images,
             group=a.group,
             group_column=a.group_column,
+            split_column=a.split_column,
             lesion=a.lesion,
             labels=parse_labels(a.label),
             case_labels=a.case_labels,
+            covariates=parse_labels(a.covariate, flag="--covariate"),
             overwrite=a.overwrite,
         )
     except UserError as e:

@@ -38,6 +38,33 @@ class Record:
     labels: dict[str, int] = field(default_factory=dict)
     split: str | None = None
     covariates: dict[str, float] = field(default_factory=dict)
+    patient: str | None = (
+        None  # when one patient has several cases (resections): folds and bootstraps keep them together
+    )
+    centre: str | None = None  # hospital / device, for per-centre breakdowns
+
+    @property
+    def unit(self) -> str:
+        """The independent unit: the patient when known, else the case (``group``). Folds, validation carving and
+        bootstrap intervals never split a unit."""
+        return self.patient or self.group
+
+
+SPLITS = ("train", "val", "test")  # a manifest's ``split`` column; empty = development (train / validation / CV)
+DEVELOPMENT = (None, "train", "val")
+
+
+def split_matches(row_split: str | None, wanted: str | None) -> bool:
+    """Whether a row of split ``row_split`` belongs to the requested split ``wanted``.
+
+    None wanted = every row. ``train`` = the development rows (train, val and unsplit: cross-validation and the
+    validation carve happen inside them). ``val`` / ``test`` = exactly those rows. An unsplit row is development
+    data and never part of a test set."""
+    if wanted is None:
+        return True
+    if wanted == "train":
+        return row_split in DEVELOPMENT
+    return row_split == wanted
 
 
 def _read_list(path: Path) -> list[str]:
@@ -197,8 +224,9 @@ def read_table(path: Path) -> list[dict[str, Any]]:
 
 def case_table(
     path: Path, *, heads: dict[str, Sequence[str]], covariates: Sequence[str]
-) -> dict[str, tuple[dict[str, int], dict[str, float]]]:
-    """``cases.csv``: group -> (head labels, covariates). Columns: ``group`` + any head + any covariate."""
+) -> dict[str, tuple[dict[str, int], dict[str, float], dict[str, str]]]:
+    """``cases.csv``: group -> (head labels, covariates, attributes). Columns: ``group`` + any head + any covariate,
+    and optionally ``patient`` (several cases of one patient), ``centre`` and ``split``."""
     rows = read_table(path)
     if rows and "group" not in rows[0]:
         raise UserError(f"case table has no 'group' column: {path} (columns: {', '.join(rows[0])})")
@@ -214,6 +242,7 @@ def case_table(
         out[g] = (
             {h: _parse_label(row.get(h), h, c, where) for h, c in heads.items()},
             {c: _parse_covariate(row.get(c), c, where) for c in covariates},
+            {k: str(row[k]).strip() for k in ("patient", "centre", "split") if str(row.get(k) or "").strip()},
         )
     return out
 
@@ -227,24 +256,39 @@ def manifest_records(
     cases: str | None = None,
     covariates: Sequence[str] = (),
     errors: list[str] | None = None,
+    group: str = "optional",
 ) -> list[Record]:
-    """Read a CSV or JSONL manifest. Columns: ``image`` (required), ``mask``, one per head, ``group``, ``split``.
+    """Read a CSV or JSONL manifest. Columns: ``image`` (required), ``mask``, one per head, ``group``, ``split``,
+    and optionally ``patient`` and ``centre``.
 
     Paths are relative to the manifest's folder. A head's value is a class name or index; empty means unknown.
-    split: keep only rows whose ``split`` column equals it (rows without a split are kept for any split).
+    split: which rows to keep (``split_matches``): ``train`` = development rows (train, val, unsplit), ``val`` /
+        ``test`` = exactly those; None = all. An empty split means development data, never test.
     cases: a case table (relative to the manifest's folder) with per-case labels and covariates, joined by
-        ``group``; a frame's own label, when given, wins over its case's.
+        ``group``; a frame's own label, when given, wins over its case's. Its ``patient`` / ``centre`` / ``split``
+        columns apply to the case's frames unless a frame gives its own.
     errors: when given, a bad label is appended here (and read as unknown) instead of stopping the read, so an
         audit lists every problem at once.
+    group: ``column`` = the ``group`` column names each frame's case (required: a manifest without it is refused,
+        so that no report resamples frames while calling them patients); ``frame`` = every frame is its own case
+        (data.group=frame: said explicitly, and every report then gives intervals by frame); ``optional`` = the
+        column when present, else the frame (segmentation-only reads).
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"manifest not found: {path}")
+    if group not in ("column", "frame", "optional"):
+        raise UserError(f"data.group must be 'column' or 'frame', got {group!r}")
     rows = read_table(path)
     if not rows:
         raise UserError(f"manifest has no rows: {path}")
     if "image" not in rows[0]:
         raise UserError(f"manifest has no 'image' column: {path} (columns: {', '.join(rows[0])})")
+    if group == "column" and "group" not in rows[0]:
+        raise UserError(
+            f"manifest has no 'group' column: {path} (add the patient or case id of every frame; only if every "
+            "frame really is an independent case, set data.group=frame: intervals are then resampled by frame)"
+        )
     heads = heads or {}
     table = case_table(path.parent / cases, heads=heads, covariates=covariates) if cases else {}
     if covariates and not cases:
@@ -252,28 +296,40 @@ def manifest_records(
     prefix = f"{name}/" if name else ""
     out = []
     for i, row in enumerate(rows, 2 if path.suffix == ".csv" else 1):
-        row_split = row.get("split") or None
-        if split is not None and row_split is not None and row_split != split:
-            continue
         where = f"{path}:{i}"
+        stem = Path(str(row["image"])).with_suffix("").as_posix()
+        g = str(row.get("group") or "").strip()
+        if group == "frame":
+            g = stem
+        elif not g:
+            if group == "column":
+                raise UserError(f"{where}: empty 'group' (every frame needs its patient or case id)")
+            g = stem
+        case_labels, case_cov, case_attrs = table.get(g, ({}, {}, {}))
+        row_split = str(row.get("split") or "").strip() or case_attrs.get("split") or None
+        if row_split is not None and row_split not in SPLITS:
+            raise UserError(f"{where}: split '{row_split}' is not one of {', '.join(SPLITS)} (or empty = development)")
+        if not split_matches(row_split, split):
+            continue
         image = path.parent / str(row["image"])
         mask = path.parent / str(row["mask"]) if row.get("mask") else None
         labels = {h: _label_or_report(row.get(h), h, classes, where, errors) for h, classes in heads.items()}
-        stem = Path(str(row["image"])).with_suffix("").as_posix()
-        group = str(row.get("group") or stem)
-        case_labels, case_cov = table.get(group, ({}, {}))
-        if cases and group not in table:
+        if cases and g not in table:
             case_cov = {c: float("nan") for c in covariates}
         labels = {h: v if v >= 0 else case_labels.get(h, -1) for h, v in labels.items()}
+        patient = str(row.get("patient") or "").strip() or case_attrs.get("patient")
+        centre = str(row.get("centre") or "").strip() or case_attrs.get("centre")
         out.append(
             Record(
                 image,
                 mask,
                 id=f"{prefix}{stem}",
-                group=f"{prefix}{group}",
+                group=f"{prefix}{g}",
                 labels=labels,
                 split=row_split,
                 covariates=dict(case_cov),
+                patient=f"{prefix}{patient}" if patient else None,
+                centre=centre,
             )
         )
     if not out:
@@ -394,8 +450,10 @@ def records_from_sources(
     heads: dict[str, Sequence[str]] | None = None,
     split: str | None = None,
     covariates: Sequence[str] = (),
+    group: str = "optional",
 ) -> list[Record]:
-    """Combine several sources. Each source is a dict with ``kind`` (folder | manifest | synthetic) + its kwargs."""
+    """Combine several sources. Each source is a dict with ``kind`` (folder | manifest | synthetic) + its kwargs.
+    group: how manifests name cases (manifest_records); folders take theirs from groups_csv or the file name."""
     from data.synthetic import ensure_synthetic_dataset
 
     out: list[Record] = []
@@ -406,7 +464,12 @@ def records_from_sources(
             out += folder_records(**src)
         elif kind == "manifest":
             out += manifest_records(
-                src.pop("path"), heads=heads, split=src.pop("split", split), covariates=covariates, **src
+                src.pop("path"),
+                heads=heads,
+                split=src.pop("split", split),
+                covariates=covariates,
+                group=src.pop("group", group),
+                **src,
             )
         elif kind == "synthetic":
             manifest = ensure_synthetic_dataset(**{k: v for k, v in src.items() if k != "name"})
@@ -417,6 +480,7 @@ def records_from_sources(
                 split=split,
                 cases="cases.csv" if (manifest.parent / "cases.csv").is_file() else None,
                 covariates=covariates,
+                group="column" if group == "optional" else group,
             )
         else:
             raise UserError(f"data source {i}: unknown kind '{kind}' (use folder, manifest or synthetic)")

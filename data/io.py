@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -140,10 +141,14 @@ def list_run_outputs(folder: str | Path, written: set[Path]) -> None:
         tmp.write_text(json.dumps({"files": names}, indent=1))
 
 
+def write_json_atomic(path: str | Path, value: Any) -> None:
+    """One JSON document, written atomically (indented, UTF-8)."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=2, default=str), encoding="utf-8")
+
+
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
     """One JSON object a line, written atomically."""
-    import json
-
     with atomic_write(path) as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
 

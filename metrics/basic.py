@@ -49,8 +49,12 @@ def validate(model, loader, *, device, channels_last: bool, precision: str, kind
     return stats
 
 
-def selection_score(stats: dict[str, float], *, heads_only: bool) -> float:
+def selection_score(stats: dict[str, float], *, heads_only: bool, select_on: str | None = None) -> float:
     """The number that picks the best epoch (higher is better): validation Dice, or minus the heads' mean NLL when
-    only heads train (the frozen segmenter's Dice cannot change); minus the training loss without validation."""
+    only heads train (the frozen segmenter's Dice cannot change); minus the training loss without validation.
+    select_on: one head whose validation NLL alone picks the epoch (a noise head must not pick fibrosis's epoch);
+    None or ``all`` = the mean over heads."""
     nlls = [v for k, v in stats.items() if k.startswith("val/nll_")]
+    if select_on not in (None, "all") and f"val/nll_{select_on}" in stats:
+        nlls = [stats[f"val/nll_{select_on}"]]
     return -sum(nlls) / len(nlls) if heads_only and nlls else stats.get("val/dice", -stats["train/total"])

@@ -33,6 +33,24 @@ def binary_auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def c_index(score: np.ndarray, labels: np.ndarray) -> float | None:
+    """Ordinal concordance (Harrell's C for a graded outcome): over every pair of samples with different grades,
+    the fraction whose scores are ordered like their grades (ties count half). Equals the AUROC for two grades;
+    threshold-free, so a baseline score (e.g. lesion area) needs no cut-points fitted. None with one grade."""
+    score, labels = np.asarray(score, np.float64), np.asarray(labels)
+    grades = np.unique(labels)
+    if len(grades) < 2:
+        return None
+    num = den = 0.0
+    for i, lo in enumerate(grades):
+        for hi in grades[i + 1 :]:
+            sel = (labels == lo) | (labels == hi)
+            pairs = float((labels == lo).sum() * (labels == hi).sum())
+            num += binary_auroc(score[sel], labels[sel] == hi) * pairs
+            den += pairs
+    return num / den
+
+
 def auroc(probs: np.ndarray, labels: np.ndarray) -> float | None:
     """Binary: AUROC of P(class 1). K > 2: macro one-vs-rest over classes; None unless every class occurs."""
     k = probs.shape[1]

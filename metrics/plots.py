@@ -22,9 +22,13 @@ def pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig, path: Path, svg: bool = False) -> None:
+    """PNG at ``path``; with svg, also the vector figure beside it (a paper's figures), with no date in it."""
     with atomic_write(path) as tmp:
         fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    if svg:
+        with atomic_write(path.with_suffix(".svg")) as tmp:
+            fig.savefig(tmp, format="svg", bbox_inches="tight", metadata={"Date": None})
 
 
 def dice_histogram(path: Path, per_image: Sequence[dict[str, Any]], title: str) -> None:
@@ -80,7 +84,9 @@ def worst_gallery(
     plt.close(fig)
 
 
-def reliability_diagram(path: Path, curves: dict[str, Sequence[dict[str, Any]]], title: str) -> None:
+def reliability_diagram(
+    path: Path, curves: dict[str, Sequence[dict[str, Any]]], title: str, *, svg: bool = False
+) -> None:
     """curves: label -> reliability bins (metrics.grading.reliability_bins). Accuracy vs confidence per bin, the
     diagonal is perfect calibration; marker size grows with the bin's count."""
     plt = pyplot()
@@ -98,5 +104,25 @@ def reliability_diagram(path: Path, curves: dict[str, Sequence[dict[str, Any]]],
     ax.set_ylabel("accuracy")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
-    _save(fig, path)
+    _save(fig, path, svg)
+    plt.close(fig)
+
+
+def decision_curves(path: Path, curves: dict[str, dict[str, Any]], title: str) -> None:
+    """Net benefit against threshold probability (Vickers & Elkin 2006) for each variant, with 'treat all' and
+    'treat none'; curves: label -> metrics.stats.decision_curve output. PNG and SVG."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    first = next(iter(curves.values()))
+    ax.plot(first["threshold"], first["treat_all"], color="grey", lw=1, ls="--", label="treat all")
+    ax.axhline(0.0, color="black", lw=1, label="treat none")
+    for label, c in curves.items():
+        ax.plot(c["threshold"], c["model"], lw=1.4, label=label)
+    top = max(float(np.nanmax(c["model"])) for c in curves.values())
+    ax.set_ylim(-0.05, max(0.05, top * 1.15))
+    ax.set_xlabel("threshold probability")
+    ax.set_ylabel("net benefit")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    _save(fig, path, svg=True)
     plt.close(fig)

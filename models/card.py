@@ -47,10 +47,14 @@ class HeadCard:
     validation: dict[str, Any] | None = None  # metrics on the validation split (calibration)
     test: dict[str, Any] | None = None  # metrics on test sets (export)
     training: dict[str, Any] | None = None  # how the head was trained, when added to a shipped segmenter
+    label_declaration: dict[str, Any] | None = None  # who declared the labels real, and when (train.py)
+    evidence: dict[str, Any] | None = None  # an evaluation that chose nothing (python -m models.approve)
+    signoff: dict[str, Any] | None = None  # who approved the head for display, when, and on which evidence
 
     @property
     def clinical(self) -> bool:
-        return bool(self.trained) and self.label_source == "real" and bool(self.validated_on_real)
+        """Only the first conditions of the display gate (models/gate.py decides, with the evidence)."""
+        return self.trained is True and self.label_source == "real" and self.validated_on_real is True
 
 
 @dataclass
@@ -131,9 +135,38 @@ class ModelCard:
         )
 
 
+LABEL_SOURCES = ("synthetic", "proxy", "real", "unknown")
+_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {  # field -> (allowed types, null allowed); bool is not a number
+    "kind": ((str,), False),
+    "trained": ((bool,), False),
+    "label_source": ((str,), False),
+    "validated_on_real": ((bool,), False),
+    "label_definition": ((str,), True),
+    "n_train_labels": ((int,), False),
+    "n_val_labels": ((int,), False),
+    "counts": ((dict,), False),
+    "baseline": ((dict,), True),
+    "validation": ((dict,), True),
+    "test": ((dict,), True),
+    "training": ((dict,), True),
+    "label_declaration": ((dict,), True),
+    "evidence": ((dict,), True),
+    "signoff": ((dict,), True),
+}
+
+
 def _head(info: Any, where: str) -> HeadCard:
     if not isinstance(info, Mapping):
         raise UserError(f"{where} must be an object")
+    for key, (types, nullable) in _TYPES.items():  # strict: "false" (a string) is not false, 1 is not true
+        if key not in info or (info[key] is None and nullable):
+            continue
+        v = info[key]
+        if isinstance(v, bool) and bool not in types or not isinstance(v, types):
+            names = " or ".join("true/false" if t is bool else t.__name__ for t in types)
+            raise UserError(f"{where}.{key} must be {names}{' or null' if nullable else ''}, not {v!r}")
+    if info.get("label_source", "unknown") not in LABEL_SOURCES:
+        raise UserError(f"{where}.label_source must be one of {', '.join(LABEL_SOURCES)}")
     classes = info.get("classes")
     if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
         raise UserError(f"{where}.classes must be a list of at least two class names")

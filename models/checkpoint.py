@@ -26,7 +26,7 @@ from models.card import SCHEMA, ModelCard
 FORMAT = "endolift-checkpoint/1"
 
 
-def _stem(path: str | Path) -> Path:
+def checkpoint_stem(path: str | Path) -> Path:
     p = Path(path)
     for suffix in (".safetensors", ".json"):
         if p.name.endswith(suffix):
@@ -67,7 +67,7 @@ def save_checkpoint(
     """
     import uuid
 
-    stem = _stem(path)
+    stem = checkpoint_stem(path)
     stem.parent.mkdir(parents=True, exist_ok=True)
     state = {
         k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v) for k, v in model.state_dict().items()
@@ -96,7 +96,7 @@ def copy_checkpoint(src: str | Path, dst: str | Path) -> bool:
     A resumed run carries its predecessor's ``best`` this way, so the best epoch so far is never lost."""
     import shutil
 
-    s, d = _stem(src), _stem(dst)
+    s, d = checkpoint_stem(src), checkpoint_stem(dst)
     files = [(s.with_name(s.name + ext), d.with_name(d.name + ext)) for ext in (".safetensors", ".json")]
     if not all(a.is_file() for a, _ in files) or s.resolve() == d.resolve():
         return False
@@ -109,14 +109,68 @@ def copy_checkpoint(src: str | Path, dst: str | Path) -> bool:
 
 def write_card(path: str | Path, card: ModelCard | dict[str, Any]) -> None:
     """Rewrite a checkpoint's card in place (atomically), e.g. after calibration; the weights are untouched."""
-    stem = _stem(path)
+    stem = checkpoint_stem(path)
     with atomic_write(stem.with_name(stem.name + ".json")) as tmp:
         tmp.write_text(json.dumps(_as_dict(card), indent=2, default=str))
 
 
+GATE_KEY = "endolift_gate"  # safetensors metadata: head -> field -> digest of the signed-off card entries
+
+
+def _signed_digests(card: ModelCard) -> dict[str, dict[str, str]]:
+    from models.gate import digest
+
+    return {h: {k: digest(v) for k, v in vars(info).items()} for h, info in card.heads.items() if info.signoff}
+
+
+def bind_gate(path: str | Path, card: ModelCard) -> None:
+    """Write ``card`` and bind its signed-off heads to the weights: the digests of every field of those heads go
+    into the safetensors metadata (same save id, same tensors), then the card is written. A later hand edit of a
+    bound field is refused when the card is read (``read_card``)."""
+    from safetensors import safe_open
+
+    stem = checkpoint_stem(path)
+    weights = stem.with_name(stem.name + ".safetensors")
+    with safe_open(str(weights), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+    meta[GATE_KEY] = json.dumps(_signed_digests(card), sort_keys=True)
+    _atomic_save_tensors(load_file(str(weights)), weights, metadata=meta)
+    write_card(stem, card)
+
+
+def check_gate_binding(weights: Path, card: ModelCard, where: str) -> None:
+    """Refuse a card whose signed-off head entries differ from the digests stored with the weights."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            bound = json.loads((f.metadata() or {}).get(GATE_KEY) or "{}")
+    except Exception as e:
+        raise UserError(f"checkpoint file is unreadable: {weights} ({e})") from None
+    now = _signed_digests(card)
+    for h in sorted(set(now) | set(bound)):
+        if h not in card.heads:
+            continue  # a signed head removed from the card is simply not shown
+        if h not in bound:
+            raise UserError(
+                f"{where}: heads.{h}.signoff is not bound to the weights {weights.name} (added by hand?): sign off "
+                "with python -m models.approve"
+            )
+        fields = vars(card.heads[h])
+        for k in sorted(set(bound[h]) | set(now.get(h, {}))):
+            from models.gate import digest
+
+            if bound[h].get(k) != digest(fields.get(k)):
+                raise UserError(
+                    f"{where}: heads.{h}.{k} differs from what was signed off with these weights (edited by hand?): "
+                    "restore the card, or evaluate and sign off again (python -m models.approve)"
+                )
+
+
 def read_card(path: str | Path) -> ModelCard:
-    """The checkpoint's card as a validated ModelCard (models/card.py)."""
-    stem = _stem(path)
+    """The checkpoint's card as a validated ModelCard (models/card.py). When the weights are beside it, the card's
+    signed-off head entries are checked against the digests stored with them (``bind_gate``)."""
+    stem = checkpoint_stem(path)
     card_path = stem.with_name(stem.name + ".json")
     if not card_path.is_file():
         raise UserError(f"checkpoint card not found: {card_path} (a checkpoint is NAME.safetensors + NAME.json)")
@@ -127,7 +181,11 @@ def read_card(path: str | Path) -> ModelCard:
     if not isinstance(card, dict) or card.get("format") != FORMAT:
         found = card.get("format") if isinstance(card, dict) else type(card).__name__
         raise UserError(f"{card_path} is not an endolift checkpoint card (format {found!r})")
-    return ModelCard.from_dict(card, str(card_path))
+    parsed = ModelCard.from_dict(card, str(card_path))
+    weights = stem.with_name(stem.name + ".safetensors")
+    if weights.is_file():
+        check_gate_binding(weights, parsed, str(card_path))
+    return parsed
 
 
 def init_segmenter(
@@ -160,7 +218,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     """Rebuild the model from the card's resolved config and load its weights (cast back to fp32)."""
     from models.build import build_model
 
-    stem = _stem(path)
+    stem = checkpoint_stem(path)
     card = read_card(stem)
     weights = stem.with_name(stem.name + ".safetensors")
     if not weights.is_file():
@@ -201,7 +259,7 @@ def _check_same_save(path: Path, card: ModelCard) -> None:
 
 
 def load_train_state(path: str | Path) -> dict[str, torch.Tensor]:
-    stem = _stem(path)
+    stem = checkpoint_stem(path)
     p = stem.with_name(stem.name + ".state.safetensors")
     if not p.is_file():
         raise UserError(f"resume state not found: {p} (resume from a 'last' checkpoint written by train.py)")
@@ -249,6 +307,8 @@ def training_card(
     model_cfg = dict(config["model"], weights_dirs=[])
     sources = config["data"].get("label_source") or {}
     definitions = config["data"].get("label_definition") or {}
+    declared_by = config["data"].get("label_declared_by")
+    declared_at = config["data"].get("label_declared_at")
 
     def n_known(split: str, h: str) -> int:
         c = counts.get(split, {}).get(h, {})
@@ -262,6 +322,9 @@ def training_card(
             "label_source": sources.get(h, "unknown"),
             "label_definition": definitions.get(h),
             "validated_on_real": sources.get(h) == "real" and n_known("val", h) > 0,
+            "label_declaration": {"by": declared_by, "date": declared_at, "command": command}
+            if sources.get(h) == "real"
+            else None,
             "n_train_labels": n_known("train", h),
             "n_val_labels": n_known("val", h),
             "counts": {split: c[h] for split, c in counts.items() if h in c},
@@ -288,16 +351,6 @@ def training_card(
             "config": config,
         },
     }
-
-
-def head_is_clinical(card: ModelCard | dict[str, Any], head: str) -> bool:
-    """True only when the card says the head was trained AND validated on real (not synthetic/proxy) labels.
-
-    This is the gate for showing a head's estimate to a clinician (overlay, report).
-    """
-    if not isinstance(card, ModelCard):
-        card = ModelCard.from_dict(card)
-    return card.is_clinical(head)
 
 
 def training_state(

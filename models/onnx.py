@@ -38,9 +38,9 @@ class _Outputs(torch.nn.Module):
 
 
 def onnx_path(stem: str | Path, int8: bool = False) -> Path:
-    from models.checkpoint import _stem
+    from models.checkpoint import checkpoint_stem
 
-    s = _stem(stem)
+    s = checkpoint_stem(stem)
     return s.with_name(s.name + (".int8.onnx" if int8 else ".onnx"))
 
 

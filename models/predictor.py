@@ -181,6 +181,10 @@ class Predictor:
         return results
 
 
+def _finite_or_none(v: float) -> float | None:
+    return float(v) if v is not None and np.isfinite(v) else None  # JSON has no NaN
+
+
 def predict_records(
     predictor: Predictor,
     records: Sequence[Any],
@@ -215,6 +219,9 @@ def predict_records(
                 {
                     "id": r.id,
                     "group": r.group,
+                    "patient": getattr(r, "patient", None) or r.group,
+                    "centre": getattr(r, "centre", None),
+                    "covariates": {c: _finite_or_none(v) for c, v in getattr(r, "covariates", {}).items()},
                     "labels": dict(s["labels"]),
                     "logits": {h: v.tolist() for h, v in p.head_logits.items()},
                     "probs": {h: v.tolist() for h, v in p.heads.items()},

@@ -67,6 +67,46 @@ def tiny_card(heads: dict | None = None, label_source: str = "synthetic", valida
     }
 
 
+def passing_results(classes: list[str], kind: str = "ordinal", n_per_class: int = 25, low: float = 0.3) -> dict:
+    """A hand-made metrics.heads.score_head result whose case-level evidence passes the display gate's defaults
+    (``low``: the lower bound of the discrimination interval)."""
+    k = len(classes)
+    confusion = [[n_per_class if i == j else 0 for j in range(k)] for i in range(k)]
+    case = {
+        "n_cases": n_per_class * k,
+        "n_scored": n_per_class * k,
+        "abstained": 0,
+        "auroc": 0.9,
+        "qwk": 0.7,
+        "ece": 0.05,
+        "confusion": confusion,
+        "ci95": {"auroc": [max(low, 0.51), 0.95], "qwk": [low, 0.85]},
+        "calibration": {"slope": 1.0, "intercept": 0.0, "n": n_per_class * k},
+        "degenerate": None,
+    }
+    return {"classes": classes, "kind": kind, "interval_unit": "patient", "frame": {}, "case": case}
+
+
+def approved_head(classes: list[str], kind: str = "ordinal", **results_kw) -> dict:
+    """A card head entry that the display gate passes: real labels declared by a named person, evidence from
+    cross-validation, signed off for exactly that evidence. Gate tests start from it and break one thing."""
+    from models.gate import GateRule, digest, evidence_from_results
+
+    ev = evidence_from_results(
+        passing_results(classes, kind, **results_kw), source="cv", where="cv_results.json", rule=GateRule()
+    )
+    return {
+        "classes": list(classes),
+        "kind": kind,
+        "trained": True,
+        "label_source": "real",
+        "validated_on_real": True,
+        "label_declaration": {"by": "Dr Test", "date": "2026-12-04T00:00:00+00:00", "command": "python train.py"},
+        "evidence": ev,
+        "signoff": {"by": "Dr Test", "date": "2026-12-04T00:00:00+00:00", "evidence_sha256": digest(ev)},
+    }
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """An untrained tiny checkpoint with both heads (labelled synthetic, so never shown clinically)."""

@@ -17,7 +17,7 @@ import pytest
 
 from data.annotation_formats import ls_rle_decode
 from data.check import main as check_main
-from data.convert import convert
+from data.convert import convert, main
 from data.datasets import load_raw, manifest_records
 from data.errors import UserError
 from tests.conftest import run_script
@@ -27,6 +27,7 @@ FIX = Path(__file__).resolve().parent / "fixtures" / "annotations"
 IMAGES = FIX / "images"
 HEADS = {"fibrosis": ["F0", "F1", "F2"], "lift": ["adequate", "partial", "non-lifting"]}
 COCO = {"fmt": "coco", "src": FIX / "coco" / "instances.json", "lesion": ["polyp"]}
+COVARIATES = {"prior_radiotherapy": "rt", "weeks_since_rt": "rt_weeks", "distance_av_cm": "distance"}
 
 
 def assert_dataset(out: Path) -> None:
@@ -85,6 +86,75 @@ def test_case_labels_load_and_pass_data_check(tmp_path, capsys):
         )
         == 0
     ), capsys.readouterr().err
+
+
+def test_split_column_and_covariates_to_manifest_and_cases(tmp_path, capsys):
+    """Splits from an image field, per frame and per case; covariates from image and object attributes, one value
+    per case (a frame without one takes its case's); training code and data.check read both."""
+    out = tmp_path / "study"
+    s = convert(
+        **COCO,
+        out=out,
+        group_column="patient_id",
+        split_column="split",
+        labels={"fibrosis": "fibrosis", "lift": "lift_quality"},
+        case_labels=True,
+        covariates=COVARIATES,
+    )
+    assert (out / "manifest.csv").read_text().splitlines() == [
+        "image,mask,group,split",
+        "images/P01_0001.png,masks/P01_0001.png,P01,train",
+        "images/P01_0002.png,masks/P01_0002.png,P01,train",
+        "images/P02_0001.png,masks/P02_0001.png,P02,test",
+        "images/P02_0002.jpg,masks/P02_0002.png,P02,test",
+    ]
+    assert (out / "cases.csv").read_text().splitlines() == [
+        "group,split,fibrosis,lift,prior_radiotherapy,weeks_since_rt,distance_av_cm",
+        "P01,train,F1,adequate,yes,11,3.5",  # rt_weeks on one frame, distance on one object: the case's values
+        "P02,test,F2,non-lifting,no,,8.0",  # P02_0002 has no rt: unknown, not a conflict
+    ]
+    assert s["splits"] == {"train": 1, "test": 1}
+    assert s["covariates_known"] == {"prior_radiotherapy": 2, "weeks_since_rt": 1, "distance_av_cm": 2}
+    recs = manifest_records(out / "manifest.csv", heads=HEADS, split="test")
+    assert [(r.group, r.split) for r in recs] == [("P02", "test"), ("P02", "test")]
+    recs = manifest_records(out / "manifest.csv", heads=HEADS, cases="cases.csv", covariates=list(COVARIATES))
+    assert [r.covariates["prior_radiotherapy"] for r in recs] == [1.0, 1.0, 0.0, 0.0]
+    assert recs[0].covariates["weeks_since_rt"] == 11.0 and np.isnan(recs[2].covariates["weeks_since_rt"])
+    assert [r.covariates["distance_av_cm"] for r in recs] == [3.5, 3.5, 8.0, 8.0]
+    args = ["--manifest", str(out / "manifest.csv"), "--cases", "cases.csv", "--covariates", *COVARIATES]
+    assert check_main([*args, "--heads", "fibrosis=F0,F1,F2", "lift=adequate,partial,non-lifting"]) == 0, (
+        capsys.readouterr().err
+    )
+
+
+def test_labelstudio_split_and_covariates_without_case_labels(tmp_path):
+    """Label Studio: the split from a data field, a covariate from a whole-image choice; --covariate alone writes
+    cases.csv (group, split, covariates) and leaves the labels in the manifest."""
+    out = tmp_path / "ls"
+    convert(
+        fmt="labelstudio",
+        src=FIX / "labelstudio" / "export.json",
+        out=out,
+        images=IMAGES,
+        group_column="patient",
+        split_column="split",
+        lesion=["polyp"],
+        labels={"fibrosis": "fibrosis"},
+        covariates={"prior_radiotherapy": "rt"},
+    )
+    assert (out / "manifest.csv").read_text().splitlines()[0] == "image,mask,group,split,fibrosis"
+    recs = manifest_records(out / "manifest.csv", heads=HEADS)
+    assert [(r.group, r.split, r.labels["fibrosis"]) for r in recs] == [
+        ("P01", "train", 1),
+        ("P01", "train", 1),
+        ("P02", "test", 2),
+        ("P02", "test", -1),
+    ]
+    assert (out / "cases.csv").read_text().splitlines() == [
+        "group,split,prior_radiotherapy",
+        "P01,train,yes",
+        "P02,test,no",
+    ]
 
 
 def test_cvat_mask_folder_and_zip(tmp_path):
@@ -263,6 +333,45 @@ BAD = {  # case -> (arguments made in tmp, what the one-line message must say)
         ["export.json", "../../secret.png"],
     ),
     "CVAT colour": (_stray_colour, ["P01_0001.png", "(1, 2, 3)", "labelmap.txt"]),
+    "split value": (
+        lambda t: _coco(t, lambda d: d["images"][1].update(split="training"), split_column="split"),
+        ["bad.json", "P01_0002.png", "'training'", "--split-column split", "train, val, test or empty"],
+    ),
+    "group in two splits": (
+        lambda t: _coco(t, lambda d: d["images"][3].update(split="train"), split_column="split"),
+        ["bad.json", "group 'P02'", "split 'test' (images/P02_0001.png)", "'train' (images/P02_0002.jpg)"],
+    ),
+    "group in test and development": (  # empty is development data (cross-validation): a leak into test too
+        lambda t: _coco(t, lambda d: d["images"][0].pop("split"), split_column="split"),
+        ["bad.json", "group 'P01'", "split empty (development data) (images/P01_0001.png)", "'train' (images/P01_"],
+    ),
+    "split field nowhere": (lambda t: _coco(t, split_column="fold"), ["bad.json", "'fold'", "--split-column"]),
+    "covariate case conflict": (
+        lambda t: _coco(t, lambda d: d["images"][1]["attributes"].update(rt="no"), covariates=COVARIATES),
+        ["bad.json", "case 'P01'", "'prior_radiotherapy' values 'yes' (images/P01_0001.png)", "'no'", "P01_0002.png"],
+    ),
+    "covariate frame conflict": (
+        lambda t: _coco(t, lambda d: d["annotations"][4]["attributes"].update(distance=9), covariates=COVARIATES),
+        ["bad.json", "P02_0001.png", "conflicting 'distance'", "--covariate distance_av_cm=distance"],
+    ),
+    "covariate not a value": (
+        lambda t: _coco(t, lambda d: d["images"][0]["attributes"].update(rt="maybe"), covariates=COVARIATES),
+        ["bad.json", "P01_0001.png", "'maybe'", "--covariate prior_radiotherapy=rt", "yes/no"],
+    ),
+    "covariate attribute nowhere": (
+        lambda t: _coco(t, covariates={"prior_radiotherapy": "radiotherapy"}),
+        ["bad.json", "'radiotherapy'", "--covariate"],
+    ),
+    "covariate named as a head": (lambda t: _coco(t, covariates={"fibrosis": "rt"}), ["--covariate fibrosis=rt"]),
+    "covariate named split": (lambda t: _coco(t, covariates={"split": "rt"}), ["--covariate split=rt", "split"]),
+    "CVAT split column": (
+        lambda t: {"fmt": "cvat-mask", "src": FIX / "cvat_mask", "images": IMAGES, "split_column": "split"},
+        ["--split-column", "no attributes", "COCO 1.0"],
+    ),
+    "CVAT covariate": (
+        lambda t: {"fmt": "cvat-mask", "src": FIX / "cvat_mask", "images": IMAGES, "covariates": {"rt": "rt"}},
+        ["--covariate", "no attributes", "COCO 1.0"],
+    ),
     "zip slip": (_zip_slip, ["evil.zip", "../evil.txt"]),
 }
 
@@ -319,6 +428,28 @@ def test_cli(tmp_path):
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and p.stderr.startswith("error: ") and "bad.json" in p.stderr
     assert not (tmp_path / "bad").exists()
     # an --out that cannot be created (even by root: /proc takes no folders) is one line and exit 2 as well
-    from data.convert import main
-
     assert main(["coco", str(COCO["src"]), "--out", "/proc/endolift-test/x", "--images", str(IMAGES)]) == 2
+
+
+def test_cli_split_column_and_covariates(tmp_path, capsys):
+    """--split-column and --covariate on the command line; a bad split is one stderr line, exit 2, nothing written."""
+    base = ["coco", str(COCO["src"]), "--group-column", "patient_id", "--lesion", "polyp"]
+    extra = [
+        "--split-column",
+        "split",
+        "--covariate",
+        "prior_radiotherapy=rt",
+        "--covariate",
+        "distance_av_cm=distance",
+    ]
+    assert main([*base, "--out", str(tmp_path / "ok"), *extra]) == 0, capsys.readouterr().err
+    assert "splits: {'train': 1, 'test': 1}" in capsys.readouterr().out
+    assert (tmp_path / "ok" / "cases.csv").read_text().splitlines()[1] == "P01,train,yes,3.5"
+    bad = _coco(tmp_path, lambda d: d["images"][2].update(split="holdout"))["src"]
+    out = tmp_path / "new" / "bad"
+    assert main(["coco", str(bad), "--out", str(out), "--images", str(IMAGES), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "'holdout'" in err and "P02_0001.png" in err, err
+    assert not (tmp_path / "new").exists()
+    assert main([*base, "--out", str(tmp_path / "dup"), "--covariate", "rt=rt", "rt=rt_weeks"]) == 2
+    assert "--covariate 'rt=rt_weeks'" in capsys.readouterr().err

@@ -163,12 +163,16 @@ def test_cross_validation_runs_end_to_end_and_pools_out_of_fold(tmp_path):
     p = run_script("-m", "metrics.cv", str(sweep), "--n-boot", "50")
     assert p.returncode == 0, p.stderr[-2000:]
     report = (sweep / "cv_report.md").read_text()
-    assert "Variant `fused`" in report and "Variants side by side" in report and "[" in report
+    assert "Variant `fused`" in report and "Paired comparisons" in report and "[" in report
+    assert "Variant `covariates-lr`" in report and "Patient flow per fold" in report  # synthetic cases carry covariates
+    for table in ("table_heads", "table_comparisons", "table_flow"):
+        assert (sweep / f"{table}.csv").is_file() and "\\begin{tabular}" in (sweep / f"{table}.tex").read_text()
     res = json.loads((sweep / "cv_results.json").read_text())
     assert res["image"]["folds"] == [0, 1] and res["image"]["n_rows"] == 48
     fib = res["fused"]["heads"]["fibrosis"]
     assert fib["frame"]["n"] <= 48 and fib["frame"]["ci95"]["accuracy"] is not None and "case" in fib
-    assert (sweep / "reliability_fused_fibrosis.png").is_file()
+    assert (sweep / "reliability_fused_fibrosis.png").is_file() and (sweep / "reliability_fused_fibrosis.svg").is_file()
+    assert (sweep / "decision_curve_fibrosis.svg").is_file()
     p = run_script("-m", "metrics.cv", str(tmp_path / "cache"))
     assert p.returncode == 2 and "no oof.json" in p.stderr and "Traceback" not in p.stderr
     next(f for f in oofs if json.loads(f.read_text())["fold"] == 1).unlink()  # a fold that never finished

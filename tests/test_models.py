@@ -7,17 +7,18 @@ import torch
 
 from data.errors import UserError
 from models.build import build_model
+from models.card import ModelCard
 from models.checkpoint import (
-    head_is_clinical,
     load_checkpoint,
     optimizer_from_tensors,
     optimizer_to_tensors,
     read_card,
     save_checkpoint,
 )
+from models.gate import shown
 from models.losses import EndoLoss, dice_bce_loss, structure_loss
 from models.weights import resolve_weights
-from tests.conftest import SHARED, tiny_card
+from tests.conftest import SHARED, approved_head, tiny_card
 
 HEADS = {"fibrosis": ["F0", "F1", "F2"], "lift": ["adequate", "partial", "non-lifting"]}
 
@@ -155,12 +156,17 @@ def test_corrupt_or_foreign_checkpoint_is_a_user_error(tmp_path):
     assert not list(tmp_path.glob("*.partial*"))
 
 
-def test_heads_are_clinical_only_when_trained_and_validated_on_real_labels():
-    assert not head_is_clinical(tiny_card(HEADS, "synthetic"), "fibrosis")
-    assert not head_is_clinical(tiny_card(HEADS, "proxy", validated=True), "fibrosis")
-    assert not head_is_clinical(tiny_card(HEADS, "real", validated=False), "fibrosis")
-    assert head_is_clinical(tiny_card(HEADS, "real", validated=True), "fibrosis")
-    assert not head_is_clinical(tiny_card(HEADS, "real", validated=True), "absent_head")
+def test_heads_are_shown_only_when_trained_and_validated_on_real_labels():
+    def is_shown(card: dict, head: str) -> bool:
+        return shown(ModelCard.from_dict(card), head)
+
+    assert not is_shown(tiny_card(HEADS, "synthetic"), "fibrosis")
+    assert not is_shown(tiny_card(HEADS, "proxy", validated=True), "fibrosis")
+    assert not is_shown(tiny_card(HEADS, "real", validated=False), "fibrosis")
+    approved = tiny_card(HEADS)
+    approved["heads"]["fibrosis"] = approved_head(HEADS["fibrosis"])
+    assert is_shown(approved, "fibrosis")
+    assert not is_shown(approved, "absent_head")
 
 
 def test_optimizer_state_survives_safetensors_round_trip():
