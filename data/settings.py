@@ -179,6 +179,7 @@ INFER = {
     "review.queue_depth": Num(1, 256, integer=True),
     "review.video_probs_at": Choice(("model", "input")),
     "review.original_video": Bool(),
+    "review.research_heads": Bool(),
 }
 
 EVALUATE = {

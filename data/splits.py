@@ -208,8 +208,8 @@ def training_splits(
     The development records are the train sources' rows that are not ``test`` (an unsplit manifest row is
     development data). With cv_folds, the fold ``cv_fold`` of a patient-level k-fold split of them is held out
     (predicted after training); the rest is split into train and validation: by ``val_sources`` when given (their
-    held-out patients dropped), else by the manifest's ``val`` rows when there are any, else carved by patient
-    (``val_groups`` always in validation). labelled_only drops frames no head has a label for.
+    patients validate, less those the fold holds out; training keeps the other patients), else by the manifest's
+    ``val`` rows when there are any, else carved by patient (``val_groups`` always in validation). labelled_only drops frames no head has a label for.
     group: data.group; ``column`` (a manifest must name each frame's case) applies when heads are trained or
     folds are made, since their intervals resample cases; else a missing column makes each frame its own case.
     """
@@ -222,14 +222,15 @@ def training_splits(
         records, heldout = cv_split(
             records, folds=cv_folds, fold=cv_fold, seed=cv_seed, repeat=cv_repeat, stratify_head=cv_stratify
         )
-    if val_sources:
-        held = {unit_of(r) for r in heldout} | {r.group for r in heldout}
+    if val_sources:  # validation = these patients, less any held out by the fold; training = the rest
+        held = {unit_of(r) for r in heldout}
         val = [
             r
             for r in records_from_sources(val_sources, heads, covariates=covariates, group=grouping)
-            if unit_of(r) not in held and r.group not in held
+            if unit_of(r) not in held
         ]
-        train = list(records)
+        in_val = {unit_of(r) for r in val}
+        train = [r for r in records if unit_of(r) not in in_val]
     elif any(r.split == "val" for r in records):
         train, val = [r for r in records if r.split != "val"], [r for r in records if r.split == "val"]
     else:

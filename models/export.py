@@ -24,7 +24,8 @@ import torch
 
 from data.errors import UserError
 from data.io import atomic_write
-from models.card import HeadCard, ModelCard
+from models import gate
+from models.card import HeadCard, InputSpec, ModelCard
 from models.checkpoint import load_checkpoint, read_card, save_checkpoint
 
 INTENDED_USE = (
@@ -32,10 +33,12 @@ INTENDED_USE = (
     "in colonoscopy frames; trained on public data (Kvasir-SEG, CVC-ClinicDB: research and education "
     "only, no commercial use)."
 )
+TARGETS = ("fibrosis", "lift")
+NO_TARGET_HEAD = "No fibrosis or lift head: no public dataset labels them. Train them on your own labels (README)."
 LIMITS = [
     "Trained on colonoscopy polyp images only: not validated on rectal tumours after chemoradiotherapy, ulcerated "
     "lesions, ESD/EFTR scenes or other organs.",
-    "No fibrosis or lift head: no public dataset labels them. Train them on your own labels (README).",
+    NO_TARGET_HEAD,
     "The standard CVC-ClinicDB test list shares every one of its sequences with the training list (near-duplicate "
     "frames), which flatters ClinicDB scores; see the held-out-sequence row.",
     "Kvasir-SEG and CVC-ClinicDB come from a few centres and scopes; expect lower scores on other equipment.",
@@ -70,16 +73,20 @@ def _ci(v: Any, ci: Any) -> str:
     return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{v:.3f}"
 
 
-def head_section(name: str, info: HeadCard) -> str:
-    """One head's part of MODEL_CARD.md, from its card entry only."""
+def head_section(name: str, info: HeadCard, card: ModelCard | None = None) -> str:
+    """One head's part of MODEL_CARD.md, from its card entry only; whether infer.py shows it is the display gate's
+    answer (models/gate.py), the one rule infer.py applies, for ``card`` (default: a card holding only this head)."""
+    if card is None:  # a notebook may print one head's section from its entry alone
+        card = ModelCard(name=name, model={}, input=InputSpec(size=1), heads={name: info})
+    refused = gate.refusals(card, name)
     lines = [
         f"### `{name}` ({info.kind}: {', '.join(info.classes)})",
         "",
         f"- Label source: **{info.label_source}**"
         + (
             " - trained and validated on real labels, so infer.py shows it"
-            if info.clinical
-            else " - not validated on real labels, never shown"
+            if not refused
+            else f" - never shown by infer.py: {'; '.join(refused)}"
         ),
         f"- Label definition: {info.label_definition or 'not given'}",
         f"- Labelled frames: train {info.counts.get('train')}, validation {info.counts.get('val')}",
@@ -172,18 +179,40 @@ HD95 in pixels at the mask's resolution.
 {rows}
 {heldout}
 ## Attribute heads
-{chr(10).join(head_section(h, v) for h, v in heads.items()) if heads else "None."}
-Fibrosis (Matsumoto F0/F1/F2) and lift (adequate / partial / non-lifting): {
-            ""
-            if {"fibrosis", "lift"} & set(heads)
-            else "no head: no public dataset labels them, so the report says 'not available: no validated model'."
-        }
+{chr(10).join(head_section(h, v, card=card) for h, v in heads.items()) if heads else "None."}
+{missing_targets(heads)}
 
 ## Known limits
 """
         + "\n".join(f"- {x}" for x in (card.known_limits or LIMITS))
         + "\n"
     )
+
+
+def missing_targets(heads: dict[str, HeadCard]) -> str:
+    """The line saying which of fibrosis and lift the card has no head for (empty when it has both): a statement
+    about the card's heads, so it cannot contradict a fibrosis or lift head that the card holds."""
+    missing = [t for t in TARGETS if t not in heads]
+    if len(missing) == len(TARGETS):
+        return (
+            "Fibrosis (Matsumoto F0/F1/F2) and lift (adequate / partial / non-lifting): no head: no public dataset "
+            "labels them, so the report says 'not available: no validated model'."
+        )
+    said = "no head, so the report says 'not available: no validated model'."
+    return " ".join(f"{t.capitalize()}: {said}" for t in missing)
+
+
+def known_limits(limits: list[str], *, heads: dict[str, HeadCard], dropped: set[str] = frozenset()) -> list[str]:
+    """``limits`` kept true of a card with ``heads``: the no-fibrosis-or-lift limit only while the card has neither
+    head (added when missing), and no limit that starts with the name of a head the card no longer has
+    (``dropped``). The heads' own wording stays in their card entries (label_definition, label_source)."""
+    has_target = bool(set(TARGETS) & set(heads))
+    out = [
+        x
+        for x in limits
+        if not (has_target and x == NO_TARGET_HEAD) and not x.startswith(tuple(f"{h} " for h in sorted(dropped)))
+    ]
+    return out if has_target or NO_TARGET_HEAD in out else out + [NO_TARGET_HEAD]
 
 
 def training_command(card: ModelCard) -> str:
@@ -242,22 +271,19 @@ def add_heads(a: argparse.Namespace) -> None:
                 f"{old['dice@0.5']:.6f}: evaluate the exported checkpoint with the same settings"
             )
     card.parameters = sum(p.numel() for p in model.parameters())
-    card.intended_use = (
-        INTENDED_USE
-        + " "
-        + " ".join(
-            f"The '{h}' estimate answers a research proxy question ({info.label_definition or h}); it is not a "
-            "fibrosis or lift estimate."
+    # each head described by its own card entry only: no wording about what a head is or is not beyond what its
+    # label definition and source say (a sentence written for one dataset's head is wrong in another's card)
+    card.intended_use = " ".join(
+        [INTENDED_USE]
+        + [
+            f"The '{h}' head estimates: {info.label_definition or 'no label definition given'} "
+            f"(label source: {info.label_source})."
             for h, info in card.heads.items()
-        )
+        ]
     )
-    card.known_limits = [
-        x for x in (base.known_limits or LIMITS) if not x.startswith(("No fibrosis or lift", "small_sessile is"))
-    ] + [
-        "No fibrosis or lift head: no public dataset labels them. Train them on your own labels (README).",
-        "small_sessile is a real label of a proxy task (Kvasir-Sessile morphology), trained and tested on Kvasir-SEG "
-        "images only: it says nothing about fibrosis or lift, and CVC-ClinicDB frames were never labelled for it.",
-    ]
+    card.known_limits = known_limits(
+        base.known_limits or LIMITS, heads=card.heads, dropped=set(base.heads) - set(card.heads)
+    )
     write_outputs(a.dst, model, card)
 
 
@@ -305,7 +331,8 @@ def main(argv: list[str] | None = None) -> None:
     card.resume = None
     card.extra["trained_git_commit"] = card.git_commit
     threads = a.threads or card.training.get("threads") or torch.get_num_threads()
-    card.name, card.intended_use, card.known_limits = Path(a.dst).name, INTENDED_USE, LIMITS
+    card.name, card.intended_use = Path(a.dst).name, INTENDED_USE
+    card.known_limits = known_limits(LIMITS, heads=card.heads)
     card.licence = {
         "weights": "research and education only (inherits Kvasir-SEG and CVC-ClinicDB terms)",
         "code": "Apache-2.0",

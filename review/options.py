@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from data.errors import UserError
+
 
 @dataclass
 class ReviewOptions:
@@ -30,3 +32,11 @@ class ReviewOptions:
     video_probs_at: str = "model"  # videos' probs/: at the model's S x S grid ("model") or the frame's size
     queue_depth: int = 16  # frames waiting per stage (bounds memory)
     original_video: bool = False  # videos: also <stem>_original.mp4, the frames as shown under the overlay
+    # heads the display gate (models/gate.py) refuses: False = written nowhere; True = their estimates go to
+    # predictions.jsonl / summary.json under "research_only" (never the overlay or the report), for research
+    research_heads: bool = False
+
+    def __post_init__(self) -> None:
+        # a string such as "false" would be truthy and write refused heads' estimates: only a real bool may turn it on
+        if not isinstance(self.research_heads, bool):
+            raise UserError(f"review.research_heads={self.research_heads!r} is invalid: it must be true or false")

@@ -7,7 +7,7 @@ output. Bad frames or files are skipped, listed in ``errors.jsonl`` and reported
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -37,20 +37,30 @@ from review.options import ReviewOptions
 from review.overlay import render_overlay
 from review.smoothing import TemporalSmoother
 from review.stream import OrderedWorker, prefetch
-from review.summary import finish, summary_row
+from review.summary import finish, head_caption, informative_frame, passed_heads, summary_row
 
 
-def head_estimates(card: ModelCard, probs: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
-    out = {}
+def head_estimates(
+    card: ModelCard, probs: dict[str, np.ndarray], *, passed: Collection[str], research_heads: bool
+) -> dict[str, dict[str, Any]]:
+    """One informative frame's estimates: ``heads`` for the heads the display gate passed (``passed``), and with
+    ``research_heads`` a ``research_only`` entry for the others, which are otherwise dropped here, before any output
+    can see them."""
+    out: dict[str, dict[str, Any]] = {"heads": {}, **({"research_only": {}} if research_heads else {})}
     for h, p in probs.items():
+        if h not in passed and not research_heads:
+            continue
         classes = card.heads[h].classes
         k = int(np.argmax(p))
-        out[h] = {
+        est = {
             "estimate": classes[k],
             "confidence": round(float(p[k]), 4),
             "probs": {c: round(float(v), 4) for c, v in zip(classes, p)},
-            "clinically_validated": card.is_clinical(h),
         }
+        if h in passed:
+            out["heads"][h] = est | {"clinically_validated": True}  # the old field, kept; refused heads are absent
+        else:
+            out["research_only"][h] = est
     return out
 
 
@@ -71,10 +81,11 @@ def frame_record(
     mask: np.ndarray,
     area: np.ndarray,
     found: list[dict[str, Any]],
-    est: dict[str, Any],
+    est: dict[str, dict[str, Any]],
     quality: dict[str, Any],
 ) -> dict[str, Any]:
-    """One predictions.jsonl line (prob, mask, area at any one resolution; ``found`` in frame pixels)."""
+    """One predictions.jsonl line (prob, mask, area at any one resolution; ``found`` in frame pixels; ``est`` from
+    head_estimates: its ``heads`` and, with review.research_heads, ``research_only``)."""
     return {
         "name": name,
         "index": f.index,
@@ -82,9 +93,9 @@ def frame_record(
         "lesion_probability": round(float(prob.max()) if prob.size else 0.0, 4),
         "area_fraction": round(float(mask.sum()) / max(1, int(area.sum())), 5),
         "lesions": found,
-        "heads": est,
+        **est,
         "quality": quality,
-        "informative": bool(found) and not (quality["blurry"] or quality["overexposed"]),
+        "informative": informative_frame(found=found, quality=quality),
     }
 
 
@@ -96,6 +107,7 @@ def measure_frame(
     *,
     name: str,
     card: ModelCard,
+    passed: Collection[str],
     opts: ReviewOptions,
     analysis_image: np.ndarray,
     quality_area: np.ndarray,
@@ -103,16 +115,20 @@ def measure_frame(
     """Everything both video paths and the image path measure on one frame, at the resolution of ``prob`` (the
     frame's, or the model's grid; lesions are reported in frame pixels either way): the cleaned mask, lesions,
     head estimates, quality (of ``analysis_image`` inside ``quality_area``: data/quality.py's grid, the same for every
-    path) -> (predictions.jsonl record, mask, overlay lines of clinically validated heads)."""
+    path) -> (predictions.jsonl record, mask, overlay lines of the heads the display gate passed, ``passed``).
+    Heads are estimated on informative frames only: on a frame without a lesion in view (or too blurry or bright to
+    grade one) a head's output is about nothing, so no record, line or plot may carry it."""
     mask = clean_mask(prob, area, threshold=opts.threshold, min_area_fraction=opts.min_area_fraction)
     h, w = f.image.shape[:2]
     found = lesions(prob, mask)
     if prob.shape != (h, w):
         found = scale_lesions(found, w / prob.shape[1], h / prob.shape[0])
-    est = head_estimates(card, head_probs)
-    rec = frame_record(name, f, prob, mask, area, found, est, frame_quality(analysis_image, quality_area))
+    quality = frame_quality(analysis_image, quality_area)
+    counted = informative_frame(found=found, quality=quality)
+    est = head_estimates(card, head_probs if counted else {}, passed=passed, research_heads=opts.research_heads)
+    rec = frame_record(name, f, prob, mask, area, found, est, quality)
     lines = [
-        f"{hd}: {e['estimate']} ({e['confidence']:.2f})" for hd, e in est.items() if e["clinically_validated"] and found
+        head_caption(head=hd, estimate=e["estimate"], confidence=e["confidence"]) for hd, e in est["heads"].items()
     ]
     return rec, mask, lines
 
@@ -189,6 +205,7 @@ def process_sequence(
     keep = KeyFrames(opts.key_frames)  # bounded whatever the video's (declared or unknown) length
     area = None
     cov = covariate_row(predictor, opts)
+    passed = passed_heads(predictor.card)  # the display gate, asked once per input
     # ExitStack closes the videos, then the JSONL, then renames the JSONL into place; on an exception each
     # drops its partial file instead
     with ExitStack() as stack:
@@ -210,6 +227,7 @@ def process_sequence(
                     area,
                     name=name,
                     card=predictor.card,
+                    passed=passed,
                     opts=opts,
                     analysis_image=view,
                     quality_area=q_area,
@@ -280,6 +298,7 @@ def process_video_stream(
     records: list[dict[str, Any]] = []
     keep = KeyFrames(opts.key_frames)
     cov = covariate_row(predictor, opts)
+    passed = passed_heads(predictor.card)  # the display gate, asked once per input
     area = None
     with ExitStack() as stack:  # exits in reverse: render drains, then PNGs, then the video and the JSONL close
         jl = stack.enter_context(stack.enter_context(atomic_write(out_dir / "predictions.jsonl")).open("w"))
@@ -349,6 +368,7 @@ def process_video_stream(
                     area,
                     name=name,
                     card=predictor.card,
+                    passed=passed,
                     opts=opts,
                     analysis_image=analysis,
                     quality_area=q_area,

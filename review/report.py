@@ -21,8 +21,10 @@ from urllib.parse import quote
 import numpy as np
 
 from data.io import atomic_write, write_image_atomic
+from models import gate
 from models.card import ModelCard
 from review.overlay import timecode
+from review.summary import head_caption
 from review.timeline import timeline
 
 DEFAULT_USE = (
@@ -32,23 +34,30 @@ DEFAULT_USE = (
 
 
 CLINICAL_TARGETS = ("fibrosis", "lift")  # always listed, so a reader sees when no validated model exists
+RESEARCH_BANNER = (
+    "Research-only estimates of heads not validated for clinical use are in predictions.jsonl/summary.json under "
+    "research_only; they are not shown here."
+)
 
 
-def shown_heads(card: ModelCard) -> list[str]:
+def table_heads(card: ModelCard) -> list[str]:
+    """The heads the estimates table lists: fibrosis and lift always, then the card's other heads."""
     return list(CLINICAL_TARGETS) + [h for h in card.heads if h not in CLINICAL_TARGETS]
 
 
 def head_row(head: str, est: dict[str, Any] | None, card: ModelCard) -> dict[str, Any]:
-    """One table row: the validated estimate, 'insufficient evidence', or why nothing is shown."""
-    info = card.heads.get(head)
-    if info is None or not info.clinical:
+    """One table row: the estimate of a head the display gate passes (worded as the overlay words a frame's),
+    'insufficient evidence', or why nothing is shown, never a refused head's value."""
+    if not gate.shown(card, head):
         return {
             "head": head,
             "state": "hidden",
-            "why": "not available: no validated model"
-            if info is None
-            else "not shown: this head was not trained and validated on real labels",
+            # the gate's own reasons, so that a stricter rule explains itself here unchanged ("not available: ..."
+            # for a head the model lacks)
+            "why": ("not shown: " if head in card.heads else "")
+            + "; ".join(gate.refusals(card, head) or ["refused by the display gate"]),
         }
+    info = card.heads[head]
     auc = (info.validation or {}).get("frame", {}).get("auroc")
     validation = (
         f"validation AUROC {auc:.2f}" if auc is not None else "validated"
@@ -63,8 +72,7 @@ def head_row(head: str, est: dict[str, Any] | None, card: ModelCard) -> dict[str
     return {
         "head": head,
         "state": "shown",
-        "estimate": str(est["estimate"]),
-        "confidence": est["confidence"],
+        "caption": head_caption(head=head, estimate=str(est["estimate"]), confidence=est["confidence"]),
         "frames": est["frames"],
         "validation": validation,
     }
@@ -145,7 +153,9 @@ def write_report(
         gap_s=summary["segment_gap_s"],
         summary=summary,
         largest=dict(largest, timecode=timecode(largest["time"])) if largest else None,
-        head_rows=[head_row(h, summary["heads"].get(h), card) for h in shown_heads(card)],
+        head_rows=[head_row(h, summary["heads"].get(h), card) for h in table_heads(card)],
+        # only that refused heads' estimates were written elsewhere (review.research_heads), never the values
+        research_banner=RESEARCH_BANNER if summary.get("research_only") else None,
         errors=[x["error"] for x in summary.get("errors", [])],
         key_frames=frames,
         model_name=str(card.name),

@@ -1,5 +1,13 @@
 """What a finished input leaves besides its frames: summary.json (frames, lesions, segments, one estimate per head
-for a video), errors.jsonl, and for a video the report."""
+for a video), errors.jsonl, and for a video the report.
+
+Which heads reach a reader is decided by the display gate alone (models/gate.py, called through the module as
+``gate.shown`` / ``gate.refusals``, so that one replacement of it, a stricter rule or a test's, reaches every
+output of review/ and models/export.py alike): a head it passes is
+written under ``heads``; a head it refuses is written nowhere, or with ``review.research_heads`` under
+``research_only`` in predictions.jsonl and summary.json, never in the overlay or the report. A head is estimated only
+on informative frames (``informative_frame``), per frame and per video alike, and worded by ``head_caption`` in the
+overlay and the report alike."""
 
 from __future__ import annotations
 
@@ -10,11 +18,29 @@ from typing import Any
 import numpy as np
 
 from data.io import atomic_write, write_jsonl
+from models import gate
 from models.card import ModelCard
 from models.heads import aggregate_case
 from models.predictor import Predictor
 from review.options import ReviewOptions
 from review.segments import GAP_S, lesion_segments
+
+
+def passed_heads(card: ModelCard) -> list[str]:
+    """The card's heads whose estimates may reach a clinician (the display gate), in the card's order."""
+    return [h for h in card.heads if gate.shown(card, h)]
+
+
+def informative_frame(*, found: list[dict[str, Any]], quality: dict[str, Any]) -> bool:
+    """Whether a frame counts for the heads: a lesion in view, the frame neither blurry nor over-exposed. The one
+    rule for a frame's own estimate and for the frames a video's estimate is aggregated over (aggregate_case)."""
+    return bool(found) and not (quality["blurry"] or quality["overexposed"])
+
+
+def head_caption(*, head: str, estimate: str, confidence: float) -> str:
+    """The one wording of a head's estimate, per frame (the overlay) and per video (the report), so that the two
+    read alike: 'lift: adequate, confidence 0.82'."""
+    return f"{head}: {estimate}, confidence {confidence:.2f}"
 
 
 def summary_row(rec: dict[str, Any]) -> dict[str, Any]:
@@ -70,31 +96,23 @@ def summarise(
 ) -> dict[str, Any]:
     """Case summary: frames with lesion, largest lesion, and for a video one estimate per head, aggregated over its
     informative frames (models.heads.aggregate_case: a lesion in view, not blurry or over-exposed), abstaining
-    ("insufficient evidence") below ``opts.min_informative_frames`` frames or ``opts.abstain_below`` confidence;
-    and for a video its lesion segments (review/segments.py), the stretches in which a lesion is in view."""
+    ("insufficient evidence") below ``opts.min_informative_frames`` frames or ``opts.abstain_below`` confidence:
+    under ``heads`` for the heads the display gate passes, under ``research_only`` (with the gate's reasons) for the
+    others only with ``opts.research_heads``; and for a video its lesion segments (review/segments.py), the
+    stretches in which a lesion is in view."""
     opts = opts or ReviewOptions()
     with_lesion = [r for r in records if r["n_lesions"] > 0]
     largest = max(records, key=lambda r: r["largest_px"], default=None)
+    passed = passed_heads(card)
     heads: dict[str, Any] = {}
+    research: dict[str, Any] = {}
     for h, info in (card.heads if video else {}).items():
-        classes = info.classes
-        rows = [r for r in records if h in r["heads"]]
-        probs = np.array([[r["heads"][h]["probs"][c] for c in classes] for r in rows]).reshape(-1, len(classes))
-        agg = aggregate_case(
-            probs,
-            np.array([r["informative"] for r in rows], bool),
-            min_frames=opts.min_informative_frames,
-            min_confidence=opts.abstain_below,
-        )
-        heads[h] = {
-            "estimate": None if agg["abstain"] else classes[agg["index"]],
-            "confidence": None if agg["confidence"] is None else round(agg["confidence"], 4),
-            "probs": None if agg["probs"] is None else {c: round(float(v), 4) for c, v in zip(classes, agg["probs"])},
-            "frames": agg["frames"],
-            "abstain": agg["abstain"],
-            "reason": agg["reason"],
-            "clinically_validated": card.is_clinical(h),
-        }
+        if h in passed:
+            heads[h] = video_estimate(records, head=h, classes=info.classes, key="heads", opts=opts)
+            heads[h]["clinically_validated"] = True  # kept for readers of the old field; a refused head is absent
+        elif opts.research_heads:
+            research[h] = video_estimate(records, head=h, classes=info.classes, key="research_only", opts=opts)
+            research[h]["not_shown"] = gate.refusals(card, h)
     return {
         "frames": len(records),
         "frames_with_lesion": len(with_lesion),
@@ -107,9 +125,30 @@ def summarise(
         "segments": lesion_segments(records, fps=video["fps"]) if video else None,
         "segment_gap_s": GAP_S if video else None,
         "heads": heads,
+        **({"research_only": research} if opts.research_heads else {}),
         # the length read (webm/mkv often declare none; a truncated file is shorter than declared)
         "video": dict(video, duration=round(len(records) / video["fps"], 4)) if video else None,
         "threshold": threshold,
         "errors": errors,
         "model": {"name": card.name, "date": card.date, "git_commit": card.git_commit},
+    }
+
+
+def video_estimate(
+    records: list[dict], *, head: str, classes: list[str], key: str, opts: ReviewOptions
+) -> dict[str, Any]:
+    """One head's video-level estimate from the frames' ``key`` ("heads" or "research_only") entries, which exist on
+    informative frames only: the mean over them, or abstain with aggregate_case's reason."""
+    counted = np.array([bool(r["informative"]) and head in (r.get(key) or {}) for r in records], bool)
+    probs = np.zeros((len(records), len(classes)))  # rows of uncounted frames are never read
+    for i in np.flatnonzero(counted):
+        probs[i] = [records[i][key][head]["probs"][c] for c in classes]
+    agg = aggregate_case(probs, counted, min_frames=opts.min_informative_frames, min_confidence=opts.abstain_below)
+    return {
+        "estimate": None if agg["abstain"] else classes[agg["index"]],
+        "confidence": None if agg["confidence"] is None else round(agg["confidence"], 4),
+        "probs": None if agg["probs"] is None else {c: round(float(v), 4) for c, v in zip(classes, agg["probs"])},
+        "frames": agg["frames"],
+        "abstain": agg["abstain"],
+        "reason": agg["reason"],
     }

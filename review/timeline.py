@@ -1,5 +1,7 @@
-"""The report's timeline, drawn in the page as inline SVG: lesion probability, lesion area and, for clinically
-validated heads only, their class probabilities against time, with the lesion segments shaded.
+"""The report's timeline, drawn in the page as inline SVG: lesion probability, lesion area and, for the heads the
+display gate passes only (models/gate.py), their class probabilities against time, with the lesion segments shaded.
+A head's line is drawn only where a frame carries its estimate (informative frames: a lesion in view), with gaps
+elsewhere; a head probability plotted through lesion-free stretches would be about nothing.
 
 An SVG drawn from the per-frame records (instead of a matplotlib PNG) can be clicked and dragged to seek the video,
 carries a playhead, prints sharply, and keeps a plotting library out of the report. This module computes the
@@ -14,13 +16,14 @@ late or vary. Tick labels add the first frame's timestamp, to match the time cod
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from models.card import ModelCard
 from review.overlay import timecode
+from review.summary import passed_heads
 
 WIDTH, X0, RIGHT = 960, 48, 12  # viewBox width and the plot's left / right margins (viewBox units)
 LABEL_H, TRACK_H, AXIS_H = 18, 56, 22  # a track's title line and plot height; the time axis below the tracks
@@ -33,16 +36,38 @@ TICK_STEPS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 
 def reduce_series(values: np.ndarray, n_out: int, how: str = "max") -> tuple[np.ndarray, np.ndarray]:
     """(positions in frames, values), at most ``n_out`` of them: a long video's frames are grouped into runs whose
     max (lesion probability and area: a short peak must stay visible) or mean (class probabilities) is drawn at the
-    run's centre. Up to ``n_out`` frames are returned as they are."""
+    run's centre. Up to ``n_out`` frames are returned as they are. NaN (no value on that frame) is skipped; a run
+    with no value at all stays NaN, a gap in the line."""
     n = len(values)
     if n <= n_out:
         return np.arange(n, dtype=float), values
     edges = np.linspace(0, n, n_out + 1).astype(int)
-    ufunc = np.maximum if how == "max" else np.add
-    out = ufunc.reduceat(values, edges[:-1])
     if how == "mean":
-        out = out / np.diff(edges)
+        have = ~np.isnan(values)
+        counts = np.add.reduceat(have.astype(float), edges[:-1])
+        sums = np.add.reduceat(np.where(have, values, 0.0), edges[:-1])
+        out = np.divide(sums, counts, out=np.full(len(counts), np.nan), where=counts > 0)
+    else:
+        out = np.fmax.reduceat(values, edges[:-1])  # fmax: NaN only where the whole run is NaN
     return (edges[:-1] + edges[1:] - 1) / 2, out
+
+
+def polylines(
+    pos: np.ndarray, vals: np.ndarray, *, n: int, x: Callable[[float], float], y: Callable[[np.ndarray], np.ndarray]
+) -> list[str]:
+    """SVG points of each stretch of finite values (gaps where NaN), x(position in frames) and y(value) mapping to
+    the viewBox. A stretch of one point is drawn across its frame (one point draws nothing)."""
+    out = []
+    finite = np.isfinite(vals)
+    starts = np.flatnonzero(finite & ~np.r_[False, finite[:-1]])
+    ends = np.flatnonzero(finite & ~np.r_[finite[1:], False]) + 1
+    step = max(1.0, n / MAX_POINTS)
+    for a, b in zip(starts, ends):
+        p, v = pos[a:b], vals[a:b]
+        if len(p) == 1:
+            p, v = np.array([p[0], p[0] + step]), np.repeat(v, 2)
+        out.append(" ".join(f"{x(pp):.1f},{yy:.1f}" for pp, yy in zip(p, y(v))))
+    return out
 
 
 def nice_ceiling(v: float) -> float:
@@ -84,10 +109,8 @@ def timeline(
         drawn = []
         for name, colour, values, how in lines:
             pos, vals = reduce_series(np.asarray(values, dtype=float), MAX_POINTS, how)
-            if len(pos) == 1:  # a one-frame video: a line across its frame (one point draws nothing)
-                pos, vals = np.array([pos[0], pos[0] + 1]), np.repeat(vals, 2)
-            pts = " ".join(f"{X0 + p / n * w:.1f},{yy:.1f}" for p, yy in zip(pos, y(vals)))
-            drawn.append({"name": name, "colour": colour, "points": pts})
+            pts = polylines(pos, vals, n=n, x=lambda p: X0 + p / n * w, y=y)
+            drawn.append({"name": name, "colour": colour, "polylines": pts})
         t = {
             "label": label,
             "title_y": y0 - 5,
@@ -114,13 +137,18 @@ def timeline(
             unit="%",
         ),
     ]
-    for h in (h for h in card.heads if card.is_clinical(h)):
+    for h in passed_heads(card):
         classes = card.heads[h].classes
         tracks.append(
             track(
-                f"{h}: class probabilities",
+                f"{h}: class probabilities (informative frames only)",
                 [
-                    (c, PALETTE[i % len(PALETTE)], np.array([r["heads"][h]["probs"][c] for r in records]), "mean")
+                    (
+                        c,
+                        PALETTE[i % len(PALETTE)],
+                        np.array([r["heads"][h]["probs"][c] if h in r["heads"] else np.nan for r in records]),
+                        "mean",
+                    )
                     for i, c in enumerate(classes)
                 ],
                 1.0,

@@ -251,3 +251,77 @@ def test_group_kfold_keeps_patients_whole_and_balances_labels():
     assert not {r.group for r in rest} & {r.group for r in held} and len(rest) + len(held) == len(recs)
     with pytest.raises(UserError, match="folds"):
         group_kfold(_records(3, 2), k=5)
+
+
+def test_temperature_is_fitted_per_case_on_informative_frames_bounded_and_flagged():
+    from models.calibration import T_BOUNDS, case_nll, temperature_flag
+
+    rng = np.random.default_rng(1)
+    # 300 cases of 4 frames: each frame's logit is the case's true evidence plus independent frame noise. Averaging
+    # 4 frames' probabilities is better calibrated than any one frame, so the case-level T differs from the frame one
+    case_logit = rng.normal(0, 2.0, 300)
+    y_case = (rng.random(300) < 1 / (1 + np.exp(-case_logit))).astype(int)
+    z = np.repeat(case_logit, 4) + rng.normal(0, 2.5, 1200)
+    logits = np.stack([np.zeros_like(z), z], axis=1)
+    y, cases = np.repeat(y_case, 4), np.repeat(np.arange(300), 4)
+    t_frame = fit_temperature(logits, y, "nominal", prior_sd=None)
+    t_case = fit_temperature(logits, y, "nominal", cases=cases, prior_sd=None)
+    assert abs(t_case - t_frame) > 0.2  # the level matters
+    assert case_nll(logits, y, cases, "nominal", t_case) <= case_nll(logits, y, cases, "nominal", t_frame)
+    # bounded, and a prior keeps a 2-case fit near 1 instead of wherever the noise points
+    assert T_BOUNDS[0] <= fit_temperature(logits * 100, y, "nominal") <= T_BOUNDS[1]
+    few = fit_temperature(logits[:8], y[:8], "nominal", cases=cases[:8])
+    assert abs(np.log(few)) < abs(np.log(fit_temperature(logits[:8], y[:8], "nominal", cases=cases[:8], prior_sd=None)))
+    assert temperature_flag(3.5) and temperature_flag(0.3) and temperature_flag(1.2) is None
+
+
+def test_best_epoch_can_be_chosen_by_one_head():
+    from metrics.basic import selection_score
+
+    stats = {"val/nll_fibrosis": 0.9, "val/nll_lift": 0.2, "train/total": 1.0}
+    assert selection_score(stats, heads_only=True) == pytest.approx(-0.55)
+    assert selection_score(stats, heads_only=True, select_on="fibrosis") == pytest.approx(-0.9)
+    assert selection_score(stats, heads_only=True, select_on="all") == pytest.approx(-0.55)
+
+
+def test_calibration_ignores_uninformative_frames(tiny_checkpoint, tmp_path, monkeypatch):
+    """Frames without a visible lesion (or blurred) never reach a case estimate, so they must not set T: here they
+    are confidently wrong, and T is the one fitted on the informative frames alone."""
+    import shutil
+
+    import models.predictor as predictor
+    from models.calibration import calibrate_checkpoint
+    from models.checkpoint import read_card
+
+    stem = tmp_path / "m"
+    for ext in (".safetensors", ".json"):
+        shutil.copy(tiny_checkpoint.with_name(tiny_checkpoint.name + ext), stem.with_name("m" + ext))
+    rng = np.random.default_rng(0)
+    rows = []
+    for c in range(60):
+        y = int(rng.integers(3))
+        for f in range(4):
+            informative = f < 3
+            # the tiny card's heads are nominal (3 logits): informative frames lean right, the others confidently wrong
+            z = rng.normal(0, 1, 3) + (2.0 * np.eye(3)[y] if informative else 6.0 * np.eye(3)[(y + 1) % 3])
+            rows.append({"id": f"{c}_{f}", "group": f"c{c}", "labels": {"fibrosis": y, "lift": -1},
+                         "logits": {"fibrosis": z.tolist(), "lift": [0.0, 0.0, 0.0]}, "probs": {},
+                         "area_fraction": 0.1 if informative else 0.0, "informative": informative})  # fmt: skip
+
+    class Fake:
+        heads = ["fibrosis", "lift"]
+        temperatures: dict = {}
+
+    monkeypatch.setattr(predictor.Predictor, "from_checkpoint", classmethod(lambda cls, *a, **k: Fake()))
+    monkeypatch.setattr(predictor, "predict_records", lambda *a, **k: [dict(r, probs={}) for r in rows])
+    calibrate_checkpoint(stem, [], n_boot=0)
+    fib = read_card(stem).heads["fibrosis"]
+    informative = [r for r in rows if r["informative"]]
+    expected = fit_temperature(
+        np.array([r["logits"]["fibrosis"] for r in informative]),
+        np.array([r["labels"]["fibrosis"] for r in informative]),
+        "nominal",
+        cases=np.array([r["group"] for r in informative]),
+    )
+    assert fib.temperature == pytest.approx(expected, abs=1e-3)
+    assert fib.training["temperature_fit"]["level"] == "case" and fib.training["temperature_fit"]["frames"] == 180

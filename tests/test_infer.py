@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 from data.synthetic import synthetic_frame
-from models.checkpoint import load_checkpoint, save_checkpoint
 from review.overlay import render_overlay
 from review.smoothing import TemporalSmoother
-from tests.conftest import html_tags, run_script, tiny_card
+from tests.conftest import html_tags, run_script
 
 
 def test_video_outputs_follow_the_contract(tmp_path, tiny_checkpoint, synthetic_video):
@@ -28,7 +27,8 @@ def test_video_outputs_follow_the_contract(tmp_path, tiny_checkpoint, synthetic_
     assert len(lines) == 12 and [x["index"] for x in lines] == list(range(12))
     assert lines[1]["time"] == pytest.approx(0.1)
     assert {"lesion_probability", "area_fraction", "lesions", "heads", "quality"} <= set(lines[0])
-    assert lines[0]["heads"]["fibrosis"]["clinically_validated"] is False
+    # heads trained on synthetic labels: refused by the display gate, so written nowhere (no review.research_heads)
+    assert all(x["heads"] == {} and "research_only" not in x for x in lines)
     with av.open(str(out / "clip_overlay.mp4")) as c:
         s = c.streams.video[0]
         assert s.codec_context.name == "h264" and (s.codec_context.width, s.codec_context.height) == (96, 64)
@@ -37,29 +37,28 @@ def test_video_outputs_follow_the_contract(tmp_path, tiny_checkpoint, synthetic_
     assert summary["frames"] == 12 and summary["video"]["fps"] == 10.0 and summary["video"]["duration"] == 1.2
     html = (out / "report.html").read_text()
     assert 'src="clip_overlay.mp4"' in html and '<svg id="timeline"' in html and "Research use only" in html
-    # heads trained on synthetic labels are never shown to a clinician, in the report or the summary's meaning
-    assert html.count("not shown: this head was not trained and validated on real labels") == 2
-    assert "<td>insufficient evidence</td>" not in html and "<b>F" not in html
-    assert summary["heads"]["fibrosis"]["clinically_validated"] is False
+    # ... and in the report only the gate's reasons, in the two rows fibrosis and lift always have
+    assert html.count("<td colspan=3 class=note>not shown: ") == 2 and "Research-only" not in html
+    assert "<td>insufficient evidence</td>" not in html and "<td><b>" not in html and "class probabilities" not in html
+    assert summary["heads"] == {} and "research_only" not in summary
     assert not list(out.rglob("*.partial*"))
 
 
-def test_validated_heads_are_drawn_and_reported(tmp_path, tiny_checkpoint, synthetic_video):
-    model, card = load_checkpoint(tiny_checkpoint)
-    real = tiny_card({h: v.classes for h, v in card.heads.items()}, label_source="real", validated=True)
-    save_checkpoint(tmp_path / "real", model, real)
+def test_validated_heads_are_drawn_and_reported(tmp_path, tiny_checkpoint, synthetic_video, monkeypatch):
+    from models.predictor import Predictor
+    from review.options import ReviewOptions
+    from review.pipeline import process_input
+    from review.summary import head_caption
+    from tests.test_outputs_gate import fake_gate
+
+    fake_gate(monkeypatch, lambda card, head: True)  # whatever evidence the gate asks for, these heads have it
+    pred = Predictor.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32")
+    card = pred.card
     out = tmp_path / "out"
-    p = run_script(
-        "infer.py",
-        f"input={synthetic_video}",
-        f"out_dir={out}",
-        f"checkpoint={tmp_path / 'real'}",
-        "review.threshold=0.001",
-        "review.abstain_below=0.0",
+    summary = process_input(
+        synthetic_video, predictor=pred, out_dir=out, opts=ReviewOptions(threshold=0.001, abstain_below=0.0)
     )
-    assert p.returncode == 0, p.stderr[-2000:]
     html = (out / "report.html").read_text()
-    summary = json.loads((out / "summary.json").read_text())
     assert "not shown" not in html and "not available" not in html
     for h in ("fibrosis", "lift"):
         est = summary["heads"][h]
@@ -70,17 +69,14 @@ def test_validated_heads_are_drawn_and_reported(tmp_path, tiny_checkpoint, synth
             if not est["abstain"]
             else ("<td>insufficient evidence</td>" in html and est["reason"])
         )
-        if not est["abstain"]:
-            assert f"<b>{est['estimate']}</b>" in html
-    p = run_script(
-        "infer.py",
-        f"input={synthetic_video}",
-        f"out_dir={tmp_path / 'strict'}",
-        f"checkpoint={tmp_path / 'real'}",
-        "review.threshold=0.001",
-        "review.min_informative_frames=1000",
+        if not est["abstain"]:  # worded as the overlay words a frame's estimate
+            assert f"<b>{head_caption(head=h, estimate=est['estimate'], confidence=est['confidence'])}</b>" in html
+    strict = process_input(
+        synthetic_video,
+        predictor=pred,
+        out_dir=tmp_path / "strict",
+        opts=ReviewOptions(threshold=0.001, min_informative_frames=1000),
     )
-    strict = json.loads((tmp_path / "strict" / "summary.json").read_text())
     assert strict["heads"]["fibrosis"]["abstain"] and strict["heads"]["fibrosis"]["estimate"] is None
     assert "<td>insufficient evidence</td>" in (tmp_path / "strict" / "report.html").read_text()
 
@@ -89,7 +85,7 @@ def test_overlay_draws_heads_only_when_given():
     rng = np.random.default_rng(0)
     s = synthetic_frame(rng, (96, 128))
     a = render_overlay(s["image"], s["mask"], lesion_prob=0.9, time_s=1.0)
-    b = render_overlay(s["image"], s["mask"], lesion_prob=0.9, time_s=1.0, head_lines=["fibrosis: F2 (0.80)"])
+    b = render_overlay(s["image"], s["mask"], lesion_prob=0.9, time_s=1.0, head_lines=["fibrosis: F2, confidence 0.80"])
     assert not np.array_equal(a, b)
     assert not np.array_equal(a, s["image"])  # fill and contour are drawn
     c = render_overlay(s["image"], np.zeros_like(s["mask"]), lesion_prob=0.1, legend=False)

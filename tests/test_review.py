@@ -122,8 +122,11 @@ def _card(heads: dict, clinical: bool):
     return ModelCard.from_dict(tiny_card(heads, label_source="real" if clinical else "synthetic", validated=clinical))
 
 
-def test_timeline_is_drawn_in_video_time_with_clinical_heads_only():
+def test_timeline_is_drawn_in_video_time_with_clinical_heads_only(monkeypatch):
     from review.timeline import MAX_POINTS, X0, reduce_series, timeline
+    from tests.test_outputs_gate import fake_gate, old_rule
+
+    fake_gate(monkeypatch, old_rule)  # the gate's answer for these hand-made cards, whatever its full rule
 
     probs = {"fibrosis": {"probs": {"F0": 0.2, "F1": 0.3, "F2": 0.5}}}
     rows = [_row(k, fps=2, area=0.04 * k, heads=probs) for k in range(4)]
@@ -133,7 +136,7 @@ def test_timeline_is_drawn_in_video_time_with_clinical_heads_only():
     w = tl["w"]
     assert tl["x0"] == X0
     lesion, area, head = tl["tracks"]
-    xs = [float(p.split(",")[0]) for p in lesion["lines"][0]["points"].split()]
+    xs = [float(p.split(",")[0]) for p in lesion["lines"][0]["polylines"][0].split()]
     assert xs == pytest.approx([X0 + k / 4 * w for k in range(4)], abs=0.1)  # frame k at k / fps, as in the video
     assert area["yticks"][-1]["label"] == "20%"  # max area 12% -> a 20% axis
     assert [ln["name"] for ln in head["lines"]] == ["F0", "F1", "F2"] and head["legend"]
@@ -146,10 +149,13 @@ def test_timeline_is_drawn_in_video_time_with_clinical_heads_only():
     pos, peak = reduce_series(np.array([0, 1, 0, 0, 0, 0, 5, 0, 0, 0], float), 5)
     assert pos.tolist() == [0.5, 2.5, 4.5, 6.5, 8.5] and peak.tolist() == [1, 0, 0, 5, 0]  # a short peak survives
     assert reduce_series(np.array([0.0, 1.0]), 1, "mean")[1].tolist() == [0.5]
+    gaps = np.array([np.nan, np.nan, 1.0, np.nan, 3.0, np.nan])  # frames without a value: skipped, or a gap
+    assert np.allclose(reduce_series(gaps, 3, "mean")[1], [np.nan, 1.0, 3.0], equal_nan=True)
+    assert np.allclose(reduce_series(gaps, 3, "max")[1], [np.nan, 1.0, 3.0], equal_nan=True)
     many = timeline([_row(k) for k in range(5000)], _card({}, clinical=False), fps=25, threshold=0.5, segments=[])
-    assert len(many["tracks"][0]["lines"][0]["points"].split()) <= MAX_POINTS
+    assert len(many["tracks"][0]["lines"][0]["polylines"][0].split()) <= MAX_POINTS
     single = timeline([_row(0)], _card({}, clinical=False), fps=25, threshold=0.5, segments=[])
-    assert [float(p.split(",")[0]) for p in single["tracks"][0]["lines"][0]["points"].split()] == pytest.approx(
+    assert [float(p.split(",")[0]) for p in single["tracks"][0]["lines"][0]["polylines"][0].split()] == pytest.approx(
         [X0, X0 + w], abs=0.1
     )  # a one-frame video still draws a line, across its frame
 
@@ -191,8 +197,12 @@ def _write_report(out, *, stem: str, original: str | None, overlay: bool = True)
     )
 
 
-def test_report_keeps_hostile_text_as_text_and_offers_the_original(tmp_path):
+def test_report_keeps_hostile_text_as_text_and_offers_the_original(tmp_path, monkeypatch):
     from urllib.parse import unquote
+
+    from tests.test_outputs_gate import fake_gate, old_rule
+
+    fake_gate(monkeypatch, old_rule)  # the hostile head is shown: its name and classes reach the page
 
     stem = f"{HOSTILE}.mp4 \" ' &"
     html = _write_report(tmp_path, stem=stem, original=None).read_text()

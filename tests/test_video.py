@@ -110,6 +110,8 @@ def test_streaming_path_matches_the_serial_one_at_384x288_and_1080p(tmp_path):
         ra = [json.loads(x) for x in (a / "predictions.jsonl").read_text().splitlines()]
         rb = [json.loads(x) for x in (b / "predictions.jsonl").read_text().splitlines()]
         assert [r["index"] for r in rb] == list(range(n)) and all(set(x) == set(y) for x, y in zip(ra, rb))
+        # a head is estimated only on informative frames (a lesion in view, sharp, not over-exposed), on either path
+        assert all(r["heads"] == {} for r in ra + rb if not r["informative"])
         assert all(abs(x["area_fraction"] - y["area_fraction"]) < 0.01 for x, y in zip(ra, rb))
         # frame quality: the same grid and field of view whatever the path and the model's input size
         assert [r["quality"] for r in ra] == [r["quality"] for r in rb]
