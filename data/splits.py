@@ -209,7 +209,8 @@ def training_splits(
     development data). With cv_folds, the fold ``cv_fold`` of a patient-level k-fold split of them is held out
     (predicted after training); the rest is split into train and validation: by ``val_sources`` when given (their
     patients validate, less those the fold holds out; training keeps the other patients), else by the manifest's
-    ``val`` rows when there are any, else carved by patient (``val_groups`` always in validation). labelled_only drops frames no head has a label for.
+    ``val`` rows when there are any, else carved by patient (``val_groups`` always in validation). labelled_only
+    drops frames no head has a label for.
     group: data.group; ``column`` (a manifest must name each frame's case) applies when heads are trained or
     folds are made, since their intervals resample cases; else a missing column makes each frame its own case.
     """
