@@ -3,7 +3,8 @@
     python benchmarks/planted_study.py --out outputs/planted_study          (about 15 min on 2 CPU cores)
 
 NOT clinical data and NOT a fibrosis or lift result: the labels are planted. Kvasir-SEG images (research and
-education use only) are dealt into pretend patients of ``--frames`` frames each. Per patient:
+education use only) are dealt into pretend patients of ``--frames`` frames each, frames of similar lesion size
+together (as frames of one real lesion would be). Per patient:
 - fibrosis (F0/F1/F2) = the tertile of the patient's mean lesion area (ground-truth masks): a grade the frames
   really show, so a head on the frozen segmenter can learn it;
 - lift (adequate/partial/non-lifting) = drawn at random, independent of everything: a head must stay at chance;
@@ -45,16 +46,20 @@ def build_study(kvasir: Path, out: Path, *, patients: int, frames: int, seed: in
 
     rng = np.random.default_rng(seed)
     names = sorted(p.stem for p in (kvasir / "images").glob("*.jpg"))
-    pick = rng.permutation(len(names))[: patients * frames]
+    pick = [names[i] for i in rng.permutation(len(names))[: patients * frames]]
+    area_of = {}
+    for n in pick:
+        m = cv2.imread(str(kvasir / "masks" / f"{n}.jpg"), cv2.IMREAD_GRAYSCALE)
+        area_of[n] = float((m > 127).mean())
+    # a patient's frames show one lesion, so they share its size: deal the frames sorted by lesion area into
+    # consecutive patients (then shuffle which patient is which)
+    by_area = sorted(pick, key=area_of.get)
+    order = rng.permutation(patients)
     rows, cases, areas = [], [], []
     for p in range(patients):
-        mine = [names[i] for i in pick[p * frames : (p + 1) * frames]]
-        a = []
-        for n in mine:
-            m = cv2.imread(str(kvasir / "masks" / f"{n}.jpg"), cv2.IMREAD_GRAYSCALE)
-            a.append(float((m > 127).mean()))
-            rows.append({"image": str(kvasir / "images" / f"{n}.jpg"), "group": f"P{p:03d}"})
-        areas.append(float(np.mean(a)))
+        mine = by_area[order[p] * frames : (order[p] + 1) * frames]
+        rows += [{"image": str(kvasir / "images" / f"{n}.jpg"), "group": f"P{p:03d}"} for n in mine]
+        areas.append(float(np.mean([area_of[n] for n in mine])))
     cut = np.quantile(areas, [1 / 3, 2 / 3])
     for p, area in enumerate(areas):
         grade = int(np.searchsorted(cut, area, side="right"))

@@ -79,6 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--min-qwk", type=float, default=rule.min_qwk, help="floor for the QWK lower bound")
     ap.add_argument("--max-ece", type=float, default=rule.max_case_ece, help="largest case-level ECE")
     ap.add_argument("--yes", action="store_true", help="do not ask (for scripts; the evidence is still printed)")
+    ap.add_argument(
+        "--declare-labels",
+        metavar="NAME",
+        default=None,
+        help="a checkpoint trained before declarations were recorded (its card says the labels are real, but not "
+        "who said so): NAME vouches for them now; recorded as declared at sign-off",
+    )
     a = ap.parse_args(argv)
     try:
         if not a.by.strip():
@@ -88,6 +95,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         info = card.heads.get(a.head)
         if info is None:
             raise UserError(f"{stem}: no head '{a.head}' (heads: {', '.join(card.heads) or 'none'})")
+        if a.declare_labels:
+            if info.label_source != "real" or info.label_declaration:
+                raise UserError(
+                    f"--declare-labels is only for a head whose card says 'real' with no recorded declaration "
+                    f"(this one: {info.label_source}, declared {bool(info.label_declaration)}); declare labels when "
+                    "training (data.label_source.HEAD=real data.label_declared_by=NAME)"
+                )
+            info.label_declaration = {
+                "by": a.declare_labels.strip(),
+                "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                "command": "declared at sign-off (python -m models.approve --declare-labels): the checkpoint "
+                "predates recorded declarations",
+            }
         variant = a.variant or str(card.model.get("head_inputs") or "image")
         res, source, where = load_evidence(
             Path(a.evidence), a.head, variant=variant, test_set=a.test_set, save_id=card.save_id

@@ -26,7 +26,7 @@ from data.errors import UserError
 from data.io import atomic_write
 from models import gate
 from models.card import HeadCard, InputSpec, ModelCard
-from models.checkpoint import load_checkpoint, read_card, save_checkpoint
+from models.checkpoint import checkpoint_stem, load_checkpoint, read_card, save_checkpoint
 
 INTENDED_USE = (
     "Research use only; not a medical device and not for clinical decisions. Outlines polyps/lesions "
@@ -92,6 +92,18 @@ def head_section(name: str, info: HeadCard, card: ModelCard | None = None) -> st
         f"- Labelled frames: train {info.counts.get('train')}, validation {info.counts.get('val')}",
         f"- Temperature (fitted on validation): {info.temperature:.3f}",
     ]
+    decl, ev, so = info.label_declaration or {}, info.evidence or {}, info.signoff or {}
+    if decl.get("by"):
+        lines.append(f"- Labels declared real by {decl['by']} ({decl.get('date')})")
+    if ev:
+        per_class = ", ".join(f"{c} {n}" for c, n in (ev.get("cases_per_class") or {}).items())
+        lines.append(
+            f"- Display evidence ({ev.get('source')}: {ev.get('where')}): case {str(ev.get('metric')).upper()} "
+            f"{_ci(ev.get('value'), ev.get('ci95'))}, case ECE {_ci(ev.get('case_ece'), None)}, cases per class "
+            f"{per_class}; rule {ev.get('rule')}"
+        )
+    if so.get("by"):
+        lines.append(f"- Signed off for display by {so['by']} ({so.get('date')}), `python -m models.approve`")
     tr = info.training
     if tr:
         lines.append(
@@ -305,10 +317,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--calibration", default=None, help="with --onnx-int8: a folder of images to calibrate on")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads training used (default: from the card)")
     ap.add_argument("--notes", default="")
+    ap.add_argument("--card-only", action="store_true", help="re-render MODEL_CARD.md from --dst's card only")
     ap.add_argument(
         "--command", default=None, help="the training command line, for a run whose card predates recording it"
     )
     a = ap.parse_args(argv)
+    if a.card_only:  # after a sign-off (python -m models.approve): the card changed, the weights did not
+        card = read_card(a.dst)
+        weights = checkpoint_stem(a.dst).with_suffix(".safetensors")
+        with atomic_write(Path(a.dst).parent / "MODEL_CARD.md") as tmp:
+            tmp.write_text(render_model_card(card, weights.stat().st_size / 1e6))
+        print(f"wrote {Path(a.dst).parent / 'MODEL_CARD.md'}")
+        return None
     if a.onnx or a.onnx_int8:
         from data.io import list_images
         from models.onnx import export_onnx, quantize_int8

@@ -190,3 +190,20 @@ def test_approve_without_a_named_label_declaration_is_refused(tmp_path, capsys):
         [str(tmp_path / "m"), "--head", "fibrosis", "--by", "X", "--yes", "--evidence", str(tmp_path / "cv.json")]
     )
     assert code == 2 and "declared real by a named person" in capsys.readouterr().err
+
+
+def test_a_legacy_real_head_can_be_declared_at_sign_off_and_nothing_else_can(tmp_path, capsys):
+    from models.approve import main as approve
+
+    d = tiny_card({"fibrosis": FIB}, "real", validated=True)  # trained before declarations were recorded
+    save_checkpoint(tmp_path / "m", build_model(**d["model"]), d)
+    (tmp_path / "cv.json").write_text(json.dumps({"image": {"heads": {"fibrosis": passing_results(FIB, "nominal")}}}))
+    args = [str(tmp_path / "m"), "--head", "fibrosis", "--by", "X", "--yes", "--evidence", str(tmp_path / "cv.json")]
+    assert approve([*args, "--declare-labels", "Dr Y"]) == 0
+    decl = read_card(tmp_path / "m").heads["fibrosis"].label_declaration
+    assert decl["by"] == "Dr Y" and "declared at sign-off" in decl["command"]
+    assert approve([*args, "--declare-labels", "Dr Z"]) == 2  # already declared: never re-declared
+    assert "only for a head whose card says 'real' with no recorded declaration" in capsys.readouterr().err
+    s = tiny_card({"fibrosis": FIB}, "synthetic")
+    save_checkpoint(tmp_path / "s", build_model(**s["model"]), s)
+    assert approve([str(tmp_path / "s"), *args[1:], "--declare-labels", "Dr Y"]) == 2  # synthetic stays synthetic

@@ -63,20 +63,28 @@ def test_shipped_model_on_bundled_kvasir_images(tmp_path):
 
 @needs_model
 def test_shipped_card_says_research_use_and_what_its_one_head_is():
-    from models.checkpoint import head_is_clinical
+    from models.card import ModelCard
+    from models.checkpoint import read_card
+    from models.gate import refusals, shown
 
     card = json.loads(SHIPPED.with_suffix(".json").read_text())
+    parsed = read_card(SHIPPED)  # also checks the signed-off entry against the digests in the weights' metadata
+    assert parsed.to_dict()["heads"] == ModelCard.from_dict(card).to_dict()["heads"]
     assert "Research use only" in card["intended_use"] and set(card["heads"]) == {"small_sessile"}
     assert "research and education" in card["licence"]["weights"]
     assert SHIPPED.with_suffix(".safetensors").stat().st_size < 25e6
     head = card["heads"]["small_sessile"]
-    assert head_is_clinical(card, "small_sessile") and head["label_source"] == "real"
+    assert shown(parsed, "small_sessile") and head["label_source"] == "real"
+    ev = head["evidence"]  # the display gate's evidence: the locked Kvasir test list, signed off
+    assert ev["source"] == "test" and ev["ci95"][0] > 0.8 and min(ev["cases_per_class"].values()) >= 20
+    assert head["signoff"]["by"] and head["label_declaration"]["by"]
     assert "Kvasir-Sessile" in head["label_definition"] and head["temperature"] > 0
     assert head["counts"]["train"]["small_sessile"] > 100 and head["counts"]["val"]["small_sessile"] > 10
     test = head["test"]["kvasir"]["frame"]
     assert test["n"] == 100 and test["auroc"] >= 0.85 and test["ci95"]["auroc"][0] < test["auroc"]
     assert test["auroc"] > head["test"]["kvasir"]["area_baseline"]["auroc"]
-    assert not head_is_clinical(card, "fibrosis") and not head_is_clinical(card, "lift")
+    assert not shown(parsed, "fibrosis") and not shown(parsed, "lift")
+    assert refusals(parsed, "fibrosis") == ["not available: no validated model"]
     md = (SHIPPED.parent / "MODEL_CARD.md").read_text()
     assert "`small_sessile`" in md and "not available: no validated model" in md
 
