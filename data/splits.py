@@ -235,7 +235,9 @@ def training_splits(
     elif any(r.split == "val" for r in records):
         train, val = [r for r in records if r.split != "val"], [r for r in records if r.split == "val"]
     else:
-        train, val = group_split(records, val_fraction=val_fraction, seed=split_seed, always_val=val_groups)
+        held_groups = {r.group for r in heldout}  # a fold may hold these out instead: never trained on either way
+        forced = [g for g in val_groups if str(g) not in held_groups]
+        train, val = group_split(records, val_fraction=val_fraction, seed=split_seed, always_val=forced)
     if labelled_only:
         train, val = ([r for r in rs if any(v >= 0 for v in r.labels.values())] for rs in (train, val))
     assert_disjoint({"training": train, "validation": val, "held-out fold": heldout})
