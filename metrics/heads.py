@@ -222,6 +222,8 @@ def heads_markdown(results: Mapping[str, Mapping[str, Any]], title: str = "") ->
     for h, r in results.items():
         f = r["frame"]
         temp = f"; temperature {r['temperature']:.2f}" if r["temperature"] is not None else ""
+        if r.get("interval_unit") == "frame":
+            temp += "; intervals by frame (data.group=frame)"
         lines += [
             f"\n**{h}** ({r['kind']}, classes {', '.join(r['classes'])}{temp})\n",
             "| level | n | AUROC | QWK | macro-F1 | balanced acc. | ECE |",
@@ -243,10 +245,29 @@ def heads_markdown(results: Mapping[str, Mapping[str, Any]], title: str = "") ->
             )
         b = r.get("area_baseline")
         if b:
-            lines.append(f"| area-only baseline | {f['n']} | {fmt_ci(b['auroc'], b['ci95'])} | | | | |")
+            metric = b.get("metric", "AUROC")
+            col = (
+                "| area-only baseline | {n} | {v} | | | | |"
+                if metric == "AUROC"
+                else "| area-only baseline | {n} | | {v} | | | |"
+            )
+            lines.append(col.format(n=f["n"], v=f"{fmt_ci(b['auroc'], b['ci95'])} ({metric})"))
             d = b["head_minus_baseline_ci95"]
             if d:
-                lines.append(f"\nHead AUROC minus baseline AUROC, 95% interval: [{d[0]:+.3f}, {d[1]:+.3f}]")
+                lines.append(
+                    f"\nHead {metric} ({b.get('head', float('nan')):.3f}) minus baseline {metric}, 95% interval: "
+                    f"[{d[0]:+.3f}, {d[1]:+.3f}]"
+                )
+        for level, x in (("frame", f), ("case", c or {})):
+            cal = x.get("calibration") or {}
+            if cal.get("slope") is not None:
+                lines.append(
+                    f"\nCalibration per {level} ({cal.get('of')}): slope {cal['slope']:.2f}, intercept "
+                    f"{cal['intercept']:.2f}"
+                    + (f"; mean absolute grade error {x['grade_mae']:.2f}" if x.get("grade_mae") is not None else "")
+                )
+            if x.get("degenerate"):
+                lines.append(f"\n**Flag: degenerate predictor per {level}: {x['degenerate']}**")
         if "ece_before_temperature" in f:
             lines.append(f"\nECE before temperature scaling {f['ece_before_temperature']:.3f}, after {f['ece']:.3f}")
         lines.append(

@@ -82,9 +82,10 @@ def check_your_data(cells: list[str], images: list[int]) -> None:
     assert "records: 48" in audit and "groups: 12" in audit and "labels_by_fold" in audit
     assert "run dir outputs/notebooks/03_your_data/heads" in train and "epoch=3 " in train
     assert "frozen from endolift_polyp_unet_mnv2" in card
-    assert card.count("Label source: **synthetic** - not validated on real labels, never shown") == 2
+    assert card.count("Label source: **synthetic** - never shown by infer.py: labels are 'synthetic'") == 2
     for head in ("fibrosis", "lift"):
-        assert f"show {head} to a clinician? False (label source synthetic, validated on real labels False)" in card
+        assert f"show {head} to a clinician? False\n  refused: labels are 'synthetic', not declared real" in card
+    assert card.count("refused: no evidence from a locked test split or pooled out-of-fold predictions") == 2
 
 
 CHECKS = {
