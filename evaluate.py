@@ -29,6 +29,30 @@ from models.predictor import Predictor, predict_records
 TABLE_KEYS = ("mean_dice", "mean_iou", "weighted_f", "s_measure", "max_e_measure", "mae", "dice@0.5", "hd95")
 
 
+def head_tables(set_dir: Path, rows: list[dict], heads: dict, results: dict, cfg: DictConfig) -> None:
+    """A paper's tables of the heads on one set, as CSV + LaTeX (metrics.stats.write_table): the per-level summary
+    with calibration and degenerate flags, the per-centre breakdown when the manifest has ``centre``, and decision
+    curves (PNG + SVG, net benefit table) of the decisive class."""
+    from metrics.cv import summary_rows
+    from metrics.plots import decision_curves
+    from metrics.stats import write_table
+    from metrics.study import centre_rows, decision_curve_table
+
+    rule = dict(min_frames=cfg.case_min_frames, min_confidence=cfg.case_min_confidence)
+    write_table(summary_rows({"checkpoint": results}), set_dir / "table_heads", caption=f"Heads: {set_dir.name}")
+    centres, net = [], []
+    for h in results:
+        centres += centre_rows(rows, h, heads[h], n_boot=cfg.n_boot, **rule)
+        curves, table = decision_curve_table({"checkpoint": rows}, h, **rule)
+        if curves:
+            decision_curves(set_dir / f"decision_curve_{h}.png", curves, f"{h}: {set_dir.name}")
+            net += table
+    if centres:
+        write_table(centres, set_dir / "table_centres", caption=f"Heads per centre: {set_dir.name}")
+    if net:
+        write_table(net, set_dir / "table_decision_curve", caption=f"Net benefit: {set_dir.name}")
+
+
 def score_checkpoint(cfg: DictConfig, pred, records: list[Record], set_dir: Path) -> tuple[dict, dict, Any]:
     """pred: a models.predictor.Predictor, loaded once for all sets. Segmentation is scored on frames with a mask,
     heads on frames with a label (per frame, and per case where a case has several frames)."""
@@ -49,8 +73,12 @@ def score_checkpoint(cfg: DictConfig, pred, records: list[Record], set_dir: Path
         set_dir.mkdir(parents=True, exist_ok=True)
         for h, r in head_results.items():
             reliability_diagram(
-                set_dir / f"reliability_{h}.png", {"frames": r["frame"]["reliability"]}, f"{h}: {set_dir.name}"
+                set_dir / f"reliability_{h}.png",
+                {"frames": r["frame"]["reliability"]},
+                f"{h}: {set_dir.name}",
+                svg=True,
             )
+        head_tables(set_dir, rows, pred.card.heads, head_results, cfg)
         with atomic_write(set_dir / "head_predictions.jsonl") as tmp:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     by_id = {r.id: r for r in records}

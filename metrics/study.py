@@ -28,7 +28,10 @@ from metrics.heads import case_estimates, fmt_ci, unit
 
 
 def case_table(rows: Sequence[Mapping[str, Any]], head: str, *, min_frames: int, min_confidence: float):
-    """case id -> (probs K, label, patient) of the cases that did not abstain (metrics.heads.case_estimates)."""
+    """case id -> (probs K, label, patient) of the cases that did not abstain (metrics.heads.case_estimates). When
+    every case is one frame (e.g. one image per patient), the case is the frame: no case abstains for having one."""
+    if len({r["group"] for r in rows}) == len(rows):
+        min_frames = 1
     est = case_estimates(rows, head, min_frames=min_frames, min_confidence=min_confidence)
     return {e["case"]: (np.asarray(e["probs"]), e["label"], e["unit"]) for e in est if not e["abstain"]}
 
