@@ -24,7 +24,7 @@ from typing import Any
 
 from data.errors import UserError
 from data.io import atomic_write
-from metrics.heads import fmt_ci, heads_markdown, score_heads
+from metrics.heads import heads_markdown, level_cells, score_heads
 from metrics.plots import decision_curves, reliability_diagram
 from metrics.stats import markdown_table, write_table
 from metrics.study import centre_rows, covariate_rows, decision_curve_table, flow_rows, paired_comparisons, repeat_rows
@@ -195,22 +195,7 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 x = r.get(level)
                 if not x or x.get("n", x.get("n_scored")) is None:
                     continue
-                ci, cal = x.get("ci95") or {}, x.get("calibration") or {}
-                out.append(
-                    {
-                        "variant": name,
-                        "head": h,
-                        "level": level,
-                        "n": x.get("n", x.get("n_scored")),
-                        "AUROC [95% CI]": fmt_ci(x.get("auroc"), ci.get("auroc")),
-                        "QWK [95% CI]": fmt_ci(x.get("qwk"), ci.get("qwk")),
-                        "ECE": x.get("ece"),
-                        "calibration slope": cal.get("slope"),
-                        "calibration intercept": cal.get("intercept"),
-                        "grade MAE": x.get("grade_mae"),
-                        "flag": x.get("degenerate") or "",
-                    }
-                )
+                out.append({"variant": name, "head": h, "level": level, **level_cells(x)})
     return out
 
 

@@ -210,6 +210,22 @@ def score_heads(rows: Sequence[Mapping[str, Any]], heads: Mapping[str, HeadCard]
     return out
 
 
+def level_cells(x: Mapping[str, Any]) -> dict[str, Any]:
+    """One level's (frame or case) results as table cells: n, AUROC and QWK with intervals, ECE, calibration,
+    grade error and the degenerate-predictor flag (the columns every reviewer's table shares)."""
+    ci, cal = x.get("ci95") or {}, x.get("calibration") or {}
+    return {
+        "n": x.get("n_scored", x.get("n")),
+        "AUROC [95% CI]": fmt_ci(x.get("auroc"), ci.get("auroc")),
+        "QWK [95% CI]": fmt_ci(x.get("qwk"), ci.get("qwk")),
+        "ECE": x.get("ece"),
+        "calibration slope": cal.get("slope"),
+        "calibration intercept": cal.get("intercept"),
+        "grade MAE": x.get("grade_mae"),
+        "flag": x.get("degenerate") or "",
+    }
+
+
 def fmt_ci(value: float | None, ci: Sequence[float] | None) -> str:
     if value is None:
         return "n/a"

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from metrics.grading import auroc, scores
-from metrics.heads import case_estimates, fmt_ci, unit
+from metrics.heads import case_estimates, fmt_ci, level_cells, unit
 
 
 def case_table(rows: Sequence[Mapping[str, Any]], head: str, *, min_frames: int, min_confidence: float):
@@ -194,17 +194,7 @@ def centre_rows(
         if res is None:
             continue
         lvl = res.get("case") or res["frame"]
-        ci = lvl.get("ci95") or {}
-        out.append(
-            {
-                "head": head,
-                "centre": c,
-                "cases": lvl.get("n_scored", lvl.get("n")),
-                "AUROC [95% CI]": fmt_ci(lvl.get("auroc"), ci.get("auroc")),
-                "QWK [95% CI]": fmt_ci(lvl.get("qwk"), ci.get("qwk")),
-                "ECE": lvl.get("ece"),
-            }
-        )
+        out.append({"head": head, "centre": c, **level_cells(lvl)})
     return out
 
 

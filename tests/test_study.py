@@ -72,7 +72,7 @@ def test_decision_curve_and_centres_and_flow_and_repeats():
     prevalence = np.mean([r["labels"]["x"] for r in rows[::3]])
     assert table[0]["treat_all"] == pytest.approx(prevalence - (1 - prevalence) * 0.1 / 0.9, abs=1e-3)
     centres = centre_rows(rows, "x", HEAD["x"], min_frames=3, min_confidence=0, n_boot=30)
-    assert [c["centre"] for c in centres] == ["A", "B"] and all(c["cases"] == 40 for c in centres)
+    assert [c["centre"] for c in centres] == ["A", "B"] and all(c["n"] == 40 for c in centres)
     counts = {f: {"train": {"patients": 30, "cases": 60, "frames": 180}, "heldout": {"patients": 10}} for f in range(4)}
     rows[0]["labels"] = {}  # one frame unlabelled: its case still has 2 labelled frames, so it abstains (< 3)
     flow = flow_rows(counts, rows, ["x"], min_frames=3, min_confidence=0)
