@@ -244,7 +244,7 @@ def heads_markdown(results: Mapping[str, Mapping[str, Any]], title: str = "") ->
             f"\n**{h}** ({r['kind']}, classes {', '.join(r['classes'])}{temp})\n",
             "| level | n | AUROC | QWK | macro-F1 | balanced acc. | ECE |",
             "|---|---|---|---|---|---|---|",
-            f"| frame | {f['n']} ({f['n_cases']} cases) | "
+            f"| {'frame' if f['n'] > f['n_cases'] else 'case (one row each)'} | {f['n']} ({f['n_cases']} cases) | "
             + " | ".join(
                 fmt_ci(f[m], f["ci95"].get(m)) for m in ("auroc", "qwk", "macro_f1", "balanced_accuracy", "ece")
             )
