@@ -105,6 +105,44 @@ def declare_labels(data: dict, *, heads: list[str], select_on: str | None) -> No
         raise UserError(f"trainer.select_on={select_on!r} is not a head of this model ({', '.join(heads) or 'none'})")
 
 
+def continue_logs(resume: str | Path, out_dir: Path, *, start_epoch: int) -> str:
+    """A resumed run keeps one history: its own folder's metrics.csv starts with the earlier run's rows for the
+    epochs before ``start_epoch`` and its tb/ with the earlier run's TensorBoard event files (the writer then purges
+    their steps from ``start_epoch`` on, the epochs this run redoes), so that one folder holds the whole run; the
+    earlier folder is left as it was, and resumed_from.json names it. Returns the line train.py prints."""
+    import shutil
+
+    from data.io import atomic_write
+
+    resume = Path(resume)
+    earlier = resume.parent.parent if resume.parent.name == "checkpoints" else resume.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    old_csv = earlier / "metrics.csv"
+    if old_csv.is_file():
+        lines = old_csv.read_text().splitlines(keepends=True)
+
+        def before(line: str) -> bool:
+            first = line.split(",", 1)[0].strip()
+            return first.isdigit() and int(first) < start_epoch
+
+        kept = lines[:1] + [x for x in lines[1:] if before(x)]
+        with atomic_write(out_dir / "metrics.csv") as tmp:
+            tmp.write_text("".join(kept) if len(kept) > 1 else "")
+        if len(kept) == 1:
+            (out_dir / "metrics.csv").unlink()
+    if earlier.resolve() != out_dir.resolve() and (earlier / "tb").is_dir():
+        (out_dir / "tb").mkdir(exist_ok=True)
+        for f in sorted((earlier / "tb").glob("events.*")):
+            shutil.copy2(f, out_dir / "tb" / f.name)
+    write_json_atomic(
+        out_dir / "resumed_from.json", {"run": str(earlier), "checkpoint": str(resume), "start_epoch": start_epoch}
+    )
+    return (
+        f"resumed from {earlier} at epoch {start_epoch}: metrics.csv and tb/ in {out_dir} continue that run's "
+        f"history (epochs 1-{start_epoch - 1} copied; the earlier folder is unchanged)"
+    )
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 @guard_task
 def main(cfg: DictConfig) -> float:
@@ -171,7 +209,9 @@ def main(cfg: DictConfig) -> float:
 
         clean_stale_partials(out_dir)  # temporary files of a killed earlier run in this folder
         write_json_atomic(out_dir / "splits.json", {"group": data.get("group", "column"), "cv": cv, "parts": parts})
-        writer = SummaryWriter(str(out_dir / "tb"))
+        if cfg.trainer.resume:  # one folder holds the whole run's logs (continue_logs)
+            print(continue_logs(cfg.trainer.resume, out_dir, start_epoch=start_epoch), flush=True)
+        writer = SummaryWriter(str(out_dir / "tb"), purge_step=start_epoch if cfg.trainer.resume else None)
         print(
             f"train {len(train_recs)} / val {len(val_recs)} / held-out fold {len(heldout)} images, {steps} "
             f"steps/epoch, device {device}, precision {cfg.trainer.precision}, run dir {out_dir}",

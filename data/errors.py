@@ -65,10 +65,11 @@ HYDRA_VALUE_FLAGS = {
 HYDRA_INFO_CHOICES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}  # --info's optional value
 
 
-def check_command_line(argv: list[str]) -> None:
+def check_command_line(argv: list[str], schema=None, where: str = "the config file") -> None:
     """What Hydra would reject with a grammar error or a traceback, said plainly before it parses anything:
-    a stray word (an unquoted path with spaces split by the shell), an unquoted value with spaces, and an output
-    folder that cannot be created."""
+    a stray word (an unquoted path with spaces split by the shell), an unquoted value with spaces, an output
+    folder that cannot be created, and, with ``schema`` (a data.settings table: a closed set of keys), a key it
+    does not have, with the closest valid one ('did you mean review.threshold?'; ``+key=`` too)."""
     import os
     from pathlib import Path
 
@@ -86,6 +87,12 @@ def check_command_line(argv: list[str]) -> None:
                 raise UserError(f"'{tok}' is not a key=value setting: to process it, write input={tok}")
             raise UserError(f"'{tok}' is not a key=value setting; {QUOTE_HINT}")
         key, value = tok.split("=", 1)
+        if schema is not None:
+            from data.settings import known_key, unknown_setting
+
+            bare = key.lstrip("+~")
+            if bare != "hydra" and not bare.startswith("hydra.") and not known_key(bare, schema):
+                raise unknown_setting(bare, schema, where)
         quoted = len(value) >= 2 and value[0] in "'\"" and value[-1] == value[0]
         if any(c.isspace() for c in value) and not quoted and not value.startswith(("[", "{")):
             raise UserError(f"{key}: {QUOTE_HINT}")
@@ -99,11 +106,43 @@ def check_command_line(argv: list[str]) -> None:
                 raise UserError(f"{key}={value} is not writable: choose a writable folder")
 
 
-def run_cli(hydra_main) -> None:
+def _hydra_quoted(value: str) -> str:
+    """An unquoted value Hydra's grammar cannot read as it stands (a non-ASCII path, /data/Müller), quoted for it;
+    a list's items likewise ([/data/é/a.png,b.png]). Values with quotes or backslashes are left to the user."""
+
+    def one(v: str) -> str:
+        if v.isascii() or (len(v) >= 2 and v[0] in "'\"" and v[-1] == v[0]):
+            return v
+        if "'" in v or "\\" in v or "${" in v:
+            raise UserError(f"'{v}': a value with non-ASCII letters and quotes must be quoted for Hydra; {QUOTE_HINT}")
+        return f"'{v}'"
+
+    if value.startswith("[") and value.endswith("]") and not any(c in value[1:-1] for c in "[]{}'\""):
+        return "[" + ",".join(one(x) for x in value[1:-1].split(",")) + "]"
+    if value.startswith(("[", "{")):
+        return value
+    return one(value)
+
+
+def quote_non_ascii(argv: list[str]) -> list[str]:
+    """argv with every unquoted non-ASCII value of a key=value setting quoted for Hydra (its lexer takes only ASCII
+    letters unquoted), so that out_dir=/data/Müller and input=/data/é/x.png work as typed."""
+    out = []
+    for tok in argv:
+        if "=" in tok and not tok.startswith("-") and not tok.isascii():
+            key, value = tok.split("=", 1)
+            tok = f"{key}={_hydra_quoted(value)}"
+        out.append(tok)
+    return out
+
+
+def run_cli(hydra_main, schema=None, where: str = "the config file") -> None:
     """Call a ``@hydra.main`` function; Hydra's own config errors (unknown key, missing group file), which it
-    reports before our task starts and exits 1 for, become exit code 2 like any other user error."""
+    reports before our task starts and exits 1 for, become exit code 2 like any other user error. ``schema``: the
+    script's closed table of settings (data.settings), checked on the command line before Hydra parses it."""
     try:
-        check_command_line(sys.argv[1:])
+        check_command_line(sys.argv[1:], schema, where)
+        sys.argv[1:] = quote_non_ascii(sys.argv[1:])
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -75,31 +75,69 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    announce_output(path)
     tmp.replace(path)
     record_output(path)
 
 
-_RECORDERS: list[set[Path]] = []  # the open recording_outputs() blocks' sets (output threads add to them too)
+RUN_OUTPUTS = ".endolift-outputs.json"  # in an output folder: the files the last run into it wrote
+RUN_JOURNAL = ".endolift-outputs.journal"  # while a run writes: each output, listed before it is put in place
+
+
+class _Recorder:
+    """One recording_outputs() block: the files put in place, and optionally a journal in ``folder`` that names
+    each file before it gets its final name (so a run killed at any point has listed every final file it left)."""
+
+    def __init__(self, folder: Path | None) -> None:
+        import threading
+
+        self.written: set[Path] = set()
+        self.folder = None if folder is None else Path(folder).absolute()
+        self.lock = threading.Lock()
+        self.journal = None
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            # unbuffered appends: a line is in the file (the kernel's page cache) once write() returns, which is
+            # what survives a kill -9 of this process
+            self.journal = open(self.folder / RUN_JOURNAL, "ab", buffering=0)  # noqa: SIM115 (closed by the block)
+
+    def announce(self, path: Path) -> None:
+        if self.journal is None or self.folder not in path.parents:
+            return
+        line = (str(path.relative_to(self.folder)) + "\n").encode("utf-8", "surrogateescape")
+        with self.lock:
+            self.journal.write(line)
+
+
+_RECORDERS: list[_Recorder] = []  # the open recording_outputs() blocks (output threads add to them too)
+
+
+def announce_output(path: str | Path) -> None:
+    """Journal a file that is about to be put in place under its final name (before the rename)."""
+    for r in _RECORDERS:
+        r.announce(Path(path).absolute())
 
 
 def record_output(path: str | Path) -> None:
     """Note a file that was just put in place, for every recording_outputs() block open in this process."""
-    for written in _RECORDERS:
-        written.add(Path(path).absolute())
+    for r in _RECORDERS:
+        r.written.add(Path(path).absolute())
 
 
 @contextmanager
-def recording_outputs() -> Iterator[set[Path]]:
-    """Collect the absolute paths of every output file put in place (atomic_write, VideoWriter) inside the block."""
-    written: set[Path] = set()
-    _RECORDERS.append(written)
+def recording_outputs(*, journal: str | Path | None = None) -> Iterator[set[Path]]:
+    """Collect the absolute paths of every output file put in place (atomic_write, VideoWriter) inside the block.
+    With ``journal`` (an output folder), each file inside it is also appended to ``RUN_JOURNAL`` there before it is
+    renamed into place; forget_previous_run deletes what a journal lists, and list_run_outputs replaces the journal
+    by the final listing when the run ends."""
+    rec = _Recorder(None if journal is None else Path(journal))
+    _RECORDERS.append(rec)
     try:
-        yield written
+        yield rec.written
     finally:
-        _RECORDERS.remove(written)
-
-
-RUN_OUTPUTS = ".endolift-outputs.json"  # in an output folder: the files the last run into it wrote
+        _RECORDERS.remove(rec)
+        if rec.journal is not None:
+            rec.journal.close()
 
 
 def forget_previous_run(folder: str | Path) -> int:
@@ -109,13 +147,17 @@ def forget_previous_run(folder: str | Path) -> int:
     import json
 
     folder = Path(folder).resolve()
-    listing = folder / RUN_OUTPUTS
-    if not listing.is_file():
+    listing, journal = folder / RUN_OUTPUTS, folder / RUN_JOURNAL
+    names: list[str] = []
+    if listing.is_file():
+        try:
+            names = list(json.loads(listing.read_text())["files"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"{listing} is unreadable: delete it, or choose another out_dir") from None
+    if journal.is_file():  # a run that was killed (or is still being listed): every file it put in place
+        names += [x for x in journal.read_bytes().decode("utf-8", "surrogateescape").splitlines() if x.strip()]
+    if not listing.is_file() and not journal.is_file():
         return 0
-    try:
-        names = json.loads(listing.read_text())["files"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise UserError(f"{listing} is unreadable: delete it, or choose another out_dir") from None
     n, parents = 0, set()
     for name in names:
         p = (folder / str(name)).resolve()
@@ -127,7 +169,8 @@ def forget_previous_run(folder: str | Path) -> int:
     for d in sorted(parents, key=lambda q: len(q.parts), reverse=True):
         if d.is_dir() and not any(d.iterdir()):
             d.rmdir()
-    listing.unlink()
+    listing.unlink(missing_ok=True)
+    journal.unlink(missing_ok=True)
     return n
 
 
@@ -139,6 +182,7 @@ def list_run_outputs(folder: str | Path, written: set[Path]) -> None:
     names = sorted(str(p.relative_to(folder)) for p in written if folder in p.parents and p.is_file())
     with atomic_write(folder / RUN_OUTPUTS) as tmp:
         tmp.write_text(json.dumps({"files": names}, indent=1))
+    (folder / RUN_JOURNAL).unlink(missing_ok=True)  # the listing now holds everything the journal named
 
 
 def write_json_atomic(path: str | Path, value: Any) -> None:

@@ -10,7 +10,7 @@ scripts pass their configuration as a plain, resolved dict (OmegaConf.to_contain
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +103,36 @@ class Scales:
         return None if ok else "must be a non-empty list of scale factors in 0.25..4, or null"
 
 
+@dataclass(frozen=True)
+class Text:
+    """A non-empty string (a path, a device name), or with ``listable`` a non-empty list of them."""
+
+    nullable: bool = False
+    listable: bool = False
+
+    def check(self, v: Any) -> str | None:
+        items = v if self.listable and isinstance(v, Sequence) and not isinstance(v, str) else [v]
+        ok = bool(items) and all(isinstance(x, str) and x.strip() for x in items)
+        return None if ok else ("must be a path or a list of paths" if self.listable else "must be a non-empty text")
+
+
+@dataclass(frozen=True)
+class NumberMap:
+    """A mapping of names to numbers (e.g. a case's covariates: {prior_radiotherapy: 1, dose_gy: 50.4}), or null.
+    Its keys are the user's names, so a closed schema does not look inside it."""
+
+    nullable: bool = True
+    open_keys: bool = True
+
+    def check(self, v: Any) -> str | None:
+        ok = isinstance(v, Mapping) and all(
+            isinstance(k, str)
+            and (x is None or (isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)))
+            for k, x in v.items()
+        )
+        return None if ok else "must be a mapping of names to numbers, e.g. '{prior_radiotherapy: 1, dose_gy: 50.4}'"
+
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 TRAIN = {
@@ -150,7 +180,13 @@ TRAIN = {
     "trainer.progress": Bool(),
 }
 
+# infer.py's schema is closed: every key of configs/infer.yaml is here, and a key that is not (a typo, +foo=1) is
+# refused before any work (data.errors.check_command_line on the command line, check_settings(closed=True) after)
 INFER = {
+    "input": Text(listable=True),
+    "out_dir": Text(),
+    "checkpoint": Text(),
+    "device": Text(),
     "precision": Choice(("auto",) + PRECISIONS),
     "backend": Choice(("torch", "onnxruntime", "onnxruntime-int8")),
     "tta": Bool(),
@@ -162,6 +198,9 @@ INFER = {
     "review.scope_mask": Bool(),
     "review.scope_every": Num(1, integer=True),
     "review.deidentify": Bool(),
+    "review.deid_check": Choice(("fail", "warn")),
+    "review.deid_every_s": Num(0.04, 3600),
+    "review.anonymise_names": Bool(),
     "review.overlay": Bool(),
     "review.write_probs": Bool(),
     "review.report": Bool(),
@@ -180,6 +219,7 @@ INFER = {
     "review.video_probs_at": Choice(("model", "input")),
     "review.original_video": Bool(),
     "review.research_heads": Bool(),
+    "review.covariates": NumberMap(),
 }
 
 EVALUATE = {
@@ -195,9 +235,44 @@ EVALUATE = {
 }
 
 
-def check_settings(cfg: Mapping[str, Any], rules: Mapping[str, Any]) -> None:
+def closest_key(key: str, rules: Mapping[str, Any]) -> str | None:
+    """The valid key a mistyped one most likely meant (review.treshold -> review.threshold), or None."""
+    import difflib
+
+    keys = list(rules)
+    found = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if not found and "." in key:  # compare the last part among the same group's keys (review.deidentfy)
+        group, last = key.rsplit(".", 1)
+        same = {k.rsplit(".", 1)[1]: k for k in keys if k.startswith(group + ".")}
+        found = [same[m] for m in difflib.get_close_matches(last, list(same), n=1, cutoff=0.6)]
+    return found[0] if found else None
+
+
+def unknown_setting(key: str, rules: Mapping[str, Any], where: str) -> UserError:
+    """The one-line error for a key the schema does not have."""
+    near = closest_key(key, rules)
+    hint = f": did you mean {near}?" if near else ""
+    return UserError(f"unknown setting {key}{hint} ({where} lists every setting)")
+
+
+def known_key(key: str, rules: Mapping[str, Any]) -> bool:
+    """Whether ``key`` (dotted, from the command line) is in the schema: a rule's key, a group above rules (review),
+    or a name inside a rule whose keys are the user's (review.covariates.dose_gy)."""
+    if key in rules or any(k.startswith(key + ".") for k in rules):
+        return True
+    return any(key.startswith(k + ".") and getattr(r, "open_keys", False) for k, r in rules.items())
+
+
+def check_settings(
+    cfg: Mapping[str, Any], rules: Mapping[str, Any], *, closed: bool = False, where: str = "the config file"
+) -> None:
     """cfg: the resolved configuration as plain dicts and lists. Raise UserError for the first setting that breaks
-    its rule: 'KEY=VALUE is invalid: RULE'."""
+    its rule: 'KEY=VALUE is invalid: RULE'. ``closed``: a key the rules do not name is refused too ('unknown
+    setting review.treshold: did you mean review.threshold?')."""
+    if closed:
+        for key in _leaf_keys(cfg, rules):
+            if not known_key(key, rules):
+                raise unknown_setting(key, rules, where)
     for key, rule in rules.items():
         value = _select(cfg, key)
         if value is _MISSING:
@@ -218,3 +293,13 @@ def _select(d: Mapping[str, Any], key: str) -> Any:
             return _MISSING
         d = d[part]
     return d
+
+
+def _leaf_keys(d: Mapping[str, Any], rules: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
+    """The dotted keys of a nested configuration, stopping at keys that have a rule (their value is checked whole)."""
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if key not in rules and isinstance(v, Mapping) and v:
+            yield from _leaf_keys(v, rules, key + ".")
+        else:
+            yield key

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,18 @@ def git_commit() -> str | None:
         return None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None):
     with atomic_write(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        # safetensors creates its file 0600; a checkpoint gets an ordinary file's mode (0644 under umask 022), so
+        # others in the group can read a shared model, like its card
+        os.chmod(tmp, 0o666 & ~_umask())
 
 
 def _as_dict(card: ModelCard | dict[str, Any]) -> dict[str, Any]:

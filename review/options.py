@@ -15,7 +15,12 @@ class ReviewOptions:
     min_area_fraction: float = 0.002  # drop predicted specks smaller than this fraction of the field of view
     scope_mask: bool = True  # ignore predictions outside the endoscope's field of view
     scope_every: int = 30  # re-detect the field of view every N video frames
-    deidentify: bool = False  # blur outside the field of view in every written image/video
+    # fill burned-in text (found by data/deid.py's detector, inside the field of view too) and everything outside the
+    # field of view, in every picture the run writes and sees; the model reads the de-identified frames
+    deidentify: bool = False
+    deid_check: str = "fail"  # text still found after redaction: "fail" (an error, exit code 2) or "warn"
+    deid_every_s: float = 2.0  # videos: seconds between detector runs (also at scene changes; boxes persist between)
+    anonymise_names: bool = False  # outputs named by a keyed hash of the input's content; no input path written
     overlay: bool = True
     write_probs: bool = True
     report: bool = True

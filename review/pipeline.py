@@ -7,7 +7,7 @@ output. Bad frames or files are skipped, listed in ``errors.jsonl`` and reported
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from data.deid import Redactor, TextDetector, pseudonym
 from data.errors import UserError
 from data.io import (
     IMAGE_EXTS,
@@ -27,7 +28,7 @@ from data.io import (
     write_image_atomic,
 )
 from data.quality import ANALYSIS_SIZE, analysis_view, frame_quality
-from data.scope import deidentify, field_of_view
+from data.scope import field_of_view
 from data.video import Frame, VideoWriter, probe, read_frames
 from models.card import ModelCard
 from models.predictor import Predictor
@@ -89,7 +90,7 @@ def frame_record(
     return {
         "name": name,
         "index": f.index,
-        "time": round(f.time, 4),
+        **({"time": round(f.time, 4)} if f.time is not None else {}),  # still images have no time
         "lesion_probability": round(float(prob.max()) if prob.size else 0.0, 4),
         "area_fraction": round(float(mask.sum()) / max(1, int(area.sum())), 5),
         "lesions": found,
@@ -164,10 +165,11 @@ def review_videos(
     return open_video("overlay", opts.overlay), open_video("original", opts.original_video), size
 
 
-def frames_from_folder(files: list[Path], fps: float, errors: list[dict]) -> Iterator[Frame]:
+def frames_from_folder(files: list[Path], fps: float | None, errors: list[dict]) -> Iterator[Frame]:
+    """The images of a folder as frames: timed at ``fps`` (frames_as_video), or untimed stills (fps None)."""
     for i, f in enumerate(files):
         try:
-            yield Frame(i, i / fps, read_image(f))
+            yield Frame(i, None if fps is None else i / fps, read_image(f))
         except UserError as e:
             errors.append({"file": str(f), "error": str(e)})
 
@@ -193,12 +195,22 @@ def process_sequence(
     opts: ReviewOptions,
     video: dict[str, Any] | None,
     errors: list[dict],
+    deid: Redactor | None = None,
+    scrub: Callable[[str], str] | None = None,
 ) -> dict[str, Any]:
     """Run the model on a stream of frames. ``video`` (fps, width, height) turns on smoothing and the overlay
     video; ``names`` gives each frame's output stem (images), else ``<stem>_<index:06d>`` (video frames)."""
     if video and opts.streaming:
         return process_video_stream(
-            frames, stem=stem, predictor=predictor, out_dir=out_dir, opts=opts, video=video, errors=errors
+            frames,
+            stem=stem,
+            predictor=predictor,
+            out_dir=out_dir,
+            opts=opts,
+            video=video,
+            errors=errors,
+            deid=deid,
+            scrub=scrub,
         )
     smoother = TemporalSmoother(opts.smoothing if video else 1.0)
     records: list[dict[str, Any]] = []
@@ -242,7 +254,7 @@ def process_sequence(
                 records.append(summary_row(rec))
                 if not (opts.overlay or opts.report or opts.original_video):
                     continue
-                shown = f.image if not opts.deidentify else deidentify(f.image, area)
+                shown = f.image if f.shown is None else f.shown  # de-identified where it was read (review.deidentify)
                 ov = render_overlay(
                     shown, mask, lesion_prob=lesion_p, time_s=f.time if video else None, head_lines=lines
                 )
@@ -264,6 +276,8 @@ def process_sequence(
         errors=errors,
         opts=opts,
         key_frames=keep.result(),
+        deid=deid.summary() if deid is not None else None,
+        scrub=scrub,
     )
 
 
@@ -286,6 +300,8 @@ def process_video_stream(
     opts: ReviewOptions,
     video: dict[str, Any],
     errors: list[dict],
+    deid: Redactor | None = None,
+    scrub: Callable[[str], str] | None = None,
 ) -> dict[str, Any]:
     """The video path with its stages overlapping (review/stream.py): frames are decoded ahead in one thread; the
     model and everything measured on the model's S x S grid (field of view, smoothing, specks, lesions, quality,
@@ -326,11 +342,7 @@ def process_video_stream(
                 )
             if not (opts.overlay or opts.report or opts.original_video):
                 return
-            shown = (
-                f.image
-                if not opts.deidentify
-                else deidentify(f.image, cv2.resize(area_s, (w, h), interpolation=cv2.INTER_NEAREST))
-            )
+            shown = f.image if f.shown is None else f.shown  # de-identified in the decode thread (review.deidentify)
             ov = fit(render_overlay(shown, mask, lesion_prob=lesion_p, time_s=f.time, head_lines=lines), size)
             if writer is not None:
                 writer.write(ov)
@@ -387,19 +399,56 @@ def process_video_stream(
         errors=errors,
         opts=opts,
         key_frames=keep.result(),
+        deid=deid.summary() if deid is not None else None,
+        scrub=scrub,
     )
+
+
+def redactor_for(opts: ReviewOptions, *, fps: float | None) -> Redactor | None:
+    """The de-identifier of one input (review.deidentify): for a video, the detector every ``deid_every_s`` seconds
+    and at scene changes, with the static-overlay cue; for still images, the detector on every picture."""
+    if not opts.deidentify:
+        return None
+    detector = TextDetector()
+    if fps is None:
+        return Redactor(detector, every=1, temporal=False)
+    return Redactor(detector, every=max(1, int(round(opts.deid_every_s * fps))))
+
+
+def input_names(path: Path, files: list[Path] | None, opts: ReviewOptions) -> tuple[str, list[str] | None, Callable]:
+    """The output stem of an input and of each of its images, and the function that removes the input's names from
+    a message: its own names, or with review.anonymise_names keyed pseudonyms of its content (data.deid.pseudonym)
+    and every path in a message replaced by them."""
+    if not opts.anonymise_names:
+        stems = [f.stem for f in files] if files is not None else None
+        return (path.name if path.is_dir() else path.stem), stems, (lambda text: text)
+    stem = pseudonym(path)
+    stems = [pseudonym(f, prefix="img") for f in files] if files is not None else None
+    pairs = [(str(path), stem)] + [(str(f), s) for f, s in zip(files or [], stems or [])]
+    pairs += [(path.name, stem)] + [(f.name, s) for f, s in zip(files or [], stems or [])]
+
+    def scrub(text: str) -> str:
+        for raw, alias in sorted(pairs, key=lambda p: -len(p[0])):
+            text = text.replace(raw, alias)
+        return text
+
+    return stem, stems, scrub
 
 
 def process_input(
     path: Path, *, predictor: Predictor, out_dir: Path, opts: ReviewOptions, frames_as_video: bool = False
 ) -> dict[str, Any]:
-    """One input: an image, a folder of images (or of frames, with frames_as_video), or a video file."""
+    """One input: an image, a folder of images (or of frames, with frames_as_video), or a video file. With
+    review.deidentify each frame is de-identified as it is read (data/deid.py): the model reads the frame, every
+    picture written (overlay, original, key frames, the report's) is drawn from the de-identified one; with
+    review.anonymise_names the outputs are named by pseudonyms."""
     errors: list[dict] = []
     require_input(path)
     if path.is_dir():
         files = list(list_images(path).values())
         if not files:
             raise UserError(f"no images ({', '.join(IMAGE_EXTS)}) in folder {path}")
+        stem, stems, scrub = input_names(path, files, opts)
         if frames_as_video:
             first = read_image(files[0])
             video = {
@@ -408,25 +457,33 @@ def process_input(
                 "height": first.shape[0],
                 "duration": len(files) / opts.frames_fps,
             }
+            deid = redactor_for(opts, fps=opts.frames_fps)
+            frames = frames_from_folder(files, opts.frames_fps, errors)
             return process_sequence(
-                frames_from_folder(files, opts.frames_fps, errors),
-                stem=path.name,
+                deid.frames(frames) if deid else frames,
+                stem=stem,
                 names=None,
                 predictor=predictor,
                 out_dir=out_dir,
                 opts=opts,
                 video=video,
                 errors=errors,
+                deid=deid,
+                scrub=scrub,
             )
+        deid = redactor_for(opts, fps=None)
+        frames = frames_from_folder(files, None, errors)
         return process_sequence(
-            frames_from_folder(files, 1.0, errors),
-            stem=path.name,
-            names=[f.stem for f in files],
+            deid.frames(frames) if deid else frames,
+            stem=stem,
+            names=stems,
             predictor=predictor,
             out_dir=out_dir,
             opts=opts,
             video=None,
             errors=errors,
+            deid=deid,
+            scrub=scrub,
         )
     suffix = path.suffix.lower()
     if suffix in VIDEO_EXTS:
@@ -438,26 +495,36 @@ def process_input(
             "duration": info.n_frames / info.fps if info.n_frames else None,  # set from the frames read
             "declared_frames": info.n_frames,
         }
+        stem, _, scrub = input_names(path, None, opts)
+        deid = redactor_for(opts, fps=info.fps)
+        frames = read_frames(path, errors=errors)
         return process_sequence(
-            read_frames(path, errors=errors),
-            stem=path.stem,
+            deid.frames(frames) if deid else frames,
+            stem=stem,
             names=None,
             predictor=predictor,
             out_dir=out_dir,
             opts=opts,
             video=video,
             errors=errors,
+            deid=deid,
+            scrub=scrub,
         )
     if suffix in IMAGE_EXTS:  # read first: an unreadable image stops here, with nothing written
+        frame = Frame(0, None, read_image(path))
+        stem, _, scrub = input_names(path, None, opts)
+        deid = redactor_for(opts, fps=None)
         return process_sequence(
-            iter([Frame(0, 0.0, read_image(path))]),
-            stem=path.stem,
-            names=[path.stem],
+            deid.frames([frame]) if deid else iter([frame]),
+            stem=stem,
+            names=[stem],
             predictor=predictor,
             out_dir=out_dir,
             opts=opts,
             video=None,
             errors=errors,
+            deid=deid,
+            scrub=scrub,
         )
     raise UserError(
         f"unsupported input type: {path} (images: {', '.join(IMAGE_EXTS)}; videos: {', '.join(VIDEO_EXTS)})"

@@ -78,7 +78,7 @@ def head_row(head: str, est: dict[str, Any] | None, card: ModelCard) -> dict[str
     }
 
 
-def _template():
+def _template(name: str = "report.html"):
     import jinja2
 
     env = jinja2.Environment(
@@ -86,7 +86,7 @@ def _template():
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    return env.get_template("report.html")
+    return env.get_template(name)
 
 
 def segment_row(seg: Mapping[str, Any], pos: Mapping[int, int]) -> dict[str, Any]:
@@ -119,6 +119,7 @@ def write_report(
     key_frames: Sequence[tuple[float, int, np.ndarray]],
     overlay: str | None,
     original: str | None,
+    deid_banner: str | None = None,
 ) -> Path:
     """records: the video's summary rows in order (the overlay's k-th frame is records[k]); summary: as written
     to summary.json (its ``segments``, ``video.fps``, ``threshold``); overlay / original: the videos' file names
@@ -156,6 +157,8 @@ def write_report(
         head_rows=[head_row(h, summary["heads"].get(h), card) for h in table_heads(card)],
         # only that refused heads' estimates were written elsewhere (review.research_heads), never the values
         research_banner=RESEARCH_BANNER if summary.get("research_only") else None,
+        deid_banner=deid_banner,
+        frames_lost=summary.get("frames_lost", 0),
         errors=[x["error"] for x in summary.get("errors", [])],
         key_frames=frames,
         model_name=str(card.name),
@@ -165,4 +168,71 @@ def write_report(
     path = out_dir / "report.html"
     with atomic_write(path) as tmp:
         tmp.write_text(page, encoding="utf-8")  # as the page declares, whatever the locale
+    return path
+
+
+def gallery_head_row(head: str, card: ModelCard) -> dict[str, Any]:
+    """One row of the gallery's heads table: where a shown head's estimates are, or why none is shown."""
+    if not gate.shown(card, head):
+        why = ("not shown: " if head in card.heads else "") + "; ".join(
+            gate.refusals(card, head) or ["refused by the display gate"]
+        )
+        return {"head": head, "text": why, "note": True}
+    return {"head": head, "text": "shown under each informative image", "note": False}
+
+
+def write_gallery(
+    out_dir: Path,
+    *,
+    stem: str,
+    records: Sequence[dict[str, Any]],
+    summary: dict[str, Any],
+    card: ModelCard,
+    overlays: bool,
+    deid_banner: str | None = None,
+) -> Path:
+    """report.html for still images (an image or a folder of them): each image's overlay picture beside its lesions,
+    quality and the estimates of the heads the display gate passes; the summary, the heads table and the model, as
+    in a video's report. records: summary rows in input order; overlays: whether overlays/<name>.jpg were written."""
+    stills = []
+    for r in records:
+        q = r.get("quality") or {}
+        stills.append(
+            {
+                "name": r["name"],
+                "url": ("overlays/" + quote(f"{r['name']}.jpg")) if overlays else None,
+                "n_lesions": r["n_lesions"],
+                "lesion_probability": r["lesion_probability"],
+                "lesion_px": r["lesion_px"],
+                "largest_px": r["largest_px"],
+                "percent": 100 * r["area_fraction"],
+                "sharpness": q.get("sharpness", 0.0),
+                "blurry": q.get("blurry", False),
+                "overexposed": q.get("overexposed", False),
+                "informative": r["informative"],
+                "captions": [
+                    head_caption(head=h, estimate=str(e["estimate"]), confidence=e["confidence"])
+                    for h, e in (r.get("heads") or {}).items()
+                    if gate.shown(card, h)
+                ],
+            }
+        )
+    page = _template("gallery.html").render(
+        stem=stem,
+        intended_use=card.intended_use or DEFAULT_USE,
+        deid_banner=deid_banner,
+        research_banner=RESEARCH_BANNER if summary.get("research_only") else None,
+        summary=summary,
+        largest=summary.get("largest_lesion"),
+        head_rows=[gallery_head_row(h, card) for h in table_heads(card)],
+        errors=[x["error"] for x in summary.get("errors", [])],
+        pictures=overlays,
+        stills=stills,
+        model_name=str(card.name),
+        model_date=str(card.date),
+        model_commit=str(card.git_commit)[:12],
+    )
+    path = out_dir / "report.html"
+    with atomic_write(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     return path

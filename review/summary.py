@@ -12,6 +12,7 @@ overlay and the report alike."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,19 @@ from models.heads import aggregate_case
 from models.predictor import Predictor
 from review.options import ReviewOptions
 from review.segments import GAP_S, lesion_segments
+
+
+def deid_banner(deid: dict[str, Any] | None) -> str | None:
+    """The warning when de-identification did not hold: text still found after redaction (None when it held or
+    was off)."""
+    if not deid or deid.get("passed", True):
+        return None
+    n, frames = deid["residual_text_frame_count"], deid["residual_text_frames"]
+    shown = ", ".join(map(str, frames[:10])) + (", ..." if n > 10 else "")
+    return (
+        f"de-identification check failed: text was still detected after redaction on {n} of "
+        f"{deid['frames_checked']} checked frames (frame {shown}); review every picture before sharing these outputs"
+    )
 
 
 def passed_heads(card: ModelCard) -> list[str]:
@@ -62,13 +76,38 @@ def finish(
     errors: list[dict],
     opts: ReviewOptions,
     key_frames: list,
+    deid: dict[str, Any] | None = None,
+    scrub: Callable[[str], str] | None = None,
 ) -> dict[str, Any]:
-    """summary.json, errors.jsonl and (videos) the report, once every frame is done."""
+    """summary.json, errors.jsonl and the report (a video's, or the gallery of still images), once every frame is
+    done. ``deid``: data.deid.Redactor.summary() when the frames were de-identified; text still found after
+    redaction is an error (exit code 2) with review.deid_check=fail, and a banner in the report either way.
+    ``scrub``: removes the input's names from messages (review.anonymise_names)."""
+    for e in errors:
+        if scrub is not None:
+            e.update({k: scrub(str(e[k])) for k in ("file", "error") if k in e})
+    banner = deid_banner(deid)
+    if banner and opts.deid_check == "fail":
+        errors.append({"file": stem, "error": f"{stem}: {banner}", "deidentification": "failed"})
     summary = summarise(records, predictor.card, video, errors, threshold=opts.threshold, opts=opts)
+    summary["deidentification"] = deid
+    summary["names"] = "pseudonymised" if opts.anonymise_names else "input"
     with atomic_write(out_dir / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     if errors:
         write_jsonl(out_dir / "errors.jsonl", errors)
+    if not video and opts.report and records:  # still images: a gallery
+        from review.report import write_gallery
+
+        write_gallery(
+            out_dir,
+            stem=stem,
+            records=records,
+            summary=summary,
+            card=predictor.card,
+            overlays=opts.overlay,
+            deid_banner=banner,
+        )
     if video and opts.report and records:
         from review.report import write_report
 
@@ -81,6 +120,7 @@ def finish(
             key_frames=key_frames,
             overlay=f"{stem}_overlay.mp4" if opts.overlay else None,
             original=f"{stem}_original.mp4" if opts.original_video else None,
+            deid_banner=banner,
         )
     return summary
 
@@ -119,7 +159,12 @@ def summarise(
         "informative_frames": sum(bool(r["informative"]) for r in records),
         "lesion_frame_fraction": round(len(with_lesion) / max(1, len(records)), 4),
         "max_lesion_probability": max((r["lesion_probability"] for r in records), default=0.0),
-        "largest_lesion": {"name": largest["name"], "time": largest["time"], "area_px": largest["largest_px"]}
+        # a still image has no time: only a video frame's largest lesion says when
+        "largest_lesion": {
+            "name": largest["name"],
+            **({"time": largest["time"]} if "time" in largest else {}),
+            "area_px": largest["largest_px"],
+        }
         if largest and largest["largest_px"]
         else None,
         "segments": lesion_segments(records, fps=video["fps"]) if video else None,
@@ -130,6 +175,8 @@ def summarise(
         "video": dict(video, duration=round(len(records) / video["fps"], 4)) if video else None,
         "threshold": threshold,
         "errors": errors,
+        # frames a damaged video lost (data.video.read_frames counts them); 0 for images and intact videos
+        "frames_lost": sum(int(e.get("frames_lost") or 0) for e in errors),
         "model": {"name": card.name, "date": card.date, "git_commit": card.git_commit},
     }
 

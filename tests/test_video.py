@@ -216,3 +216,5 @@ def test_a_video_run_killed_midway_leaves_no_output_under_its_final_name(tmp_pat
     )
     assert p.returncode == 0, p.stderr[-2000:]
     assert not list(out.rglob("*.partial-*")) and (out / "short_overlay.mp4").is_file()  # ... the next run removes
+    # ... and so are the killed run's finished masks, journalled before they got their final names (issue 17)
+    assert not list((out / "masks").glob("long_*")) and len(list((out / "masks").glob("short_*"))) == 3
