@@ -286,3 +286,21 @@ def test_save_figure(tmp_path):
     svg = paths[1].read_text(encoding="utf-8")
     assert svg.startswith("<?xml") and "<svg" in svg
     assert not plt.fignum_exists(fig.number)
+
+
+def test_net_benefit_matches_the_dcurves_reference_implementation():
+    """Our decision curve against dcurves (Sjoberg's reference implementation of Vickers & Elkin's DCA), model and
+    treat-all curves, on data with ties at thresholds."""
+    pd = pytest.importorskip("pandas", reason="dcurves (dev extra) brings pandas")
+    dca = pytest.importorskip("dcurves", reason="dcurves is in the dev extra: pip install '.[dev]'").dca
+    from metrics.stats import net_benefit
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(300) < 0.3).astype(int)
+    p = np.round(np.clip(0.3 + 0.3 * (y - 0.3) + rng.normal(0, 0.15, 300), 0.01, 0.99), 2)  # ties on the grid
+    thresholds = np.round(np.arange(0.05, 0.95, 0.05), 2)
+    ref = dca(data=pd.DataFrame({"y": y, "p": p}), outcome="y", modelnames=["p"], thresholds=thresholds)
+    ours = net_benefit(p, y, thresholds)
+    for name, key in (("p", "model"), ("all", "treat_all")):
+        expected = ref[ref.model == name].sort_values("threshold")["net_benefit"].to_numpy()
+        np.testing.assert_allclose([r[key] for r in ours], expected, atol=1e-9)

@@ -191,7 +191,9 @@ def test_training_is_reproducible_and_a_killed_run_resumes_to_the_same_weights(t
     else:
         assert p.returncode == 0, p.stderr[-2000:]
         wc = _weights(c)
-        assert _epochs(c) == [2]  # continues the epoch count instead of starting over
+        # continues the epoch count instead of starting over, in one log: the earlier run's epoch 1 is copied in
+        assert _epochs(c) == [1, 2] and json.loads((c / "resumed_from.json").read_text())
+        assert list((c / "tb").glob("events.*"))
         assert json.loads((c / "checkpoints" / "best.json").read_text())["epoch"] in (1, 2)  # best travels along
         state = load_train_state(c / "checkpoints" / "last")  # the optimiser continued: 3 steps an epoch
         assert float(state[next(k for k in state if k.endswith("/step"))]) == 6.0
