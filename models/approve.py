@@ -108,7 +108,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "command": "declared at sign-off (python -m models.approve --declare-labels): the checkpoint "
                 "predates recorded declarations",
             }
-        variant = a.variant or str(card.model.get("head_inputs") or "image")
+        inputs = str(card.model.get("head_inputs") or "image")
+        variant = a.variant or inputs
+        if variant != inputs:  # the evidence must be of this model's recipe, not of another input's
+            raise UserError(
+                f"--variant {variant}: this checkpoint's heads read '{inputs}' (model.head_inputs); sign off on "
+                f"the cross-validation of the same inputs (--variant {inputs})"
+            )
         res, source, where = load_evidence(
             Path(a.evidence), a.head, variant=variant, test_set=a.test_set, save_id=card.save_id
         )

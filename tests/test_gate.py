@@ -207,3 +207,17 @@ def test_a_legacy_real_head_can_be_declared_at_sign_off_and_nothing_else_can(tmp
     s = tiny_card({"fibrosis": FIB}, "synthetic")
     save_checkpoint(tmp_path / "s", build_model(**s["model"]), s)
     assert approve([str(tmp_path / "s"), *args[1:], "--declare-labels", "Dr Y"]) == 2  # synthetic stays synthetic
+
+
+def test_approve_refuses_evidence_of_other_head_inputs(tmp_path, capsys):
+    from models.approve import main as approve
+
+    stem = _real_checkpoint(tmp_path)  # head_inputs: image (the default)
+    doc = {
+        "image": {"heads": {"fibrosis": passing_results(FIB)}},
+        "fused": {"heads": {"fibrosis": passing_results(FIB)}},
+    }
+    (tmp_path / "cv.json").write_text(json.dumps(doc))
+    args = [str(stem), "--head", "fibrosis", "--by", "X", "--yes", "--evidence", str(tmp_path / "cv.json")]
+    assert approve([*args, "--variant", "fused"]) == 2 and "heads read 'image'" in capsys.readouterr().err
+    assert approve(args) == 0 and "variant image" in read_card(stem).heads["fibrosis"].evidence["where"]
