@@ -91,12 +91,12 @@ def check_command_line(argv: list[str], schema=None, where: str = "the config fi
             from data.settings import known_key, unknown_setting
 
             bare = key.lstrip("+~")
-            if bare != "hydra" and not bare.startswith("hydra.") and not known_key(bare, schema):
+            if bare != "hydra" and not bare.startswith(("hydra.", "hydra/")) and not known_key(bare, schema):
                 raise unknown_setting(bare, schema, where)
         quoted = len(value) >= 2 and value[0] in "'\"" and value[-1] == value[0]
         if any(c.isspace() for c in value) and not quoted and not value.startswith(("[", "{")):
             raise UserError(f"{key}: {QUOTE_HINT}")
-        if key.lstrip("+") in ("out_dir", "hydra.run.dir") and "${" not in value:
+        if key.lstrip("+") in ("out_dir", "out_root", "hydra.run.dir") and "${" not in value and value != "null":
             folder = Path(value.strip("'\""))
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -136,13 +136,16 @@ def quote_non_ascii(argv: list[str]) -> list[str]:
     return out
 
 
-def run_cli(hydra_main, schema=None, where: str = "the config file") -> None:
+def run_cli(hydra_main, schema=None, where: str = "the config file", prepare=None) -> None:
     """Call a ``@hydra.main`` function; Hydra's own config errors (unknown key, missing group file), which it
     reports before our task starts and exits 1 for, become exit code 2 like any other user error. ``schema``: the
-    script's closed table of settings (data.settings), checked on the command line before Hydra parses it."""
+    script's closed table of settings (data.settings), checked on the command line before Hydra parses it.
+    ``prepare``: a function that rewrites the checked command line before Hydra reads it (infer.py -m's inputs=)."""
     try:
         check_command_line(sys.argv[1:], schema, where)
         sys.argv[1:] = quote_non_ascii(sys.argv[1:])
+        if prepare is not None:
+            sys.argv[1:] = prepare(sys.argv[1:])
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
