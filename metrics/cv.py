@@ -60,7 +60,7 @@ def write_oof(
         r["baseline_score"] = {
             h: (info.baseline or {}).get("direction", 1) * r["area_fraction"]
             for h, info in pred.card.heads.items()
-            if len(info.classes) == 2
+            if len(info.classes) == 2 or info.kind == "ordinal"
         }
     with atomic_write(path) as tmp:
         tmp.write_text(

@@ -128,7 +128,7 @@ def calibrate_checkpoint(
                 "flag": temperature_flag(t),
             },
         )
-        if len(info.classes) == 2:
+        if len(info.classes) == 2 or info.kind == "ordinal":  # the area baseline ranks binary and graded heads
             info.baseline = {"feature": "predicted lesion area fraction", "direction": area_direction(rows, h)}
         for r in rows:
             r["probs"][h] = head_probabilities(torch.tensor([r["logits"][h]]), info.kind, t)[0].tolist()
