@@ -294,3 +294,16 @@ def output_lock(folder: str | Path) -> Iterator[Path]:
         yield folder
     finally:
         lock.unlink(missing_ok=True)
+
+
+@contextmanager
+def exclusive_lock(folder: str | Path) -> Iterator[None]:
+    """Hold ``folder/lock`` exclusively (the folder is created): one process at a time in the block, across the
+    jobs of a batch. Released when the file closes, also when the process dies."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield

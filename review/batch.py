@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import fcntl
 import glob
 import hashlib
 import hmac
@@ -44,7 +43,6 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,7 +51,16 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from data.errors import UserError
-from data.io import IMAGE_EXTS, RUN_JOURNAL, RUN_OUTPUTS, VIDEO_EXTS, atomic_write, write_json_atomic, write_jsonl
+from data.io import (
+    IMAGE_EXTS,
+    RUN_JOURNAL,
+    RUN_OUTPUTS,
+    VIDEO_EXTS,
+    atomic_write,
+    exclusive_lock,
+    write_json_atomic,
+    write_jsonl,
+)
 
 CASE_RECORD = "case.json"  # in a case folder: input, content hash, model, settings, status (not a run output)
 FAILURES = "batch_failures.jsonl"  # in OUT_ROOT: the cases whose latest attempt failed
@@ -351,13 +358,8 @@ class Outcome:
     bug: bool = False
 
 
-@contextmanager
-def _state_lock(out_root: Path) -> Iterator[None]:
-    state = Path(out_root) / STATE
-    state.mkdir(parents=True, exist_ok=True)
-    with open(state / "lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, also when the process dies
-        yield
+def _state_lock(out_root: Path):
+    return exclusive_lock(Path(out_root) / STATE)
 
 
 def update_failures(out_root: Path, *, case: str, failure: dict[str, Any] | None) -> None:

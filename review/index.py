@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import fcntl
 import hashlib
 import json
 import math
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -40,7 +38,7 @@ from typing import Any
 from urllib.parse import quote
 
 from data.errors import UserError
-from data.io import atomic_write, read_image, write_image_atomic
+from data.io import atomic_write, exclusive_lock, read_image, write_image_atomic
 from review.options import ReviewOptions
 
 STATE = ".index"  # under OUT_ROOT: cache.json, thumbs/, lock
@@ -415,13 +413,8 @@ def csv_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-@contextmanager
-def _build_lock(root: Path) -> Iterator[None]:
-    state = Path(root) / STATE
-    state.mkdir(parents=True, exist_ok=True)
-    with open(state / "lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, also when the process dies
-        yield
+def _build_lock(root: Path):
+    return exclusive_lock(Path(root) / STATE)
 
 
 @dataclass
