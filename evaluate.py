@@ -17,10 +17,11 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from core.errors import UserError, guard_task, run_cli
+from core.files import atomic_write, write_csv_atomic
+from core.settings import EVALUATE, check_settings
 from data.datasets import Record, load_raw, records_from_sources
-from data.errors import UserError, guard_task, run_cli
-from data.io import atomic_write, list_images, prob_to_uint8, read_image, read_mask, write_csv_atomic
-from data.settings import EVALUATE, check_settings
+from data.io import list_images, prob_to_uint8, read_image, read_mask
 from metrics.heads import heads_markdown, score_heads
 from metrics.plots import dice_histogram, reliability_diagram, threshold_curve, worst_gallery
 from metrics.segmentation import SegmentationMetrics

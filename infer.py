@@ -20,18 +20,18 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from data.errors import UserError, guard_task, run_cli
-from data.io import (
+from core.errors import UserError, guard_task, run_cli
+from core.files import (
     atomic_write,
     clean_stale_partials,
     forget_previous_run,
     list_run_outputs,
     output_lock,
     recording_outputs,
-    require_input,
     write_jsonl,
 )
-from data.settings import INFER, check_settings
+from core.settings import INFER, check_settings
+from data.io import require_input
 
 INFER_WHERE = "configs/infer.yaml"  # named in the message for an unknown setting
 

@@ -22,10 +22,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from data.errors import UserError, guard_task, run_cli
-from data.io import clean_stale_partials, write_json_atomic
+from core.errors import UserError, guard_task, run_cli
+from core.files import clean_stale_partials, write_json_atomic
+from core.settings import TRAIN, check_settings
 from data.loaders import train_val_loaders
-from data.settings import TRAIN, check_settings
 from data.splits import split_summary, splits_for
 from metrics.basic import selection_score, validate
 from models import checkpoint as ckpt
@@ -112,7 +112,7 @@ def continue_logs(resume: str | Path, out_dir: Path, *, start_epoch: int) -> str
     earlier folder is left as it was, and resumed_from.json names it. Returns the line train.py prints."""
     import shutil
 
-    from data.io import atomic_write
+    from core.files import atomic_write
 
     resume = Path(resume)
     earlier = resume.parent.parent if resume.parent.name == "checkpoints" else resume.parent

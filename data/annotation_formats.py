@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from data.errors import UserError
+from core.errors import UserError
 from data.io import IMAGE_EXTS
 
 

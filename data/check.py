@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import UserError
 from data.datasets import Record, folder_records, load_raw, manifest_records
-from data.errors import UserError
 from data.splits import development_folds, unit_of
 
 THUMB = (48, 36)

@@ -51,8 +51,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from core.errors import UserError
 from data.annotation_formats import READERS, Frame, safe_name
-from data.errors import UserError
 
 FORMATS = ("coco", "cvat-mask", "labelstudio")
 RESERVED = ("image", "mask", "group", "split")  # manifest / case-table columns a head or covariate may not be called

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.errors import UserError
+from core.errors import UserError
 from data.io import IMAGE_EXTS, list_images, read_image, read_mask
 
 

@@ -41,7 +41,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from data.errors import UserError
+from core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DETECTOR = ROOT / "checkpoints" / "ocr" / "ppocr_v4_det.onnx"

@@ -27,7 +27,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from data.io import IMAGE_EXTS, atomic_write
+from core.files import atomic_write
+from data.io import IMAGE_EXTS
 
 LISTS = Path(__file__).resolve().parent / "lists"
 EXPECTED = {  # dataset -> (folder -> count), list files shipped in data/lists/<dataset>/ and where they go

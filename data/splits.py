@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-from data.errors import UserError
+from core.errors import UserError
 
 T = TypeVar("T")
 

@@ -14,7 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from data.io import write_csv_atomic, write_image_atomic
+from core.files import write_csv_atomic, write_image_atomic
 
 FIBROSIS_CLASSES = ("F0", "F1", "F2")
 LIFT_CLASSES = ("adequate", "partial", "non-lifting")

@@ -16,8 +16,8 @@ from typing import Any
 import av
 import numpy as np
 
-from data.errors import UserError
-from data.io import announce_output, record_output
+from core.errors import UserError
+from core.files import announce_output, record_output
 
 
 @dataclass

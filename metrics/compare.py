@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import UserError
-from data.io import atomic_write
+from core.errors import UserError
+from core.files import atomic_write
 from metrics.grading import paired_bootstrap
 
 SEQUENCES = Path(__file__).resolve().parents[1] / "data" / "lists" / "cvc-clinicdb" / "sequences.csv"

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from data.errors import UserError
-from data.io import atomic_write
+from core.errors import UserError
+from core.files import atomic_write
 from metrics.heads import heads_markdown, level_cells, score_heads
 from metrics.plots import decision_curves, reliability_diagram
 from metrics.stats import markdown_table, write_table

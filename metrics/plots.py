@@ -9,7 +9,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from data.io import atomic_write
+from core.files import atomic_write
 
 
 def pyplot():

@@ -22,7 +22,7 @@ import numpy as np
 from scipy.special import expit, logit
 from scipy.stats import norm, rankdata
 
-from data.io import atomic_write
+from core.files import atomic_write
 from metrics.grading import case_resamples, interval
 
 Z95 = float(norm.ppf(0.975))

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from data.errors import UserError
+from core.errors import UserError
 from models.checkpoint import bind_gate, checkpoint_stem, read_card
 from models.gate import GateRule, digest, evidence_from_results, evidence_refusals
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import segmentation_models_pytorch as smp
 
-from data.errors import UserError
+from core.errors import UserError
 from models.heads import AttributeHead, parse_heads
 from models.net import EndoNet
 from models.weights import load_encoder_weights, resolve_weights

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from data.errors import UserError
+from core.errors import UserError
 
 SCHEMA = 2
 KINDS = ("ordinal", "nominal")

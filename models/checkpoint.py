@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from data.errors import UserError
-from data.io import atomic_write
+from core.errors import UserError
+from core.files import atomic_write
 from models.card import SCHEMA, ModelCard
 
 FORMAT = "endolift-checkpoint/1"

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from data.errors import UserError
-from data.io import atomic_write
+from core.errors import UserError
+from core.files import atomic_write
 from models import gate
 from models.card import HeadCard, InputSpec, ModelCard
 from models.checkpoint import checkpoint_stem, load_checkpoint, read_card, save_checkpoint

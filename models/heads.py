@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.errors import UserError
+from core.errors import UserError
 
 ORDINAL_BY_DEFAULT = ("fibrosis", "lift")
 KINDS = ("ordinal", "nominal")

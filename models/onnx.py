@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from data.errors import UserError
-from data.io import atomic_write
+from core.errors import UserError
+from core.files import atomic_write
 
 OPSET = 18
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.errors import UserError
+from core.errors import UserError
 from data.transforms import normalise_batch
 from models.card import ModelCard
 from models.checkpoint import load_checkpoint

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from data.errors import UserError
+from core.errors import UserError
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from data.errors import UserError
+from core.errors import UserError
 
 # File names as torchvision / smp publish them; the same names land in torch.hub's checkpoints/ folder.
 KNOWN_FILES = {

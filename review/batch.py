@@ -50,17 +50,9 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from data.errors import UserError
-from data.io import (
-    IMAGE_EXTS,
-    RUN_JOURNAL,
-    RUN_OUTPUTS,
-    VIDEO_EXTS,
-    atomic_write,
-    exclusive_lock,
-    write_json_atomic,
-    write_jsonl,
-)
+from core.errors import UserError
+from core.files import RUN_JOURNAL, RUN_OUTPUTS, atomic_write, exclusive_lock, write_json_atomic, write_jsonl
+from data.io import IMAGE_EXTS, VIDEO_EXTS
 
 CASE_RECORD = "case.json"  # in a case folder: input, content hash, model, settings, status (not a run output)
 FAILURES = "batch_failures.jsonl"  # in OUT_ROOT: the cases whose latest attempt failed
@@ -512,7 +504,7 @@ class BatchCallback(Callback):
     def on_multirun_start(self, config, **kwargs: Any) -> None:
         from omegaconf import OmegaConf
 
-        from data.settings import INFER, check_settings
+        from core.settings import INFER, check_settings
 
         try:
             mine = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])

@@ -37,8 +37,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from data.errors import UserError
-from data.io import atomic_write, exclusive_lock, read_image, write_image_atomic
+from core.errors import UserError
+from core.files import atomic_write, exclusive_lock, write_image_atomic
+from data.io import read_image
 from review.options import ReviewOptions
 
 STATE = ".index"  # under OUT_ROOT: cache.json, thumbs/, lock

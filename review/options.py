@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from data.errors import UserError
+from core.errors import UserError
 
 
 @dataclass

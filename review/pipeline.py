@@ -15,18 +15,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from core.errors import UserError
+from core.files import atomic_write, write_image_atomic
 from data.deid import Redactor, TextDetector, pseudonym
-from data.errors import UserError
-from data.io import (
-    IMAGE_EXTS,
-    VIDEO_EXTS,
-    atomic_write,
-    list_images,
-    prob_to_uint8,
-    read_image,
-    require_input,
-    write_image_atomic,
-)
+from data.io import IMAGE_EXTS, VIDEO_EXTS, list_images, prob_to_uint8, read_image, require_input
 from data.quality import ANALYSIS_SIZE, analysis_view, frame_quality
 from data.scope import field_of_view
 from data.video import Frame, VideoWriter, probe, read_frames

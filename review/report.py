@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from data.io import atomic_write, write_image_atomic
+from core.files import atomic_write, write_image_atomic
 from models import gate
 from models.card import ModelCard
 from review.overlay import timecode

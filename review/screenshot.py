@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import UserError
-from data.io import atomic_write
+from core.errors import UserError
+from core.files import atomic_write
 
 INSTALL = "install it (Debian/Ubuntu: apt-get install chromium) or put chromium on PATH"
 

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from data.errors import UserError
+from core.errors import UserError
 
 DEFAULT_PORT = 8765
 STATE = ".review"

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from data.io import atomic_write, write_jsonl
+from core.files import atomic_write, write_jsonl
 from models import gate
 from models.card import ModelCard
 from models.heads import aggregate_case

@@ -18,7 +18,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from data.io import read_image, read_mask, write_image_atomic  # noqa: E402
+from core.files import write_image_atomic  # noqa: E402
+from data.io import read_image, read_mask  # noqa: E402
 from data.video import VideoWriter  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"

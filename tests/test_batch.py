@@ -15,7 +15,7 @@ import cv2
 import pytest
 import yaml
 
-from data.errors import UserError
+from core.errors import UserError
 from review import batch
 from tests.conftest import ROOT, run_script
 

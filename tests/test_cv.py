@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
+from core.errors import UserError
 from data.check import main as check_main
 from data.datasets import manifest_records
-from data.errors import UserError
 from data.synthetic import COVARIATES, ensure_synthetic_dataset
 from tests.conftest import SHARED_DATA, needs_shared_data, run_script
 

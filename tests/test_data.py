@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
+from core.errors import UserError
 from data.datasets import RecordDataset, folder_records, load_raw, manifest_records, records_from_sources
-from data.errors import UserError
 from data.io import read_mask
 from data.splits import group_split
 from data.synthetic import ensure_synthetic_dataset

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from data.errors import UserError
+from core.errors import UserError
 from models.build import build_model
 from models.card import ModelCard
 from models.checkpoint import bind_gate, read_card, save_checkpoint

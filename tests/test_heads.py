@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import UserError
 from data.datasets import Record
-from data.errors import UserError
 from data.splits import cv_split, group_kfold
 from metrics.grading import bootstrap, scores
 from models.build import build_model

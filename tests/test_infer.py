@@ -274,7 +274,7 @@ def test_hostile_file_names_cannot_inject_into_the_report(tmp_path, tiny_checkpo
 
 
 def test_forgetting_a_run_touches_only_listed_files_inside_the_folder(tmp_path):
-    from data.io import RUN_OUTPUTS, forget_previous_run
+    from core.files import RUN_OUTPUTS, forget_previous_run
 
     out = tmp_path / "out"
     (out / "masks").mkdir(parents=True)

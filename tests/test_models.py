@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from data.errors import UserError
+from core.errors import UserError
 from models.build import build_model
 from models.card import ModelCard
 from models.checkpoint import (
@@ -232,7 +232,7 @@ def test_a_save_interrupted_between_renames_is_refused(tmp_path):
 def test_stale_partials_are_cleaned_and_an_output_folder_is_locked(tmp_path):
     import subprocess
 
-    from data.io import clean_stale_partials, output_lock
+    from core.files import clean_stale_partials, output_lock
 
     dead = subprocess.Popen(["true"])
     dead.wait()

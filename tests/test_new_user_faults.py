@@ -41,7 +41,7 @@ def test_a_killed_runs_finished_files_are_deleted_by_the_next_run(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == -9, p.stderr
     assert len(list((folder / "masks").iterdir())) == 5  # finished files of the killed run, under final names
-    from data.io import forget_previous_run
+    from core.files import forget_previous_run
 
     assert forget_previous_run(folder) == 5
     assert not (folder / "masks").exists() and (folder / "mine.txt").read_text() == "the user's"
@@ -86,8 +86,8 @@ def test_a_mistyped_or_unknown_key_is_one_line_naming_the_closest_valid_one(tmp_
 
 def test_the_infer_schema_is_closed():
     """Every key of configs/infer.yaml has a rule (and a key without one would be refused)."""
-    from data.errors import UserError
-    from data.settings import INFER, check_settings
+    from core.errors import UserError
+    from core.settings import INFER, check_settings
     from tests.test_settings import _compose
 
     cfg = _compose("infer", [])
@@ -109,7 +109,7 @@ def test_non_ascii_paths_work_unquoted(tmp_path, tiny_checkpoint):
 
 
 def test_video_errors_carry_no_raw_errno(tmp_path):
-    from data.errors import UserError
+    from core.errors import UserError
     from data.video import probe
 
     bad = tmp_path / "bad.mp4"

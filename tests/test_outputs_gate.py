@@ -172,7 +172,7 @@ def test_research_heads_writes_refused_heads_only_under_research_only_and_the_re
 
 
 def test_no_head_estimate_on_lesion_free_frames_of_an_image_folder(tmp_path, checkpoint, monkeypatch):
-    from data.io import write_image_atomic
+    from core.files import write_image_atomic
     from review.options import ReviewOptions
     from review.pipeline import process_input
 
@@ -286,7 +286,7 @@ def test_research_heads_is_off_by_default_and_only_a_real_bool_turns_it_on():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from data.errors import UserError
+    from core.errors import UserError
     from review.options import ReviewOptions
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):

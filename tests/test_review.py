@@ -256,8 +256,8 @@ def test_original_video_is_written_deidentified_in_order_by_both_paths(tmp_path,
 
 
 def test_original_video_setting_is_checked():
-    from data.errors import UserError
-    from data.settings import INFER, check_settings
+    from core.errors import UserError
+    from core.settings import INFER, check_settings
 
     with pytest.raises(UserError, match="review.original_video='yes' is invalid: it must be true or false"):
         check_settings({"review": {"original_video": "yes"}}, INFER)

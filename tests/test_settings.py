@@ -6,8 +6,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from data.errors import UserError, check_command_line
-from data.settings import EVALUATE, INFER, TRAIN, check_settings
+from core.errors import UserError, check_command_line
+from core.settings import EVALUATE, INFER, TRAIN, check_settings
 from tests.conftest import ROOT, run_script
 
 RULES = {"train": TRAIN, "infer": INFER, "evaluate": EVALUATE}

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.errors import UserError
 from data.check import main as check_main
 from data.datasets import Record, manifest_records
-from data.errors import UserError
 from data.splits import development_folds, group_split, training_splits, unit_of
 from metrics.cv import collect
 

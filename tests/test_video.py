@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-from data.errors import UserError
+from core.errors import UserError
 from data.video import VideoWriter, probe, read_frames
 
 

@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from data.errors import UserError
-from data.io import atomic_write, read_mask, write_image_atomic
+from core.errors import UserError
+from core.files import atomic_write, write_image_atomic
+from data.io import read_mask
 from review.app import store
 from review.index import safe_cell
 

@@ -22,7 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from data.errors import UserError
+from core.errors import UserError
 
 LIFT = ("adequate", "partial", "non-lifting")
 FIBROSIS = ("F0", "F1", "F2")  # Matsumoto et al.: none, white web-like, white muscle-like submucosal layer

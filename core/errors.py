@@ -68,7 +68,7 @@ HYDRA_INFO_CHOICES = {"all", "config", "defaults", "defaults-tree", "plugins", "
 def check_command_line(argv: list[str], schema=None, where: str = "the config file") -> None:
     """What Hydra would reject with a grammar error or a traceback, said plainly before it parses anything:
     a stray word (an unquoted path with spaces split by the shell), an unquoted value with spaces, an output
-    folder that cannot be created, and, with ``schema`` (a data.settings table: a closed set of keys), a key it
+    folder that cannot be created, and, with ``schema`` (a core.settings table: a closed set of keys), a key it
     does not have, with the closest valid one ('did you mean review.threshold?'; ``+key=`` too)."""
     import os
     from pathlib import Path
@@ -88,7 +88,7 @@ def check_command_line(argv: list[str], schema=None, where: str = "the config fi
             raise UserError(f"'{tok}' is not a key=value setting; {QUOTE_HINT}")
         key, value = tok.split("=", 1)
         if schema is not None:
-            from data.settings import known_key, unknown_setting
+            from core.settings import known_key, unknown_setting
 
             bare = key.lstrip("+~")
             if bare != "hydra" and not bare.startswith(("hydra.", "hydra/")) and not known_key(bare, schema):
@@ -139,7 +139,7 @@ def quote_non_ascii(argv: list[str]) -> list[str]:
 def run_cli(hydra_main, schema=None, where: str = "the config file", prepare=None) -> None:
     """Call a ``@hydra.main`` function; Hydra's own config errors (unknown key, missing group file), which it
     reports before our task starts and exits 1 for, become exit code 2 like any other user error. ``schema``: the
-    script's closed table of settings (data.settings), checked on the command line before Hydra parses it.
+    script's closed table of settings (core.settings), checked on the command line before Hydra parses it.
     ``prepare``: a function that rewrites the checked command line before Hydra reads it (infer.py -m's inputs=)."""
     try:
         check_command_line(sys.argv[1:], schema, where)

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from data.errors import UserError
+from core.errors import UserError
 
 _MISSING = object()
 
@@ -181,7 +181,7 @@ TRAIN = {
 }
 
 # infer.py's schema is closed: every key of configs/infer.yaml is here, and a key that is not (a typo, +foo=1) is
-# refused before any work (data.errors.check_command_line on the command line, check_settings(closed=True) after)
+# refused before any work (core.errors.check_command_line on the command line, check_settings(closed=True) after)
 INFER = {
     "input": Text(listable=True),
     "out_dir": Text(),
