@@ -41,7 +41,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from data.deid import Redactor, TextDetector  # noqa: E402
+from data.deid import Redactor  # noqa: E402
+from data.text_detection import TextDetector  # noqa: E402
 from data.video import VideoWriter, read_frames  # noqa: E402
 
 KVASIR = ROOT.parent / "shared" / "data" / "kvasir-seg" / "images"

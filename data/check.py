@@ -150,7 +150,7 @@ def fold_table(
 def heads_from_columns(manifest: Path, cases: str | None, covariates: Sequence[str]) -> dict[str, list[str]]:
     """Head columns of a manifest (and case table) when --heads is not given: every column that is not a known
     field, with its distinct values (sorted) as classes."""
-    from data.datasets import read_table
+    from data.manifest_tables import read_table
 
     known = {"image", "mask", "group", "split", "patient", "centre", *covariates}
     values: dict[str, set] = {}

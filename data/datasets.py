@@ -1,4 +1,5 @@
 """Datasets: image folders and manifests, combined from config, yielding the sample contract of docs/ARCHITECTURE.md.
+(Over 350 lines on purpose: Record, its readers and RecordDataset are what every layer above data/ imports.)
 
 A sample is a dict: ``image`` (after the transform: 3 x H x W float tensor, normalised), ``mask`` (1 x H x W float
 in {0, 1}; absent when unlabelled), ``labels`` (dict head -> int, -1 where unknown), ``id`` and ``group``; with
@@ -12,7 +13,6 @@ Before the transform, ``image`` is H x W x 3 uint8 RGB and ``mask`` H x W uint8 
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from core.errors import UserError
 from data.io import IMAGE_EXTS, list_images, read_image, read_mask
+from data.manifest_tables import SPLITS, case_table, label_or_report, read_table, split_matches
 
 
 @dataclass(frozen=True)
@@ -48,23 +49,6 @@ class Record:
         """The independent unit: the patient when known, else the case (``group``). Folds, validation carving and
         bootstrap intervals never split a unit."""
         return self.patient or self.group
-
-
-SPLITS = ("train", "val", "test")  # a manifest's ``split`` column; empty = development (train / validation / CV)
-DEVELOPMENT = (None, "train", "val")
-
-
-def split_matches(row_split: str | None, wanted: str | None) -> bool:
-    """Whether a row of split ``row_split`` belongs to the requested split ``wanted``.
-
-    None wanted = every row. ``train`` = the development rows (train, val and unsplit: cross-validation and the
-    validation carve happen inside them). ``val`` / ``test`` = exactly those rows. An unsplit row is development
-    data and never part of a test set."""
-    if wanted is None:
-        return True
-    if wanted == "train":
-        return row_split in DEVELOPMENT
-    return row_split == wanted
 
 
 def _read_list(path: Path) -> list[str]:
@@ -162,91 +146,6 @@ def folder_records(
     ]
 
 
-def _parse_label(value: Any, head: str, classes: Sequence[str] | None, where: str) -> int:
-    if value is None or (isinstance(value, str) and value.strip() == ""):
-        return -1
-    text = str(value).strip()
-    if classes is not None and text in classes:
-        return list(classes).index(text)
-    try:
-        idx = int(float(text))
-    except ValueError:
-        raise UserError(f"{where}: label '{text}' for head '{head}' is not one of {list(classes or [])}") from None
-    n = len(classes) if classes is not None else None
-    if idx < -1 or (n is not None and idx >= n):
-        raise UserError(f"{where}: label {idx} for head '{head}' is outside 0..{(n or 1) - 1} (or -1/empty = unknown)")
-    return idx
-
-
-def _label_or_report(value: Any, head: str, classes: Sequence[str] | None, where: str, errors: list[str] | None) -> int:
-    try:
-        return _parse_label(value, head, classes, where)
-    except UserError as e:
-        if errors is None:
-            raise
-        errors.append(str(e))
-        return -1
-
-
-def _parse_covariate(value: Any, column: str, where: str) -> float:
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "na", "nan", "unknown")):
-        return float("nan")
-    text = str(value).strip().lower()
-    if text in ("yes", "true", "y"):
-        return 1.0
-    if text in ("no", "false", "n"):
-        return 0.0
-    try:
-        return float(text)
-    except ValueError:
-        raise UserError(f"{where}: covariate '{column}' = '{value}' is not a number, yes/no, or empty") from None
-
-
-def read_table(path: Path) -> list[dict[str, Any]]:
-    """Rows of a CSV (header line) or JSONL file, with errors that name the file and line."""
-    if not path.is_file():
-        raise UserError(f"file not found: {path}")
-    if path.suffix.lower() == ".jsonl":
-        rows = []
-        for i, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-    elif path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: Excel's "CSV UTF-8" starts with a BOM
-            rows = list(csv.DictReader(f))
-    else:
-        raise UserError(f"{path} must be .csv or .jsonl")
-    return rows
-
-
-def case_table(
-    path: Path, *, heads: dict[str, Sequence[str]], covariates: Sequence[str]
-) -> dict[str, tuple[dict[str, int], dict[str, float], dict[str, str]]]:
-    """``cases.csv``: group -> (head labels, covariates, attributes). Columns: ``group`` + any head + any covariate,
-    and optionally ``patient`` (several cases of one patient), ``centre`` and ``split``."""
-    rows = read_table(path)
-    if rows and "group" not in rows[0]:
-        raise UserError(f"case table has no 'group' column: {path} (columns: {', '.join(rows[0])})")
-    missing = [c for c in covariates if rows and c not in rows[0]]
-    if missing:
-        raise UserError(f"case table {path} has no column for covariates {missing} (model.covariates)")
-    out = {}
-    for i, row in enumerate(rows, 2 if path.suffix.lower() == ".csv" else 1):
-        where = f"{path}:{i}"
-        g = str(row["group"]).strip()
-        if g in out:
-            raise UserError(f"{where}: case '{g}' appears twice (one row per case)")
-        out[g] = (
-            {h: _parse_label(row.get(h), h, c, where) for h, c in heads.items()},
-            {c: _parse_covariate(row.get(c), c, where) for c in covariates},
-            {k: str(row[k]).strip() for k in ("patient", "centre", "split") if str(row.get(k) or "").strip()},
-        )
-    return out
-
-
 def manifest_records(
     path: str | Path,
     *,
@@ -313,7 +212,7 @@ def manifest_records(
             continue
         image = path.parent / str(row["image"])
         mask = path.parent / str(row["mask"]) if row.get("mask") else None
-        labels = {h: _label_or_report(row.get(h), h, classes, where, errors) for h, classes in heads.items()}
+        labels = {h: label_or_report(row.get(h), h, classes, where, errors) for h, classes in heads.items()}
         if cases and g not in table:
             case_cov = {c: float("nan") for c in covariates}
         labels = {h: v if v >= 0 else case_labels.get(h, -1) for h, v in labels.items()}
@@ -418,7 +317,7 @@ class RecordDataset(Dataset):
                 list(pool.map(self.raw, range(len(self.records))))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        """index: a record index, or ``epoch * len(self) + record index`` (data.loaders.EpochSampler); with a seed,
+        """index: a record index, or ``epoch * len(self) + record index`` (training.loaders.EpochSampler); with a seed,
         the sample's augmentation is drawn from (seed, epoch, record index) alone."""
         epoch, index = divmod(index, len(self.records))
         sample = dict(self.raw(index))

@@ -43,7 +43,7 @@ EXPECTED = {  # dataset -> (folder -> count), list files shipped in data/lists/<
 }
 
 
-def check(root: Path, *, install: bool = False) -> list[str]:
+def public_data_problems(root: Path, *, install: bool = False) -> list[str]:
     """Problems with the copy under ``root`` (empty = ready)."""
     problems = []
     for name, (folders, lists) in EXPECTED.items():
@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    problems = check(root, install=a.install)
+    problems = public_data_problems(root, install=a.install)
     for p in problems:
         print(f"error: {p}", file=sys.stderr)
     if not problems:

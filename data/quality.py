@@ -60,8 +60,10 @@ def poor_quality(image: np.ndarray) -> bool:
     return bool(q["blurry"] or q["overexposed"])
 
 
-def is_informative(area_fraction: float, quality: dict[str, Any] | bool, *, min_lesion_fraction: float = 0.002) -> bool:
+def is_informative(
+    lesion_fraction: float, quality: dict[str, Any] | bool, *, min_lesion_fraction: float = 0.002
+) -> bool:
     """A frame can be graded when a lesion is visible (predicted area >= min_lesion_fraction of the frame) and the
     frame is neither blurry nor over-exposed. quality: frame_quality()'s dict or poor_quality()'s bool."""
     poor = quality if isinstance(quality, bool) else bool(quality["blurry"] or quality["overexposed"])
-    return area_fraction >= min_lesion_fraction and not poor
+    return lesion_fraction >= min_lesion_fraction and not poor

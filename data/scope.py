@@ -180,7 +180,7 @@ class FieldOfView:
         self.since = self.seen = 0
         self.pip: list[tuple[int, int, int, int]] = []  # boxes cut out, at the working width
 
-    def small(self, image: np.ndarray) -> np.ndarray:
+    def grey_thumbnail(self, image: np.ndarray) -> np.ndarray:
         """The frame's grey levels at the working width (float32), which callers may reuse (a scene thumbnail)."""
         h, w = image.shape[:2]
         sw = min(self.width, w)
@@ -191,10 +191,11 @@ class FieldOfView:
             np.float32
         )
 
-    def __call__(self, image: np.ndarray, small: np.ndarray | None = None) -> np.ndarray:
-        """The field of view at ``image``'s size (H x W uint8 0/1), after taking ``image`` into the maximum."""
+    def __call__(self, image: np.ndarray, thumbnail: np.ndarray | None = None) -> np.ndarray:
+        """The field of view at ``image``'s size (H x W uint8 0/1), after taking ``image`` into the maximum.
+        ``thumbnail``: its grey_thumbnail, when the caller has it already."""
         h, w = image.shape[:2]
-        grey = self.small(image) if small is None else small
+        grey = self.grey_thumbnail(image) if thumbnail is None else thumbnail
         if self.peak is None or self.peak.shape != grey.shape or self.area is None or self.area.shape != (h, w):
             self.peak, self.area, self.since, self.seen = grey.copy(), None, 0, 0
         else:

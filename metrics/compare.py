@@ -99,7 +99,7 @@ def compare_set(
     }
 
 
-def markdown(results: Mapping[str, Mapping], metric: str, a: str, b: str) -> str:
+def comparison_markdown(results: Mapping[str, Mapping], metric: str, a: str, b: str) -> str:
     lines = [
         f"A = `{a}`, B = `{b}`; per-image {metric}, mean over images; interval: paired bootstrap over groups",
         "",
@@ -132,13 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="also write the table to this Markdown file")
     args = ap.parse_args(argv)
     try:
-        return _run(args)
+        return _compare_runs(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
 
-def _run(args: argparse.Namespace) -> int:
+def _compare_runs(args: argparse.Namespace) -> int:
     for d in (args.a, args.b):
         if not d.is_dir():
             raise UserError(f"{d} is not a folder: give two evaluate.py output folders")
@@ -163,7 +163,7 @@ def _run(args: argparse.Namespace) -> int:
             results[s] = compare_set(a, b, groups, n_boot=args.n_boot)
         except UserError as e:
             raise UserError(f"{s}: {e}") from None
-    text = markdown(results, args.metric, str(args.a), str(args.b))
+    text = comparison_markdown(results, args.metric, str(args.a), str(args.b))
     print(text, end="")
     if args.out:
         with atomic_write(args.out) as tmp:

@@ -2,7 +2,8 @@
 calibration before and after temperature scaling, and the lesion-area-only baseline for binary heads.
 
 A row (models.predictor.predict_records) is {"id", "group", "labels": {head: int}, "logits": {head: [m]},
-"probs": {head: [K]} (calibrated), "area_fraction": float, "informative": bool}, and optionally "patient" (the
+"probs": {head: [K]} (calibrated), "area_fraction": float (the predicted lesion area as a fraction of the
+frame), "informative": bool}, and optionally "patient" (the
 independent unit when one patient has several cases). Every interval resamples patients (else cases) whole.
 """
 
@@ -20,19 +21,21 @@ from models.card import HeadCard
 from models.heads import aggregate_case, head_probabilities
 
 
-def unit(row: Mapping[str, Any]) -> str:
+def resampling_unit(row: Mapping[str, Any]) -> str:
     """The resampling unit of a row: its patient when known, else its case."""
     return row.get("patient") or row["group"]
 
 
-def _arrays(rows: Sequence[Mapping[str, Any]], head: str, key: str = "probs"):
+def _labelled_frames(rows: Sequence[Mapping[str, Any]], head: str, key: str = "probs"):
+    """(probs or logits N x K, labels, resampling units, predicted lesion area fractions, informative flags) of
+    the rows with a known label for ``head``; None when there is none."""
     known = [r for r in rows if r["labels"].get(head, -1) >= 0 and head in r[key]]
     if not known:
         return None
     return (
         np.array([r[key][head] for r in known], dtype=np.float64),
         np.array([r["labels"][head] for r in known]),
-        [unit(r) for r in known],
+        [resampling_unit(r) for r in known],
         np.array([r["area_fraction"] for r in known]),
         np.array([bool(r["informative"]) for r in known]),
     )
@@ -40,10 +43,10 @@ def _arrays(rows: Sequence[Mapping[str, Any]], head: str, key: str = "probs"):
 
 def area_direction(rows: Sequence[Mapping[str, Any]], head: str) -> int:
     """+1 when a larger predicted lesion means the positive class (on these rows), else -1. Fit on validation."""
-    arr = _arrays(rows, head)
-    if arr is None:
+    frames = _labelled_frames(rows, head)
+    if frames is None:
         return 1
-    auc = c_index(arr[3], arr[1])  # the AUROC for two classes, ordinal concordance for more
+    auc = c_index(frames[3], frames[1])  # the AUROC for two classes, ordinal concordance for more
     return 1 if auc is None or auc >= 0.5 else -1
 
 
@@ -65,7 +68,9 @@ def case_estimates(
             min_confidence=min_confidence,
         )
         label = int(np.bincount([r["labels"][head] for r in rs]).argmax())
-        out.append(dict(agg, case=g, label=label, unit=unit(rs[0]), k=len(rs[0]["probs"][head]), n_rows=len(rs)))
+        out.append(
+            dict(agg, case=g, label=label, unit=resampling_unit(rs[0]), k=len(rs[0]["probs"][head]), n_rows=len(rs))
+        )
     return out
 
 
@@ -85,7 +90,7 @@ def case_scores(
     )
 
 
-def _calibration(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+def _decisive_class_calibration(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Logistic recalibration slope / intercept of the decisive class: class 1 of a binary head, the highest
     class (F2, non-lifting) of a graded one."""
     from metrics.stats import calibration_slope_intercept
@@ -96,18 +101,20 @@ def _calibration(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def _extras(probs: np.ndarray, labels: np.ndarray, kind: str) -> dict[str, Any]:
+def _reviewer_checks(probs: np.ndarray, labels: np.ndarray, kind: str) -> dict[str, Any]:
     """What a reviewer asks beside the point metrics: calibration slope / intercept, a degenerate-predictor flag,
     and for graded heads the mean absolute grade error."""
     from metrics.stats import degenerate, expected_grade_mae, ordinal_mae
 
-    out: dict[str, Any] = {"calibration": _calibration(probs, labels), "degenerate": degenerate(probs)}
+    out: dict[str, Any] = {"calibration": _decisive_class_calibration(probs, labels), "degenerate": degenerate(probs)}
     if kind == "ordinal" and probs.shape[1] > 2:
         out.update(grade_mae=ordinal_mae(probs, labels), expected_grade_mae=expected_grade_mae(probs, labels))
     return out
 
 
-def _baseline(rows, head, info, probs, labels, area, units, *, n_boot: int, seed: int) -> dict[str, Any] | None:
+def _lesion_area_baseline(
+    rows, head, info, probs, labels, lesion_area, units, *, n_boot: int, seed: int
+) -> dict[str, Any] | None:
     """The lesion-area-only baseline: rank frames by predicted lesion area (direction fitted on validation) and
     compare its concordance with the head's (AUROC for two classes; ordinal C-index of the expected grade for
     graded heads), with a paired interval of the difference. None for nominal heads of 3+ classes."""
@@ -119,7 +126,7 @@ def _baseline(rows, head, info, probs, labels, area, units, *, n_boot: int, seed
     base = np.array(
         [
             r["baseline_score"][head] if head in r.get("baseline_score", {}) else direction * a
-            for r, a in zip(known, area)
+            for r, a in zip(known, lesion_area)
         ]
     )
     score = probs[:, 1] if k == 2 else probs @ np.arange(k)  # the expected grade
@@ -132,7 +139,10 @@ def _baseline(rows, head, info, probs, labels, area, units, *, n_boot: int, seed
         "auroc": c_index(base, labels),
         "ci95": paired_bootstrap(lambda i: c_index(base[i], labels[i]), units, n_boot=n_boot, seed=seed),
         "head_minus_baseline_ci95": paired_bootstrap(
-            lambda i: _diff(c_index(score[i], labels[i]), c_index(base[i], labels[i])), units, n_boot=n_boot, seed=seed
+            lambda i: _difference(c_index(score[i], labels[i]), c_index(base[i], labels[i])),
+            units,
+            n_boot=n_boot,
+            seed=seed,
         ),
     }
 
@@ -150,12 +160,12 @@ def score_head(
     with_baseline: bool = True,
 ) -> dict[str, Any] | None:
     """Every metric of one head, per frame and per case. ``info``: the card's entry for the head (classes, kind,
-    temperature, baseline), a models.card.HeadCard. Intervals resample patients (``unit``); interval_unit
+    temperature, baseline), a models.card.HeadCard. Intervals resample patients (``resampling_unit``); interval_unit
     ``frame`` records that each frame was its own case (data.group=frame). None when no row has a label."""
-    arr = _arrays(rows, head)
-    if arr is None:
+    frames = _labelled_frames(rows, head)
+    if frames is None:
         return None
-    probs, labels, units, area, informative = arr
+    probs, labels, units, lesion_area, informative = frames
     cases = [r["group"] for r in rows if r["labels"].get(head, -1) >= 0 and head in r["probs"]]
     t = info.temperature
     out: dict[str, Any] = {
@@ -172,14 +182,18 @@ def score_head(
         n_informative=int(informative.sum()),
         ci95=bootstrap(probs, labels, units, n_boot=n_boot, seed=seed),
         reliability=reliability_bins(probs, labels),
-        **_extras(probs, labels, info.kind),
+        **_reviewer_checks(probs, labels, info.kind),
     )
-    raw = _arrays(rows, head, "logits")
+    raw = _labelled_frames(rows, head, "logits")
     if raw is not None:  # calibration before temperature scaling, on the same frames
         p1 = head_probabilities(torch.from_numpy(raw[0]), out["kind"]).numpy()
         frame["ece_before_temperature"] = scores(p1, raw[1])["ece"]
     out["frame"] = frame
-    base = _baseline(rows, head, info, probs, labels, area, units, n_boot=n_boot, seed=seed) if with_baseline else None
+    base = (
+        _lesion_area_baseline(rows, head, info, probs, labels, lesion_area, units, n_boot=n_boot, seed=seed)
+        if with_baseline
+        else None
+    )
     if base is not None:
         out["area_baseline"] = base
     if len(set(cases)) < len(cases):  # some case has several frames: score cases too
@@ -192,12 +206,12 @@ def score_head(
         }
         if len(cl):
             case.update(scores(cp, cl), n_scored=len(cl), ci95=bootstrap(cp, cl, cu, n_boot=n_boot, seed=seed))
-            case.update(_extras(cp, cl, info.kind), n_patients=len(set(cu)))
+            case.update(_reviewer_checks(cp, cl, info.kind), n_patients=len(set(cu)))
         out["case"] = case
     return out
 
 
-def _diff(a: float | None, b: float | None) -> float | None:
+def _difference(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
@@ -216,8 +230,8 @@ def level_cells(x: Mapping[str, Any]) -> dict[str, Any]:
     ci, cal = x.get("ci95") or {}, x.get("calibration") or {}
     return {
         "n": x.get("n_scored", x.get("n")),
-        "AUROC [95% CI]": fmt_ci(x.get("auroc"), ci.get("auroc")),
-        "QWK [95% CI]": fmt_ci(x.get("qwk"), ci.get("qwk")),
+        "AUROC [95% CI]": value_with_interval(x.get("auroc"), ci.get("auroc")),
+        "QWK [95% CI]": value_with_interval(x.get("qwk"), ci.get("qwk")),
         "ECE": x.get("ece"),
         "calibration slope": cal.get("slope"),
         "calibration intercept": cal.get("intercept"),
@@ -226,10 +240,16 @@ def level_cells(x: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def fmt_ci(value: float | None, ci: Sequence[float] | None) -> str:
+def value_with_interval(value: float | None, ci: Sequence[float] | None) -> str:
     if value is None:
         return "n/a"
     return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
+
+
+def _interval_cells(level: Mapping[str, Any]) -> str:
+    """One level's AUROC, QWK, macro-F1, balanced accuracy and ECE with their intervals, as Markdown cells."""
+    metrics = ("auroc", "qwk", "macro_f1", "balanced_accuracy", "ece")
+    return " | ".join(value_with_interval(level[m], level["ci95"].get(m)) for m in metrics) + " |"
 
 
 def heads_markdown(results: Mapping[str, Mapping[str, Any]], title: str = "") -> str:
@@ -245,19 +265,12 @@ def heads_markdown(results: Mapping[str, Mapping[str, Any]], title: str = "") ->
             "| level | n | AUROC | QWK | macro-F1 | balanced acc. | ECE |",
             "|---|---|---|---|---|---|---|",
             f"| {'frame' if f['n'] > f['n_cases'] else 'case (one row each)'} | {f['n']} ({f['n_cases']} cases) | "
-            + " | ".join(
-                fmt_ci(f[m], f["ci95"].get(m)) for m in ("auroc", "qwk", "macro_f1", "balanced_accuracy", "ece")
-            )
-            + " |",
+            + _interval_cells(f),
         ]
         c = r.get("case")
         if c and c.get("n_scored"):
             lines.append(
-                f"| case (abstained {c['abstained']}/{c['n_cases']}) | {c['n_scored']} | "
-                + " | ".join(
-                    fmt_ci(c[m], c["ci95"].get(m)) for m in ("auroc", "qwk", "macro_f1", "balanced_accuracy", "ece")
-                )
-                + " |"
+                f"| case (abstained {c['abstained']}/{c['n_cases']}) | {c['n_scored']} | " + _interval_cells(c)
             )
         b = r.get("area_baseline")
         if b:
@@ -267,7 +280,7 @@ def heads_markdown(results: Mapping[str, Mapping[str, Any]], title: str = "") ->
                 if metric == "AUROC"
                 else "| area-only baseline | {n} | | {v} | | | |"
             )
-            lines.append(col.format(n=f["n"], v=f"{fmt_ci(b['auroc'], b['ci95'])} ({metric})"))
+            lines.append(col.format(n=f["n"], v=f"{value_with_interval(b['auroc'], b['ci95'])} ({metric})"))
             d = b["head_minus_baseline_ci95"]
             if d:
                 lines.append(

@@ -1,4 +1,6 @@
-"""Lesion-segmentation metrics as one stateful object: ``update`` per image, ``compute`` for the set, ``reset``.
+"""Lesion-segmentation metrics in two layers: ``image_scores`` scores one image, ``set_scores`` summarises a set of
+scored images; ``SegmentationMetrics`` is the stateful object over both (``update`` per image, ``compute``,
+``reset``).
 
 The PraNet-protocol set follows PraNet's evaluation toolbox (eval/main.m) through PySODMetrics:
 the probability map (0-255) is min-max normalised per image; the truth is ``gt > 128``; Dice and IoU are computed
@@ -6,10 +8,13 @@ at 256 thresholds, averaged over images, then ``mean_dice``/``mean_iou`` are the
 ``max_*`` the max); weighted F-measure (Margolin et al. CVPR'14, beta^2 = 1), S-measure (Fan et al. ICCV'17,
 alpha 0.5), E-measure (Fan et al. IJCAI'18; mean and max over thresholds) and MAE use the continuous map.
 Alongside: Dice, IoU, precision and recall of the map thresholded at 0.5 (no normalisation), HD95 and NSD.
+Every set value is a mean over images of a per-image value, taken the way PySODMetrics takes it (float64).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -35,6 +40,104 @@ def _binary_scores(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     }
 
 
+def map_and_truth(prob: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(map as uint8 0-255, truth as uint8 0/255, whether the map was resized): prob H x W uint8 or float in
+    [0, 1], gt nonzero/255 = lesion. A map of another size is resized (bilinear) to the truth's, as PraNet's
+    toolbox does."""
+    if prob.dtype != np.uint8:
+        prob = prob_to_uint8(prob)
+    gt_u8 = gt.astype(np.uint8)
+    if gt_u8.max() <= 1:
+        gt_u8 = gt_u8 * 255
+    resized = prob.shape != gt_u8.shape
+    if resized:
+        prob = cv2.resize(prob, (gt_u8.shape[1], gt_u8.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return prob, gt_u8, resized
+
+
+@dataclass
+class ImageScores:
+    """One image's scores: ``row`` (its per_image.csv row) and the protocol's per-image values that only a set
+    summary reports (weighted F-measure and the 256-threshold curves, in PySODMetrics' order, 255 down to 0)."""
+
+    row: dict[str, Any]
+    weighted_f: float
+    dice_curve: np.ndarray
+    iou_curve: np.ndarray
+    e_curve: np.ndarray
+
+
+def image_scores(
+    prob: np.ndarray, gt: np.ndarray, name: str = "", *, nsd_tolerance: float = 2.0, boundary: bool = True
+) -> ImageScores:
+    """Every metric of one image: prob H x W uint8 (0-255), gt H x W uint8 0/255, the same size (map_and_truth)."""
+    sm, wf, em, mae = sod.Smeasure(), sod.WeightedFmeasure(), sod.Emeasure(), sod.MAE()
+    fm = sod.FmeasureV2(
+        metric_handlers={
+            "dice": sod.DICEHandler(with_dynamic=True, with_adaptive=False),
+            "iou": sod.IOUHandler(with_dynamic=True, with_adaptive=False),
+        }
+    )
+    for m in (sm, wf, em, mae, fm):
+        m.step(pred=prob, gt=gt)
+    pred_b, gt_b = prob >= 128, gt > 128  # 0.5 on the raw map (128/255 = 0.502)
+    row: dict[str, Any] = {
+        "name": name,
+        **_binary_scores(pred_b, gt_b),
+        "s_measure": float(sm.get_results()["sm"]),
+        "mae": float(mae.get_results()["mae"]),
+        "gt_fraction": float(gt_b.mean()),
+        "pred_fraction": float(pred_b.mean()),
+    }
+    if boundary:
+        row["hd95"] = hd95(pred_b, gt_b)
+        row[f"nsd@{nsd_tolerance:g}"] = nsd(pred_b, gt_b, nsd_tolerance)
+    curves = fm.get_results()
+    return ImageScores(
+        row,
+        weighted_f=wf.get_results()["wfm"],
+        dice_curve=curves["dice"]["dynamic"],
+        iou_curve=curves["iou"]["dynamic"],
+        e_curve=em.get_results()["em"]["curve"],
+    )
+
+
+def _mean(values: Sequence[Any]) -> Any:
+    """Mean over images (axis 0 for curves), in float64 as PySODMetrics averages."""
+    return np.mean(np.array(values, dtype=np.float64), axis=0)
+
+
+def set_scores(images: Sequence[ImageScores], *, n_resized: int = 0, nsd_tolerance: float = 2.0) -> dict[str, Any]:
+    """A set's summary from its scored images: the PraNet-protocol metrics, the means of the per-image rows at 0.5,
+    and the mean Dice at each threshold (``dice_curve``, ascending)."""
+    if not images:
+        raise ValueError("no images were scored")
+    rows = [s.row for s in images]
+    dice_curve, iou_curve = _mean([s.dice_curve for s in images]), _mean([s.iou_curve for s in images])
+    e_curve = _mean([s.e_curve for s in images])
+    out: dict[str, Any] = {
+        "n_images": len(rows),
+        "mean_dice": float(np.mean(dice_curve)),
+        "mean_iou": float(np.mean(iou_curve)),
+        "max_dice": float(np.max(dice_curve)),
+        "max_iou": float(np.max(iou_curve)),
+        "weighted_f": float(_mean([s.weighted_f for s in images])),
+        "s_measure": float(_mean([r["s_measure"] for r in rows])),
+        "max_e_measure": float(np.max(e_curve)),
+        "mean_e_measure": float(np.mean(e_curve)),
+        "mae": float(_mean([r["mae"] for r in rows])),
+        "n_resized": n_resized,
+    }
+    for key in ("dice", "iou", "precision", "recall", "hd95", f"nsd@{nsd_tolerance:g}"):
+        if key in rows[0]:
+            out[f"{key}@0.5" if key in ("dice", "iou", "precision", "recall") else key] = float(
+                np.mean([r[key] for r in rows])
+            )
+    # pysodmetrics' 256 thresholds run from 255 down to 0; store them ascending with their threshold
+    out["dice_curve"] = [float(v) for v in np.asarray(dice_curve)[::-1]]
+    return out
+
+
 class SegmentationMetrics:
     """update(prob, gt, name): prob H x W uint8 (0-255) or float in [0, 1]; gt H x W, nonzero/255 = lesion.
 
@@ -48,66 +151,17 @@ class SegmentationMetrics:
         self.reset()
 
     def reset(self) -> None:
-        self._sm, self._wf, self._em, self._mae = sod.Smeasure(), sod.WeightedFmeasure(), sod.Emeasure(), sod.MAE()
-        self._fm = sod.FmeasureV2(
-            metric_handlers={
-                "dice": sod.DICEHandler(with_dynamic=True, with_adaptive=False),
-                "iou": sod.IOUHandler(with_dynamic=True, with_adaptive=False),
-            }
-        )
+        self.images: list[ImageScores] = []
         self.per_image: list[dict[str, Any]] = []
         self.n_resized = 0
 
     def update(self, prob: np.ndarray, gt: np.ndarray, name: str = "") -> dict[str, Any]:
-        if prob.dtype != np.uint8:
-            prob = prob_to_uint8(prob)
-        gt_u8 = gt.astype(np.uint8)
-        if gt_u8.max() <= 1:
-            gt_u8 = gt_u8 * 255
-        if prob.shape != gt_u8.shape:
-            prob = cv2.resize(prob, (gt_u8.shape[1], gt_u8.shape[0]), interpolation=cv2.INTER_LINEAR)
-            self.n_resized += 1
-        for m in (self._sm, self._wf, self._em, self._mae, self._fm):
-            m.step(pred=prob, gt=gt_u8)
-        pred_b, gt_b = prob >= 128, gt_u8 > 128  # 0.5 on the raw map (128/255 = 0.502)
-        row: dict[str, Any] = {
-            "name": name,
-            **_binary_scores(pred_b, gt_b),
-            "s_measure": float(self._sm.sms[-1]),
-            "mae": float(self._mae.maes[-1]),
-            "gt_fraction": float(gt_b.mean()),
-            "pred_fraction": float(pred_b.mean()),
-        }
-        if self.boundary:
-            row["hd95"] = hd95(pred_b, gt_b)
-            row[f"nsd@{self.nsd_tolerance:g}"] = nsd(pred_b, gt_b, self.nsd_tolerance)
-        self.per_image.append(row)
-        return row
+        prob, gt_u8, resized = map_and_truth(prob, gt)
+        self.n_resized += resized
+        scored = image_scores(prob, gt_u8, name, nsd_tolerance=self.nsd_tolerance, boundary=self.boundary)
+        self.images.append(scored)
+        self.per_image.append(scored.row)
+        return scored.row
 
     def compute(self) -> dict[str, Any]:
-        if not self.per_image:
-            raise ValueError("no images were scored")
-        fm = self._fm.get_results()
-        em = self._em.get_results()["em"]["curve"]
-        dice_curve, iou_curve = fm["dice"]["dynamic"], fm["iou"]["dynamic"]
-        out: dict[str, Any] = {
-            "n_images": len(self.per_image),
-            "mean_dice": float(np.mean(dice_curve)),
-            "mean_iou": float(np.mean(iou_curve)),
-            "max_dice": float(np.max(dice_curve)),
-            "max_iou": float(np.max(iou_curve)),
-            "weighted_f": float(self._wf.get_results()["wfm"]),
-            "s_measure": float(self._sm.get_results()["sm"]),
-            "max_e_measure": float(np.max(em)),
-            "mean_e_measure": float(np.mean(em)),
-            "mae": float(self._mae.get_results()["mae"]),
-            "n_resized": self.n_resized,
-        }
-        for key in ("dice", "iou", "precision", "recall", "hd95", f"nsd@{self.nsd_tolerance:g}"):
-            if key in self.per_image[0]:
-                out[f"{key}@0.5" if key in ("dice", "iou", "precision", "recall") else key] = float(
-                    np.mean([r[key] for r in self.per_image])
-                )
-        # pysodmetrics' 256 thresholds run from 255 down to 0; store them ascending with their threshold
-        out["dice_curve"] = [float(v) for v in np.asarray(dice_curve)[::-1]]
-        return out
+        return set_scores(self.images, n_resized=self.n_resized, nsd_tolerance=self.nsd_tolerance)

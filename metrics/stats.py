@@ -1,6 +1,7 @@
 """The statistics a clinical paper's reviewer asks for: paired AUROC comparison (DeLong), decision curves,
-calibration slope and intercept, a patient-level paired bootstrap, an out-of-fold covariates-only comparison model,
-degenerate-predictor checks, ordinal grade errors, and the table / figure files a manuscript takes.
+calibration slope and intercept, a patient-level paired bootstrap, degenerate-predictor checks, ordinal grade
+errors, and the table / figure files a manuscript takes (the covariates-only comparison model is
+metrics.covariate_model's).
 
 Plain numpy / scipy / scikit-learn (no torch), so every function runs from a notebook on saved predictions. Binary
 functions take ``positive`` as N booleans (or 0/1) and risks as N floats in [0, 1]; an N x 2 probability array is
@@ -169,10 +170,10 @@ def calibration_slope_intercept(probs: Any, positive: Any) -> dict[str, Any]:
     if len(y) == 0 or not (np.isfinite(lp).all() and np.isfinite(y).all()) or y.min() == y.max():
         return out
     ones = np.ones((len(y), 1))
-    fit = _logistic_fit(np.hstack([ones, lp[:, None]]), y, np.zeros(len(y)))
-    out["slope"] = None if fit is None else float(fit[1])
-    fit = _logistic_fit(ones, y, lp)
-    out["intercept"] = None if fit is None else float(fit[0])
+    coefficients = _logistic_fit(np.hstack([ones, lp[:, None]]), y, np.zeros(len(y)))
+    out["slope"] = None if coefficients is None else float(coefficients[1])
+    coefficients = _logistic_fit(ones, y, lp)
+    out["intercept"] = None if coefficients is None else float(coefficients[0])
     return out
 
 
@@ -207,64 +208,6 @@ def paired_bootstrap_diff(
             diffs.append(ra - rb)
     diff = None if va is None or vb is None else va - vb
     return {"a": va, "b": vb, "diff": diff, "ci95": interval(diffs, n_boot), "n_boot": len(diffs)}
-
-
-def _design(train: np.ndarray, test: np.ndarray, flag: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Median imputation + missing indicators (for the columns in ``flag``) + standardisation, every statistic
-    taken from the training part only so that nothing about the held-out fold leaks into its prediction."""
-    med = np.nanmedian(np.where(np.isnan(train).all(axis=0), 0.0, train), axis=0)  # all missing here: 0
-    tr, te = (np.hstack([np.where(np.isnan(x), med, x), np.isnan(x[:, flag])]) for x in (train, test))
-    mean, sd = tr.mean(axis=0), tr.std(axis=0)
-    sd[sd == 0] = 1.0  # a constant column (e.g. an indicator with no missing value in this part) stays at 0
-    return (tr - mean) / sd, (te - mean) / sd
-
-
-def _fit_predict(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, k: int) -> np.ndarray:
-    """Multinomial L2 logistic regression (C = 1) -> len(xte) x k; a training part with one class predicts the
-    training class frequencies (a degenerate learner), a class absent from the training part gets 0."""
-    from sklearn.linear_model import LogisticRegression
-
-    out = np.zeros((len(xte), k))
-    present = np.unique(ytr)
-    if len(present) < 2:
-        out[:] = np.bincount(ytr, minlength=k)[:k] / len(ytr)
-        return out
-    model = LogisticRegression(C=1.0, max_iter=1000).fit(xtr, ytr)
-    out[:, model.classes_] = model.predict_proba(xte)
-    return out
-
-
-def covariate_regression_oof(covariates: Any, labels: Any, folds: Any, *, kind: str, n_classes: int) -> np.ndarray:
-    """Out-of-fold class probabilities (N x K) of a covariates-only logistic model, the comparison a reviewer asks
-    for ("does the image add anything over the clinical variables?"). For each fold f the model is fitted on the
-    cases whose fold != f and predicts the cases in f.
-
-    covariates: N x M floats, NaN = missing (median-imputed, plus a missing-indicator column for each covariate with
-    any missing value in the whole table, so that every fold has the same columns); labels: N ints in 0..K-1, -1 =
-    unknown (not fitted on, still predicted); folds: N fold ids. kind "nominal": multinomial L2 logistic regression
-    (C = 1). kind "ordinal": Frank & Hall (2001): K - 1 binary regressions of P(y > k), class probabilities as
-    their differences, clipped to >= 0 and renormalised.
-    """
-    if kind not in ("nominal", "ordinal"):
-        raise ValueError(f"kind must be 'nominal' or 'ordinal', got {kind!r}")
-    x = np.asarray(covariates, dtype=np.float64).reshape(len(labels), -1)
-    y, folds = np.asarray(labels, dtype=np.int64), np.asarray(folds)
-    flag = np.isnan(x).any(axis=0)
-    out = np.zeros((len(y), n_classes))
-    for f in np.unique(folds):
-        test, train = folds == f, (folds != f) & (y >= 0)
-        if not train.any():
-            raise ValueError(f"fold {f!r}: no labelled case outside it to fit on")
-        xtr, xte = _design(x[train], x[test], flag)
-        ytr = y[train]
-        if kind == "nominal":
-            out[test] = _fit_predict(xtr, ytr, xte, n_classes)
-            continue
-        above = np.stack([_fit_predict(xtr, (ytr > k).astype(np.int64), xte, 2)[:, 1] for k in range(n_classes - 1)])
-        cum = np.vstack([np.ones(test.sum()), above, np.zeros(test.sum())])  # P(y > k) for k = -1 .. K-1
-        p = np.clip(cum[:-1] - cum[1:], 0.0, None).T  # the K-1 fits are separate, so P(y > k) may not decrease
-        out[test] = p / p.sum(axis=1, keepdims=True)
-    return out
 
 
 def degenerate(probs: Any) -> str | None:

@@ -4,7 +4,7 @@ Each function takes rows (metrics/heads.py's row format, plus ``fold`` and, wher
 ``covariates``) and returns plain table rows (lists of dicts) that metrics.cv writes as Markdown, CSV and LaTeX:
 
 - ``covariate_rows``: the covariates-only comparison model, a logistic (nominal) or Frank & Hall ordinal logistic
-  regression on the case's clinical covariates, fitted out-of-fold on the same folds (metrics.stats);
+  regression on the case's clinical covariates, fitted out-of-fold on the same folds (metrics.covariate_model);
 - ``paired_comparisons``: every pair of inputs (image / covariates / fused) on the same cases: the case-level
   difference with a paired bootstrap interval resampled by patient, and DeLong's test for binary AUROC;
 - ``decision_curve_table``: net benefit of binary heads' case probabilities (and of the decisive class of graded
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from metrics.grading import auroc, scores
-from metrics.heads import case_estimates, fmt_ci, level_cells, unit
+from metrics.heads import case_estimates, level_cells, resampling_unit, value_with_interval
 
 
 def case_table(rows: Sequence[Mapping[str, Any]], head: str, *, min_frames: int, min_confidence: float):
@@ -41,21 +41,22 @@ def covariate_rows(
 ) -> list[dict[str, Any]]:
     """One pseudo-row per case with the out-of-fold probabilities of a covariates-only regression per head (every
     case's row is informative; the case's fold is its rows' fold). Empty without covariates."""
-    from metrics.stats import covariate_regression_oof
+    from metrics.covariate_model import covariate_regression_oof
 
     if not covariates:
         return []
     cases: dict[str, dict[str, Any]] = {}
     for r in rows:
         c = cases.setdefault(
-            r["group"], {"fold": r["fold"], "patient": unit(r), "centre": r.get("centre"), "labels": defaultdict(list)}
+            r["group"],
+            {"fold": r["fold"], "patient": resampling_unit(r), "centre": r.get("centre"), "labels": defaultdict(list)},
         )
         c["covariates"] = r.get("covariates") or {}
         for h, v in r["labels"].items():
             if v >= 0:
                 c["labels"][h].append(v)
     ids = sorted(cases)
-    x = np.array([[_num(cases[g]["covariates"].get(name)) for name in covariates] for g in ids], np.float64)
+    x = np.array([[_number_or_nan(cases[g]["covariates"].get(name)) for name in covariates] for g in ids], np.float64)
     folds = np.array([cases[g]["fold"] for g in ids])
     out = [
         {
@@ -85,11 +86,11 @@ def covariate_rows(
     return out
 
 
-def _num(v: Any) -> float:
+def _number_or_nan(v: Any) -> float:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else float("nan")
 
 
-def _decisive(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _decisive_class_risk(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(risk, outcome) of the decisive class: class 1 of a binary head, the highest grade of a graded one."""
     top = probs.shape[1] - 1
     return probs[:, top], labels == top
@@ -138,7 +139,7 @@ def paired_comparisons(
                 "metric": f"case {metric_name.upper()}",
                 "value a": d["a"],
                 "value b": d["b"],
-                "a - b [95% CI]": fmt_ci(d["diff"], d["ci95"]),
+                "a - b [95% CI]": value_with_interval(d["diff"], d["ci95"]),
                 "DeLong p": None,
             }
             if pa.shape[1] == 2:
@@ -165,7 +166,7 @@ def decision_curve_table(
         t = case_table(rows, head, min_frames=min_frames, min_confidence=min_confidence)
         if len(t) < 4:
             continue
-        risk, y = _decisive(np.array([v[0] for v in t.values()]), np.array([v[1] for v in t.values()]))
+        risk, y = _decisive_class_risk(np.array([v[0] for v in t.values()]), np.array([v[1] for v in t.values()]))
         if y.all() or not y.any():
             continue
         curves[name] = decision_curve(risk, y)
@@ -217,7 +218,7 @@ def flow_rows(
         held = [r for r in rows if r["fold"] == f]
         for h in heads:
             est = case_estimates(held, h, min_frames=min_frames, min_confidence=min_confidence)
-            reasons = Counter(_reason(e["reason"]) for e in est if e["abstain"])
+            reasons = Counter(_abstention_reason_group(e["reason"]) for e in est if e["abstain"])
             kept = [e for e in est if not e["abstain"]]
             unlabelled = len({r["group"] for r in held}) - len(est)
             excluded = [f"{unlabelled} cases unlabelled"] if unlabelled else []
@@ -236,7 +237,7 @@ def flow_rows(
     return out
 
 
-def _reason(text: str | None) -> str:
+def _abstention_reason_group(text: str | None) -> str:
     """Group abstention reasons ('2 informative frames < 3' and '1 informative frames < 3' alike)."""
     text = text or "no frames"
     if "informative frames <" in text:

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from core.errors import UserError
-from data.annotation_formats import ls_rle_decode
 from data.check import main as check_main
 from data.convert import convert, main
 from data.datasets import load_raw, manifest_records
+from data.mask_encodings import ls_rle_decode
 from tests.conftest import run_script
 from tests.fixtures.annotations.make_fixtures import EXPECTED, expected_mask
 

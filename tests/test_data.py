@@ -189,7 +189,7 @@ def test_record_dataset_over_folders_and_manifests(tmp_path, synthetic_manifest)
     ds = RecordDataset(folder_records(tmp_path / "f"), transform=build_transform([], size=32))
     s = ds[1]
     assert tuple(s["image"].shape) == (3, 32, 32) and tuple(s["mask"].shape) == (1, 32, 32) and s["id"] == "b"
-    assert ds[len(ds) + 1]["id"] == "b"  # an epoch-encoded index (data.loaders.EpochSampler) reads the same record
+    assert ds[len(ds) + 1]["id"] == "b"  # an epoch-encoded index (training.loaders.EpochSampler) reads the same record
     heads = {"fibrosis": ["F0", "F1", "F2"]}
     ms = RecordDataset(
         manifest_records(synthetic_manifest, heads=heads), transform=build_transform([], size=32), heads=list(heads)
@@ -261,7 +261,7 @@ def test_a_cached_loader_decodes_once_for_all_its_workers(tmp_path):
     one per worker), and the workers' batches are the single-process batches."""
     import torch
 
-    from data.loaders import make_loader
+    from training.loaders import make_loader
 
     make_folder(tmp_path, names=tuple("abcdef"))
     recs = folder_records(tmp_path)

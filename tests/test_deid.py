@@ -51,7 +51,8 @@ def test_the_field_of_view_holds_on_a_grey_surround_with_a_picture_in_picture_bo
 
 
 def test_text_over_the_tissue_and_in_the_surround_is_filled_solid_and_the_rest_of_the_field_kept():
-    from data.deid import Redactor, TextDetector
+    from data.deid import Redactor
+    from data.text_detection import TextDetector
 
     f, disc, boxes = scope_frame()
     red = Redactor(TextDetector(), every=1, temporal=False)
@@ -92,7 +93,7 @@ def glints(seed: int, size=(1080, 1440)):
 
 
 def test_the_check_flags_text_left_on_the_picture_and_not_specular_highlights():
-    from data.deid import TextDetector, residual_text
+    from data.text_detection import TextDetector, residual_text
 
     det = TextDetector()
     for seed in (0, 1):  # highlights alone: nothing (the detector's own regions there were false alarms)
@@ -110,7 +111,8 @@ def test_the_check_flags_text_left_on_the_picture_and_not_specular_highlights():
 
 
 def test_text_the_first_look_missed_is_filled_by_the_check_or_the_frame_is_named(monkeypatch):
-    from data.deid import Redactor, TextDetector
+    from data.deid import Redactor
+    from data.text_detection import TextDetector
 
     f, disc, boxes = scope_frame()
     det = TextDetector()
@@ -135,7 +137,8 @@ def test_the_field_of_view_of_a_video_keeps_dark_tissue_at_the_rim():
     """Dark tissue at the rim (vignetting, a dark wall), nearly as dark as the surround, moving round the field:
     one frame's bright region has a notch there (the field is then not nearly convex and its hull is not taken),
     the frames together do not."""
-    from data.deid import Redactor, TextDetector
+    from data.deid import Redactor
+    from data.text_detection import TextDetector
 
     h, w = 288, 384
     disc = np.zeros((h, w), np.uint8)
@@ -157,7 +160,8 @@ def test_the_field_of_view_of_a_video_keeps_dark_tissue_at_the_rim():
 
 
 def test_the_detector_looks_only_inside_the_field_of_view(monkeypatch):
-    from data.deid import Redactor, TextDetector
+    from data.deid import Redactor
+    from data.text_detection import TextDetector
 
     f, disc, boxes = scope_frame()
     det = TextDetector()
@@ -173,8 +177,9 @@ def test_the_detector_looks_only_inside_the_field_of_view(monkeypatch):
 def test_a_picture_in_picture_box_reaching_into_the_field_is_cut_out():
     """A framed picture-in-picture box (another view) over the lower left of the round field: bright like
     tissue, so the field kept it; its straight edges meeting at a corner inside the field give it away."""
-    from data.deid import Redactor, TextDetector
+    from data.deid import Redactor
     from data.scope import content_area, picture_in_picture
+    from data.text_detection import TextDetector
 
     h, w = 288, 384
     disc = np.zeros((h, w), np.uint8)

@@ -9,10 +9,10 @@ import pytest
 from scipy.special import expit, logit
 from sklearn.metrics import roc_auc_score
 
+from metrics.covariate_model import covariate_regression_oof
 from metrics.grading import binary_auroc
 from metrics.stats import (
     calibration_slope_intercept,
-    covariate_regression_oof,
     decision_curve,
     degenerate,
     delong_ci,

@@ -1,6 +1,6 @@
 """The reviewer's tables (metrics/study.py) on hand-made out-of-fold rows: a covariates-only regression on the same
 folds, paired comparisons, decision curves, per-centre results, the patient flow, the spread over repeats, and
-evaluate.py's head tables as CSV + LaTeX + SVG."""
+evaluation's head tables (metrics.evaluation) as CSV + LaTeX + SVG."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import csv
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
 from metrics.heads import score_heads
 from metrics.study import (
@@ -86,12 +85,11 @@ def test_decision_curve_and_centres_and_flow_and_repeats():
 
 
 def test_evaluate_writes_head_tables_as_csv_latex_and_svg(tmp_path):
-    from evaluate import head_tables
+    from metrics.evaluation import write_head_tables
 
     rows = study_rows()
-    cfg = OmegaConf.create({"case_min_frames": 3, "case_min_confidence": 0.0, "n_boot": 30})
     results = score_heads(rows, HEAD, n_boot=30, min_frames=3)
-    head_tables(tmp_path, rows, HEAD, results, cfg)
+    write_head_tables(tmp_path, rows, HEAD, results, n_boot=30, min_frames=3, min_confidence=0.0)
     with (tmp_path / "table_heads.csv").open() as f:
         table = list(csv.DictReader(f))
     assert [r["level"] for r in table] == ["frame", "case"] and "\\begin{tabular}" in (
