@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from core.files import atomic_write, write_json_atomic  # noqa: E402
 from metrics.compare import compare_set, groups_of, load_sequences, read_per_image  # noqa: E402
 from metrics.grading import paired_bootstrap  # noqa: E402
+from metrics.lesions import SMALL_FRACTION  # noqa: E402
 from metrics.stats import markdown_table  # noqa: E402
 
 DIRECTIONS = {"kvasir": "clinicdb_all", "clinicdb": "kvasir_all"}  # trained on -> test set
@@ -85,7 +86,7 @@ def direction_summary(eval_dir: Path, test_set: str, data_root: Path, n_boot: in
     dice = np.array([float(r["dice"]) for r in rows])
     small_total = np.array([int(r["small_lesions"]) for r in rows])
     small_found = np.array([int(r["small_found"]) for r in rows])
-    small_frame = np.array([float(r["lesion_fraction"]) < 0.02 for r in rows])
+    small_frame = np.array([float(r["gt_fraction"]) < SMALL_FRACTION for r in rows])
     metrics = json.loads((eval_dir / "metrics.json").read_text())["sets"][test_set]
 
     def recall(idx):

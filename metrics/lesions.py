@@ -12,8 +12,8 @@ Components under ``MIN_FRACTION`` (0.05%) of the image are not lesions but annot
 carry 143 specks of under 5 pixels (CVC-ClinicDB 23), and no real lesion of either set is that small (the next
 smallest is over 100 pixels). Counted that way Kvasir-SEG has 72 small lesions and CVC-ClinicDB 100.
 
-``lesion_rows`` gives one row per lesion; ``frame_lesion_stats`` the per-frame summary that evaluate.py adds to each
-image's row (so lesion recall can be resampled by sequence like any per-image metric).
+``lesion_rows`` gives one row per lesion; ``frame_lesion_stats`` the per-frame counts that evaluate.py adds to each
+image's row (so lesion recall can be resampled by sequence like any per-image metric); ``lesion_recall`` a set's.
 """
 
 from __future__ import annotations
@@ -64,13 +64,11 @@ def lesion_rows(
 def frame_lesion_stats(
     pred: np.ndarray, truth: np.ndarray, *, min_iou: float = MIN_IOU, small_fraction: float = SMALL_FRACTION
 ) -> dict[str, Any]:
-    """Per-frame lesion counts for a per-image table: lesions, lesions found, small lesions, small lesions found,
-    and the frame's total lesion area fraction (``lesion_fraction``: a frame whose lesions all are small has
-    ``lesion_fraction`` < small_fraction only when it has one lesion, so the small-frame set is chosen on this)."""
+    """Per-frame lesion counts for a per-image table (metrics.segmentation.image_scores): lesions, lesions found,
+    small lesions, small lesions found."""
     rows = lesion_rows(pred, truth, min_iou=min_iou, small_fraction=small_fraction)
     small = [r for r in rows if r["small"]]
     return {
-        "lesion_fraction": float(truth.astype(bool).mean()),
         "lesions": len(rows),
         "lesions_found": sum(r["found"] for r in rows),
         "small_lesions": len(small),

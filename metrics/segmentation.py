@@ -7,7 +7,8 @@ the probability map (0-255) is min-max normalised per image; the truth is ``gt >
 at 256 thresholds, averaged over images, then ``mean_dice``/``mean_iou`` are the mean over thresholds (and
 ``max_*`` the max); weighted F-measure (Margolin et al. CVPR'14, beta^2 = 1), S-measure (Fan et al. ICCV'17,
 alpha 0.5), E-measure (Fan et al. IJCAI'18; mean and max over thresholds) and MAE use the continuous map.
-Alongside: Dice, IoU, precision and recall of the map thresholded at 0.5 (no normalisation), HD95 and NSD.
+Alongside: Dice, IoU, precision and recall of the map thresholded at 0.5 (no normalisation), HD95 and NSD, and
+lesion-level recall (metrics/lesions.py: each lesion found at IoU >= 0.3; small lesions under 2% of the image).
 Every set value is a mean over images of a per-image value, taken the way PySODMetrics takes it (float64).
 """
 
@@ -25,6 +26,7 @@ import torch
 from data.io import prob_to_uint8
 from metrics.basic import dice_iou_per_image
 from metrics.boundary import hd95, nsd
+from metrics.lesions import frame_lesion_stats, lesion_recall
 
 
 def _binary_scores(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
@@ -88,6 +90,7 @@ def image_scores(
         "mae": float(mae.get_results()["mae"]),
         "gt_fraction": float(gt_b.mean()),
         "pred_fraction": float(pred_b.mean()),
+        **frame_lesion_stats(pred_b, gt_b),
     }
     if boundary:
         row["hd95"] = hd95(pred_b, gt_b)
@@ -133,6 +136,9 @@ def set_scores(images: Sequence[ImageScores], *, n_resized: int = 0, nsd_toleran
             out[f"{key}@0.5" if key in ("dice", "iou", "precision", "recall") else key] = float(
                 np.mean([r[key] for r in rows])
             )
+    for key, small in (("lesion_recall", False), ("small_lesion_recall", True)):
+        recall, total = lesion_recall(rows, small=small)
+        out[key], out[f"n_{key.removesuffix('_recall')}s"] = (recall if total else None), total
     # pysodmetrics' 256 thresholds run from 255 down to 0; store them ascending with their threshold
     out["dice_curve"] = [float(v) for v in np.asarray(dice_curve)[::-1]]
     return out

@@ -25,7 +25,6 @@ def test_each_lesion_scored_on_its_own():
     assert rows[1]["found"] is True and rows[1]["iou"] > 0.9
     stats = frame_lesion_stats(pred, truth)
     assert stats == {
-        "lesion_fraction": pytest.approx(truth.mean()),
         "lesions": 2,
         "lesions_found": 1,
         "small_lesions": 1,
@@ -76,3 +75,17 @@ def test_soft_confidence_falls_with_fuzzy_outlines():
     assert soft_confidence(crisp) == 1.0
     assert soft_confidence(np.zeros((8, 8), np.float32)) == 1.0
     assert 0.5 < soft_confidence(fuzzy) < 0.6
+
+
+def test_evaluation_rows_and_set_summary_carry_lesion_recall():
+    from metrics.segmentation import SegmentationMetrics
+
+    h, w = 200, 200
+    truth = disc(h, w, 60, 60, 40) | disc(h, w, 160, 160, 8)
+    seg = SegmentationMetrics(boundary=False)
+    row = seg.update(disc(h, w, 62, 60, 40).astype(np.float32), truth.astype(np.uint8) * 255, "a")
+    assert (row["lesions"], row["lesions_found"], row["small_lesions"], row["small_found"]) == (2, 1, 1, 0)
+    seg.update(np.zeros((h, w), np.float32), disc(h, w, 100, 100, 50).astype(np.uint8), "b")  # a missed large one
+    out = seg.compute()
+    assert out["lesion_recall"] == pytest.approx(1 / 3) and out["n_lesions"] == 3
+    assert out["small_lesion_recall"] == 0.0 and out["n_small_lesions"] == 1
