@@ -3,7 +3,7 @@
 Seeds, builds data/model/loss/optimiser from the Hydra config, runs the visible loop below, validates each epoch
 (mean Dice at 0.5; head NLL when the segmenter is frozen), and writes best/last checkpoints (safetensors + JSON
 card) under the Hydra run directory. With heads, the best checkpoint's heads are then temperature-scaled on the
-validation split (models/calibration.py); in a cross-validation fold (data.cv) the held-out fold is predicted
+validation split (training/finish.py); in a cross-validation fold (data.cv) the held-out fold is predicted
 into oof.json for `python -m metrics.cv`. Multi-process: torchrun --nproc_per_node=N train.py ...
 """
 
@@ -11,53 +11,42 @@ from __future__ import annotations
 
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import hydra
 import torch
-import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from core.errors import UserError, guard_task, run_cli
-from core.files import clean_stale_partials, write_json_atomic
+from core.errors import guard_task, run_cli
 from core.settings import TRAIN, check_settings
-from data.loaders import train_val_loaders
 from data.splits import split_summary, splits_for
-from metrics.basic import selection_score, validate
-from models import checkpoint as ckpt
-from models.build import build_model, prepare_for_training
+from models.build import build_model
+from models.card import training_card
+from models.checkpoint import copy_checkpoint, git_commit
 from models.heads import head_classes, parse_heads
-from models.runtime import (
-    ModelEMA,
-    autocast,
-    init_distributed,
-    log_epoch,
-    pick_device,
-    seed_everything,
-    to_device,
-    unwrap,
-)
+from models.runtime import autocast, pick_device, seed_everything
+from training.finish import finish_heads
+from training.loaders import train_val_loaders
+from training.logs import EpochMeter, log_epoch, open_run_logs
+from training.loop import ModelEMA, init_distributed, rescale_batch, to_device, unwrap, wrap_distributed
+from training.prepare import declare_labels, prepare_for_training
+from training.resume import restore_training, save_epoch
+from training.validation import selection_score, validate
 
 
 def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, ema, *, device, cfg, epoch, rank) -> dict:
     model.train()
-    sums: dict[str, float] = {}
-    n_images, n_steps, t0 = 0, 0, time.perf_counter()
+    meter = EpochMeter()
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=rank != 0 or not cfg.trainer.progress, leave=False)
     for step, batch in enumerate(bar):
         if cfg.trainer.max_steps_per_epoch and step >= cfg.trainer.max_steps_per_epoch:
             break
         b = to_device(batch, device, cfg.trainer.channels_last)
-        if cfg.trainer.multiscale:  # one random scale per batch, kept a multiple of 32
-            rate = float(cfg.trainer.multiscale[torch.randint(len(cfg.trainer.multiscale), ()).item()])
-            side = max(32, int(round(cfg.data.size * rate / 32)) * 32)
-            if side != b["image"].shape[-1]:
-                b["image"] = F.interpolate(b["image"], size=(side, side), mode="bilinear", align_corners=False)
-                b["mask"] = (F.interpolate(b["mask"], size=(side, side), mode="bilinear") > 0.5).float()
+        if cfg.trainer.multiscale:  # one random scale per batch
+            b = rescale_batch(b, cfg.trainer.multiscale, cfg.data.size)
         with autocast(device, cfg.trainer.precision):
             out = model(b["image"], b.get("covariates"))
         terms = loss_fn(out, b)
@@ -69,84 +58,14 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, ema, *, device
         scheduler.step()
         if ema is not None:
             ema.update(unwrap(model))
-        n_images += b["image"].shape[0]
-        n_steps += 1
-        for k, v in terms.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
-        rate_s = n_images / (time.perf_counter() - t0)
-        bar.set_postfix(loss=f"{sums['total'] / n_steps:.4f}", img_s=f"{rate_s:.1f}")
-    stats = {f"train/{k}": v / max(1, n_steps) for k, v in sums.items()}
-    stats["train/images_per_s"] = n_images / max(1e-9, time.perf_counter() - t0)
-    stats["lr"] = optimizer.param_groups[0]["lr"]
-    return stats
-
-
-def declare_labels(data: dict, *, heads: list[str], select_on: str | None) -> None:
-    """Check the run's label declarations before any work: a head's labels are ``real`` only when a named person
-    says so on this run (data.label_declared_by), never by a config default; the date is recorded in the card."""
-    from models.card import LABEL_SOURCES
-
-    sources = data.get("label_source") or {}
-    for h, src in sources.items():
-        if src not in LABEL_SOURCES:
-            raise UserError(f"data.label_source.{h}={src!r} is invalid: it must be one of {', '.join(LABEL_SOURCES)}")
-    real = [h for h, src in sources.items() if src == "real"]
-    by = data.get("label_declared_by")
-    if real and not (isinstance(by, str) and by.strip()):
-        raise UserError(
-            f"data.label_source declares {', '.join(real)} real (clinicians' annotation): add "
-            "data.label_declared_by='YOUR NAME', who vouches for the labels (recorded in the card with the date)"
-        )
-    if real:
-        import datetime as dt
-
-        data["label_declared_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    if select_on not in (None, "all") and select_on not in heads:
-        raise UserError(f"trainer.select_on={select_on!r} is not a head of this model ({', '.join(heads) or 'none'})")
-
-
-def continue_logs(resume: str | Path, out_dir: Path, *, start_epoch: int) -> str:
-    """A resumed run keeps one history: its own folder's metrics.csv starts with the earlier run's rows for the
-    epochs before ``start_epoch`` and its tb/ with the earlier run's TensorBoard event files (the writer then purges
-    their steps from ``start_epoch`` on, the epochs this run redoes), so that one folder holds the whole run; the
-    earlier folder is left as it was, and resumed_from.json names it. Returns the line train.py prints."""
-    import shutil
-
-    from core.files import atomic_write
-
-    resume = Path(resume)
-    earlier = resume.parent.parent if resume.parent.name == "checkpoints" else resume.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    old_csv = earlier / "metrics.csv"
-    if old_csv.is_file():
-        lines = old_csv.read_text().splitlines(keepends=True)
-
-        def before(line: str) -> bool:
-            first = line.split(",", 1)[0].strip()
-            return first.isdigit() and int(first) < start_epoch
-
-        kept = lines[:1] + [x for x in lines[1:] if before(x)]
-        with atomic_write(out_dir / "metrics.csv") as tmp:
-            tmp.write_text("".join(kept) if len(kept) > 1 else "")
-        if len(kept) == 1:
-            (out_dir / "metrics.csv").unlink()
-    if earlier.resolve() != out_dir.resolve() and (earlier / "tb").is_dir():
-        (out_dir / "tb").mkdir(exist_ok=True)
-        for f in sorted((earlier / "tb").glob("events.*")):
-            shutil.copy2(f, out_dir / "tb" / f.name)
-    write_json_atomic(
-        out_dir / "resumed_from.json", {"run": str(earlier), "checkpoint": str(resume), "start_epoch": start_epoch}
-    )
-    return (
-        f"resumed from {earlier} at epoch {start_epoch}: metrics.csv and tb/ in {out_dir} continue that run's "
-        f"history (epochs 1-{start_epoch - 1} copied; the earlier folder is unchanged)"
-    )
+        bar.set_postfix(**meter.add(terms, b["image"].shape[0]))
+    return meter.stats() | {"lr": optimizer.param_groups[0]["lr"]}
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 @guard_task
 def main(cfg: DictConfig) -> float:
-    resolved, commit = OmegaConf.to_container(cfg, resolve=True), ckpt.git_commit()
+    resolved, commit = OmegaConf.to_container(cfg, resolve=True), git_commit()
     command = " ".join(["python train.py", *map(shlex.quote, HydraConfig.get().overrides.task)])
     check_settings(resolved, TRAIN)
     rank, local_rank, world = init_distributed()
@@ -172,7 +91,6 @@ def main(cfg: DictConfig) -> float:
         rank=rank,
         seed=cfg.seed,
     )
-    counts = {"train": ckpt.label_counts(train_recs, heads), "val": ckpt.label_counts(val_recs, heads)}
 
     model = build_model(**resolved["model"])
     frozen = cfg.trainer.freeze == "segmentation"
@@ -195,23 +113,15 @@ def main(cfg: DictConfig) -> float:
     start_epoch, best = 1, float("-inf")  # any first score wins: -(head NLL) is below -1 for 3+ classes
     ckpt_dir = (out_dir := Path(HydraConfig.get().runtime.output_dir)) / "checkpoints"
     if cfg.trainer.resume:
-        start_epoch, best = ckpt.restore_training(cfg.trainer.resume, model, optimizer, scheduler, ema)
+        start_epoch, best = restore_training(cfg.trainer.resume, model, optimizer, scheduler, ema)
         if rank == 0:  # the best epoch so far travels with the run
-            ckpt.copy_checkpoint(Path(cfg.trainer.resume).with_name("best"), ckpt_dir / "best")
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[local_rank] if device.type == "cuda" else None
-        )
+            copy_checkpoint(Path(cfg.trainer.resume).with_name("best"), ckpt_dir / "best")
+    model = wrap_distributed(model, device, local_rank, world)
 
     writer = None
     if rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
-
-        clean_stale_partials(out_dir)  # temporary files of a killed earlier run in this folder
-        write_json_atomic(out_dir / "splits.json", {"group": data.get("group", "column"), "cv": cv, "parts": parts})
-        if cfg.trainer.resume:  # one folder holds the whole run's logs (continue_logs)
-            print(continue_logs(cfg.trainer.resume, out_dir, start_epoch=start_epoch), flush=True)
-        writer = SummaryWriter(str(out_dir / "tb"), purge_step=start_epoch if cfg.trainer.resume else None)
+        splits = {"group": data.get("group", "column"), "cv": cv, "parts": parts}
+        writer = open_run_logs(out_dir, splits=splits, resume=cfg.trainer.resume, start_epoch=start_epoch)
         print(
             f"train {len(train_recs)} / val {len(val_recs)} / held-out fold {len(heldout)} images, {steps} "
             f"steps/epoch, device {device}, precision {cfg.trainer.precision}, run dir {out_dir}",
@@ -238,19 +148,17 @@ def main(cfg: DictConfig) -> float:
                 )
             )
         if rank == 0:
-            card = ckpt.training_card(
+            card = training_card(
                 resolved,
                 epoch=epoch,
                 metrics=stats,
-                n_train=len(train_recs),
-                n_val=len(val_recs),
-                counts=counts,
+                records={"train": train_recs, "val": val_recs},
                 device=str(device),
                 commit=commit,
                 init_from=init,
                 command=command,
             )
-            best = ckpt.save_epoch(
+            best = save_epoch(
                 ckpt_dir,
                 eval_model,
                 card,
@@ -271,18 +179,14 @@ def main(cfg: DictConfig) -> float:
     if failed and rank == 0:
         print("warning: no epoch gave a finite validation score; no best checkpoint was written", file=sys.stderr)
     if rank == 0 and heads and not failed:  # temperature scaling on validation; a CV fold's held-out predictions
-        from models.calibration import finish_heads
-
         finish_heads(
             ckpt_dir / "best",
             val_recs,
             heldout,
             oof=out_dir / "oof.json",
-            fold=cv["fold"],
-            folds=cv["folds"],
             variant=cfg.model.head_inputs,
-            splits=parts,
             cv=cv,
+            splits=parts,
             group_unit="frame" if data.get("group") == "frame" else "patient",
             device=cfg.trainer.device,
             n_boot=cfg.trainer.n_boot,

@@ -68,33 +68,3 @@ def build_model(
         for name, spec in parse_heads(heads).items()
     }
     return EndoNet(seg, built)
-
-
-def prepare_for_training(
-    model: EndoNet,
-    *,
-    init_from: str | None = None,
-    freeze: str | None = None,
-    covariate_rows: Sequence[Sequence[float]] = (),
-    input_size: int | None = None,
-    resize: str | None = None,
-) -> dict[str, Any] | None:
-    """Before training: copy the segmenter of ``init_from``, freeze it (freeze="segmentation": only the heads
-    train), and standardise covariates with the training rows. With a frozen segmenter, ``input_size``/``resize``
-    (the data's) must match init_from's. Returns init_from's provenance (for the card)."""
-    from models.checkpoint import init_segmenter
-    from models.heads import set_covariate_stats
-
-    frozen = freeze == "segmentation"  # a frozen segmenter must see frames as it was trained; fine-tuning may differ
-    init = (
-        init_segmenter(model, init_from, input_size=input_size if frozen else None, resize=resize if frozen else None)
-        if init_from
-        else None
-    )
-    if frozen:
-        model.freeze_segmentation()
-    elif freeze:
-        raise UserError(f"trainer.freeze '{freeze}' is unknown: use segmentation or null")
-    if len(covariate_rows):
-        set_covariate_stats(model, covariate_rows)
-    return init

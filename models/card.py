@@ -5,7 +5,7 @@ Loaded and validated by models/checkpoint.py (``read_card``); code reads ``card.
 that is malformed (a missing field, a wrong type) is refused with one message naming the file and the field.
 ``schema`` numbers the layout: 1 = the first cards (no head kinds, temperatures or save ids; still readable),
 2 = this one. Top-level keys this module does not know are kept in ``extra`` and written back unchanged; a head
-entry keeps only the HeadCard fields.
+entry keeps only the HeadCard fields. ``training_card`` builds the card a training run writes.
 """
 
 from __future__ import annotations
@@ -177,3 +177,98 @@ def _head(info: Any, where: str) -> HeadCard:
         raise UserError(f"{where}.temperature must be a positive number")
     names = {f.name for f in fields(HeadCard)}
     return HeadCard(**{k: v for k, v in info.items() if k in names})
+
+
+def label_counts(records: Any, heads: dict[str, list[str]]) -> dict[str, dict[str, int]]:
+    """head -> class name -> number of records with that label (plus 'unknown')."""
+    out = {}
+    for h, classes in heads.items():
+        counts = {c: 0 for c in classes}
+        counts["unknown"] = 0
+        for r in records:
+            k = r.labels.get(h, -1)
+            counts[classes[k] if k >= 0 else "unknown"] += 1
+        out[h] = counts
+    return out
+
+
+def training_card(
+    config: dict[str, Any],
+    *,
+    epoch: int,
+    metrics: dict[str, float],
+    records: dict[str, Any],
+    device: str,
+    commit: str | None = None,
+    init_from: dict[str, Any] | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """The card train.py writes: resolved model config, input spec, heads with their label provenance, data, metrics.
+
+    config: the run's fully resolved config as a plain dict. records: split ("train", "val") -> its records, whose
+    labels are counted per head and class (label_counts).
+    A head counts as ``validated_on_real`` only when its labels are declared ``real`` (data.label_source) and the
+    validation split held labels for it; calibration (training/finish.py) then adds its validation metrics.
+    commit: the code's git commit when training started (HEAD may move while a long run goes on).
+    init_from: name, date and commit of the checkpoint whose (frozen) segmenter the heads were trained on.
+    command: the command line that trained it (``python train.py`` and its overrides), for the model card's recipe.
+    """
+    import torch
+
+    from models.heads import parse_heads
+
+    model_cfg = dict(config["model"], weights_dirs=[])
+    sources = config["data"].get("label_source") or {}
+    definitions = config["data"].get("label_definition") or {}
+    declared_by = config["data"].get("label_declared_by")
+    declared_at = config["data"].get("label_declared_at")
+    specs = parse_heads(model_cfg["heads"])
+    counts = {
+        split: label_counts(recs, {h: list(s.classes) for h, s in specs.items()}) for split, recs in records.items()
+    }
+
+    def n_known(split: str, h: str) -> int:
+        c = counts.get(split, {}).get(h, {})
+        return sum(v for k, v in c.items() if k != "unknown")
+
+    heads = {
+        h: {
+            "classes": list(s.classes),
+            "kind": s.kind,
+            "trained": True,
+            "label_source": sources.get(h, "unknown"),
+            "label_definition": definitions.get(h),
+            "validated_on_real": sources.get(h) == "real" and n_known("val", h) > 0,
+            "label_declaration": {"by": declared_by, "date": declared_at, "command": command}
+            if sources.get(h) == "real"
+            else None,
+            "n_train_labels": n_known("train", h),
+            "n_val_labels": n_known("val", h),
+            "counts": {split: c[h] for split, c in counts.items() if h in c},
+            "temperature": 1.0,
+        }
+        for h, s in specs.items()
+    }
+    data = config["data"]
+    return {
+        "name": config["name"],
+        "git_commit": commit,
+        "model": model_cfg,
+        "heads": heads,
+        "epoch": epoch,
+        "metrics": metrics,
+        "input": {"size": data["size"], "resize": data["resize"], "mean": list(data["mean"]), "std": list(data["std"])},
+        "data": {
+            "train_sources": data["train_sources"],
+            "n_train": len(records["train"]),
+            "n_val": len(records["val"]),
+        },
+        "segmentation": ({"trained": False, "frozen_from": init_from} if init_from else {"trained": True}),
+        "training": {
+            "device": device,
+            "threads": torch.get_num_threads(),
+            "precision": config["trainer"]["precision"],
+            "command": command,
+            "config": config,
+        },
+    }

@@ -1,10 +1,10 @@
 """Checkpoints: ``NAME.safetensors`` (weights only) + ``NAME.json`` (the card). Loading never unpickles code.
 
-Training state for resume (optimiser moments, EMA weights, RNG) goes to ``NAME.state.safetensors`` with its
-non-tensor parts in the card's ``resume`` entry. Every file is written to a temporary name and renamed, and one
-random ``save_id`` is stamped into all of a save's files (safetensors metadata and the card, which is renamed last):
-a kill between two renames leaves files of different saves, which loading refuses with a clear message instead of
-silently mixing epochs.
+Training state for resume (optimiser moments, EMA weights, RNG; assembled by training/resume.py) goes to
+``NAME.state.safetensors`` with its non-tensor parts in the card's ``resume`` entry. Every file is written to a
+temporary name and renamed, and one random ``save_id`` is stamped into all of a save's files (safetensors metadata
+and the card, which is renamed last): a kill between two renames leaves files of different saves, which loading
+refuses with a clear message instead of silently mixing epochs.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from torch import nn
 from core.errors import UserError
 from core.files import atomic_write
 from models.card import SCHEMA, ModelCard
+from models.gate import digest
 
 FORMAT = "endolift-checkpoint/1"
 
@@ -128,8 +129,6 @@ GATE_KEY = "endolift_gate"  # safetensors metadata: head -> field -> digest of t
 
 
 def _signed_digests(card: ModelCard) -> dict[str, dict[str, str]]:
-    from models.gate import digest
-
     return {h: {k: digest(v) for k, v in vars(info).items()} for h, info in card.heads.items() if info.signoff}
 
 
@@ -168,8 +167,6 @@ def check_gate_binding(weights: Path, card: ModelCard, where: str) -> None:
             )
         fields = vars(card.heads[h])
         for k in sorted(set(bound[h]) | set(now.get(h, {}))):
-            from models.gate import digest
-
             if bound[h].get(k) != digest(fields.get(k)):
                 raise UserError(
                     f"{where}: heads.{h}.{k} differs from what was signed off with these weights (edited by hand?): "
@@ -237,7 +234,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
         state = load_file(str(weights), device="cpu")
     except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
         raise UserError(f"checkpoint weights are unreadable: {weights} ({e})") from None
-    _check_same_save(weights, card)
+    check_same_save(weights, card)
     model_cfg = dict(card.model)
     model_cfg["weights"] = None  # the checkpoint holds every weight; no ImageNet file is needed
     model = build_model(**model_cfg)
@@ -250,7 +247,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     return model.to(device).eval(), card
 
 
-def _check_same_save(path: Path, card: ModelCard) -> None:
+def check_same_save(path: Path, card: ModelCard) -> None:
     """Refuse a file whose save_id differs from its card's (a save interrupted between two renames)."""
     from safetensors import safe_open
 
@@ -266,179 +263,3 @@ def _check_same_save(path: Path, card: ModelCard) -> None:
             f"{path} and its card come from different saves (a save was interrupted): use the "
             "checkpoint before it, or delete these files"
         )
-
-
-def load_train_state(path: str | Path) -> dict[str, torch.Tensor]:
-    stem = checkpoint_stem(path)
-    p = stem.with_name(stem.name + ".state.safetensors")
-    if not p.is_file():
-        raise UserError(f"resume state not found: {p} (resume from a 'last' checkpoint written by train.py)")
-    _check_same_save(p, read_card(stem))
-    return load_file(str(p))
-
-
-def label_counts(records: Any, heads: dict[str, list[str]]) -> dict[str, dict[str, int]]:
-    """head -> class name -> number of records with that label (plus 'unknown')."""
-    out = {}
-    for h, classes in heads.items():
-        counts = {c: 0 for c in classes}
-        counts["unknown"] = 0
-        for r in records:
-            k = r.labels.get(h, -1)
-            counts[classes[k] if k >= 0 else "unknown"] += 1
-        out[h] = counts
-    return out
-
-
-def training_card(
-    config: dict[str, Any],
-    *,
-    epoch: int,
-    metrics: dict[str, float],
-    n_train: int,
-    n_val: int,
-    counts: dict[str, dict[str, dict[str, int]]],
-    device: str,
-    commit: str | None = None,
-    init_from: dict[str, Any] | None = None,
-    command: str | None = None,
-) -> dict[str, Any]:
-    """The card train.py writes: resolved model config, input spec, heads with their label provenance, data, metrics.
-
-    config: the run's fully resolved config as a plain dict. counts: split -> head -> class -> n (label_counts).
-    A head counts as ``validated_on_real`` only when its labels are declared ``real`` (data.label_source) and the
-    validation split held labels for it; calibration (models/calibration.py) then adds its validation metrics.
-    commit: the code's git commit when training started (HEAD may move while a long run goes on).
-    init_from: name, date and commit of the checkpoint whose (frozen) segmenter the heads were trained on.
-    command: the command line that trained it (``python train.py`` and its overrides), for the model card's recipe.
-    """
-    from models.heads import parse_heads
-
-    model_cfg = dict(config["model"], weights_dirs=[])
-    sources = config["data"].get("label_source") or {}
-    definitions = config["data"].get("label_definition") or {}
-    declared_by = config["data"].get("label_declared_by")
-    declared_at = config["data"].get("label_declared_at")
-
-    def n_known(split: str, h: str) -> int:
-        c = counts.get(split, {}).get(h, {})
-        return sum(v for k, v in c.items() if k != "unknown")
-
-    heads = {
-        h: {
-            "classes": list(s.classes),
-            "kind": s.kind,
-            "trained": True,
-            "label_source": sources.get(h, "unknown"),
-            "label_definition": definitions.get(h),
-            "validated_on_real": sources.get(h) == "real" and n_known("val", h) > 0,
-            "label_declaration": {"by": declared_by, "date": declared_at, "command": command}
-            if sources.get(h) == "real"
-            else None,
-            "n_train_labels": n_known("train", h),
-            "n_val_labels": n_known("val", h),
-            "counts": {split: c[h] for split, c in counts.items() if h in c},
-            "temperature": 1.0,
-        }
-        for h, s in parse_heads(model_cfg["heads"]).items()
-    }
-    data = config["data"]
-    return {
-        "name": config["name"],
-        "git_commit": commit,
-        "model": model_cfg,
-        "heads": heads,
-        "epoch": epoch,
-        "metrics": metrics,
-        "input": {"size": data["size"], "resize": data["resize"], "mean": list(data["mean"]), "std": list(data["std"])},
-        "data": {"train_sources": data["train_sources"], "n_train": n_train, "n_val": n_val},
-        "segmentation": ({"trained": False, "frozen_from": init_from} if init_from else {"trained": True}),
-        "training": {
-            "device": device,
-            "threads": torch.get_num_threads(),
-            "precision": config["trainer"]["precision"],
-            "command": command,
-            "config": config,
-        },
-    }
-
-
-def training_state(
-    optimizer: torch.optim.Optimizer, scheduler: Any, ema: Any, *, epoch: int, best: float
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """What resuming needs: tensors for NAME.state.safetensors and the card's ``resume`` entry."""
-    opt_t, opt_rest = optimizer_to_tensors(optimizer)
-    ema_t = {f"ema/{k}": v for k, v in ema.shadow.items()} if ema is not None else {}
-    return (
-        {**opt_t, **ema_t, "rng/torch": torch.get_rng_state()},
-        {"epoch": epoch, "best": best, "optimizer": opt_rest, "scheduler": scheduler.state_dict()},
-    )
-
-
-def save_epoch(
-    ckpt_dir: Path,
-    model: nn.Module,
-    card: dict[str, Any],
-    *,
-    score: float,
-    best: float,
-    ema_backup: dict[str, torch.Tensor] | None,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    ema: Any,
-    epoch: int,
-) -> float:
-    """End of an epoch (rank 0). ``model`` holds the evaluated weights (the EMA's when ``ema_backup`` holds the raw
-    ones): they become ``best`` when ``score`` beats it; then the raw weights are put back and saved as ``last``
-    with what resuming needs. Returns the best score so far."""
-    if score > best:
-        best = score
-        save_checkpoint(ckpt_dir / "best", model, card)
-    if ema_backup is not None:
-        model.load_state_dict(ema_backup)
-    state, card["resume"] = training_state(optimizer, scheduler, ema, epoch=epoch, best=best)
-    save_checkpoint(ckpt_dir / "last", model, card, train_state=state)
-    return best
-
-
-def restore_training(
-    path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, ema: Any
-) -> tuple[int, float]:
-    """Load a 'last' checkpoint's weights, optimiser, scheduler, EMA and RNG into the given objects; return the
-    epoch to start from and the best score so far."""
-    resumed, card = load_checkpoint(path)
-    if not card.resume:
-        raise UserError(f"trainer.resume={path} has no resume state: resume from a 'last' checkpoint")
-    model.load_state_dict(resumed.state_dict())
-    state = load_train_state(path)
-    optimizer_from_tensors(optimizer, state, card.resume["optimizer"])
-    scheduler.load_state_dict(card.resume["scheduler"])
-    if ema is not None:
-        ema.shadow = {k[4:]: v.float() for k, v in state.items() if k.startswith("ema/")} or ema.shadow
-    torch.set_rng_state(state["rng/torch"])
-    return card.resume["epoch"] + 1, card.resume["best"]
-
-
-def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimiser state dict into tensors (for safetensors) and a JSON-able rest."""
-    sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"optim/{pid}/{k}"] = v
-            else:
-                scalars.setdefault(str(pid), {})[k] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], rest: dict[str, Any]):
-    state: dict[int, dict[str, Any]] = {}
-    for key, v in tensors.items():
-        if key.startswith("optim/"):
-            _, pid, k = key.split("/", 2)
-            state.setdefault(int(pid), {})[k] = v
-    for pid, d in rest.get("scalars", {}).items():
-        state.setdefault(int(pid), {}).update(d)
-    opt.load_state_dict({"state": state, "param_groups": rest["param_groups"]})

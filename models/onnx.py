@@ -49,7 +49,7 @@ def export_onnx(stem: str | Path, *, batch: int = 2) -> Path:
     import onnx
 
     from models.checkpoint import load_checkpoint
-    from models.predictor import fold_batchnorm
+    from models.net import fold_batchnorm
 
     model, card = load_checkpoint(stem)
     fold_batchnorm(model)

@@ -134,8 +134,8 @@ def test_frozen_segmenter_does_not_change_while_heads_train():
 
 
 def test_heads_train_only_at_the_frozen_segmenters_own_input_size(tiny_checkpoint):
-    from models.build import prepare_for_training
     from models.checkpoint import load_checkpoint
+    from training.prepare import prepare_for_training
 
     src, card = load_checkpoint(tiny_checkpoint)  # trained (here: saved) at 64x64, stretch
     model = build_model(**{**card.model, "weights": None})
@@ -276,7 +276,7 @@ def test_temperature_is_fitted_per_case_on_informative_frames_bounded_and_flagge
 
 
 def test_best_epoch_can_be_chosen_by_one_head():
-    from metrics.basic import selection_score
+    from training.validation import selection_score
 
     stats = {"val/nll_fibrosis": 0.9, "val/nll_lift": 0.2, "train/total": 1.0}
     assert selection_score(stats, heads_only=True) == pytest.approx(-0.55)
@@ -290,8 +290,8 @@ def test_calibration_ignores_uninformative_frames(tiny_checkpoint, tmp_path, mon
     import shutil
 
     import models.predictor as predictor
-    from models.calibration import calibrate_checkpoint
     from models.checkpoint import read_card
+    from training.finish import calibrate_checkpoint
 
     stem = tmp_path / "m"
     for ext in (".safetensors", ".json"):

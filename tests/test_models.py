@@ -8,17 +8,12 @@ import torch
 from core.errors import UserError
 from models.build import build_model
 from models.card import ModelCard
-from models.checkpoint import (
-    load_checkpoint,
-    optimizer_from_tensors,
-    optimizer_to_tensors,
-    read_card,
-    save_checkpoint,
-)
+from models.checkpoint import load_checkpoint, read_card, save_checkpoint
 from models.gate import shown
 from models.losses import EndoLoss, dice_bce_loss, structure_loss
 from models.weights import resolve_weights
 from tests.conftest import SHARED, approved_head, tiny_card
+from training.resume import optimizer_from_tensors, optimizer_to_tensors
 
 HEADS = {"fibrosis": ["F0", "F1", "F2"], "lift": ["adequate", "partial", "non-lifting"]}
 
@@ -187,7 +182,7 @@ def test_optimizer_state_survives_safetensors_round_trip():
 def test_batchnorm_folding_keeps_outputs():
     import copy
 
-    from models.predictor import fold_batchnorm
+    from models.net import fold_batchnorm
 
     torch.manual_seed(0)
     model = build_model(heads={"fibrosis": HEADS["fibrosis"]}).train()
@@ -205,7 +200,7 @@ def test_batchnorm_folding_keeps_outputs():
 def test_a_save_interrupted_between_renames_is_refused(tmp_path):
     import shutil
 
-    from models.checkpoint import load_train_state
+    from training.resume import load_train_state
 
     card = tiny_card()
     model = build_model(**card["model"])

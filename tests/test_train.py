@@ -10,8 +10,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from models.build import build_model
-from models.checkpoint import load_train_state
 from tests.conftest import ROOT, run_script
+from training.resume import load_train_state
 
 CONFIGS = ROOT / "configs"
 
@@ -54,7 +54,7 @@ def test_every_config_option_composes_and_instantiates(group, tmp_path):
 
 
 def test_warmup_cosine_schedule_shape():
-    from models.runtime import warmup_cosine
+    from training.loop import warmup_cosine
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = warmup_cosine(opt, total_steps=10, warmup_steps=2, min_lr_ratio=0.1)
@@ -113,7 +113,7 @@ def test_two_process_ddp_smoke_run_on_cpu(tmp_path):
 
 
 def test_epoch_sampler_shards_and_is_a_function_of_seed_and_epoch():
-    from data.loaders import EpochSampler
+    from training.loaders import EpochSampler
 
     shards = [EpochSampler(10, shuffle=True, seed=1, world_size=2, rank=r) for r in (0, 1)]
     for s in shards:
@@ -135,15 +135,32 @@ def _weights(run_dir):
     return load_file(str(run_dir / "checkpoints" / "last.safetensors"))
 
 
+# train.py as a user runs it, except that the process kills itself (SIGKILL, nothing flushed or cleaned up) when
+# epoch 2 is about to be saved: a run interrupted after epoch 1's checkpoint, at the same point every time
+KILLED_IN_EPOCH_2 = """
+import os, runpy, signal, sys
+import training.resume
+
+save_epoch = training.resume.save_epoch
+
+def save_or_die(*args, epoch, **kwargs):
+    if epoch == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return save_epoch(*args, epoch=epoch, **kwargs)
+
+training.resume.save_epoch = save_or_die
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
 def test_training_is_reproducible_and_a_killed_run_resumes_to_the_same_weights(tmp_path):
-    """Same seed -> identical tensors (augmentation included); SIGKILL at a random point of epoch 2, resume from
-    the last checkpoint -> the same weights as the uninterrupted run."""
+    """Same seed -> identical tensors (augmentation included); SIGKILL in epoch 2 (after its steps, before its save),
+    resume from the last checkpoint -> the same weights as the uninterrupted run."""
     import os
-    import random
     import signal
     import subprocess
     import sys
-    import time
 
     common = [
         "experiment=smoke",
@@ -170,31 +187,25 @@ def test_training_is_reproducible_and_a_killed_run_resumes_to_the_same_weights(t
 
     b = tmp_path / "b"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "train.py", *common, f"hydra.run.dir={b}"],
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_IN_EPOCH_2, *common, f"hydra.run.dir={b}"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        timeout=300,
     )
+    assert killed.returncode == -signal.SIGKILL
     card = b / "checkpoints" / "last.json"
-    deadline = time.time() + 120
-    while not card.is_file() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(random.uniform(0.0, 0.5))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert json.loads(card.read_text())["resume"]["epoch"] == 1  # epoch 2 trained, then killed before its save
     c = tmp_path / "c"
     p = run_script("train.py", *common, f"hydra.run.dir={c}", f"trainer.resume={b / 'checkpoints' / 'last'}")
-    if json.loads(card.read_text())["resume"]["epoch"] == 2:  # the kill came after the last epoch: nothing to do
-        wc = _weights(b)
-    else:
-        assert p.returncode == 0, p.stderr[-2000:]
-        wc = _weights(c)
-        # continues the epoch count instead of starting over, in one log: the earlier run's epoch 1 is copied in
-        assert _epochs(c) == [1, 2] and json.loads((c / "resumed_from.json").read_text())
-        assert list((c / "tb").glob("events.*"))
-        assert json.loads((c / "checkpoints" / "best.json").read_text())["epoch"] in (1, 2)  # best travels along
-        state = load_train_state(c / "checkpoints" / "last")  # the optimiser continued: 3 steps an epoch
-        assert float(state[next(k for k in state if k.endswith("/step"))]) == 6.0
+    assert p.returncode == 0, p.stderr[-2000:]
+    wc = _weights(c)
+    # continues the epoch count instead of starting over, in one log: the earlier run's epoch 1 is copied in
+    assert _epochs(c) == [1, 2] and json.loads((c / "resumed_from.json").read_text())
+    assert list((c / "tb").glob("events.*"))
+    assert json.loads((c / "checkpoints" / "best.json").read_text())["epoch"] in (1, 2)  # best travels along
+    state = load_train_state(c / "checkpoints" / "last")  # the optimiser continued: 3 steps an epoch
+    assert float(state[next(k for k in state if k.endswith("/step"))]) == 6.0
     assert all(torch.equal(wa[k], wc[k]) for k in wa)
