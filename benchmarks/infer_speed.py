@@ -5,9 +5,10 @@ python benchmarks/infer_speed.py [--checkpoint CKPT] [--compare OTHER ...] [--lo
    batch 1.
 2. end to end (decode + model + smoothing + masks/probs PNGs + JSONL + overlay + H.264 encode, report off; the
    README's default outputs) on the bundled 384x288 clip and on a 1920x1080 clip made by upscaling it, for the
-   serial path (review.streaming=false) and the streaming path (the default), bf16 and fp32; ratio streaming /
-   serial in this run (medians of --repeats alternating runs: shared machines are noisy), and the streaming masks'
-   Dice against the serial ones. The model's share is the time inside predict().
+   serial mode (review.streaming=false: the same stages in one thread) and the streaming path (the default,
+   stages overlapping in threads), bf16 and fp32; ratio streaming / serial in this run (medians of --repeats
+   alternating runs: shared machines are noisy), and the streaming masks' Dice against the serial ones (1.0: the
+   same stages write the same files). The model's share is the time inside predict().
 3. the issue's targets (1920x1080 >= 15 and 384x288 >= 40 frames/s, streaming bf16 on the CPU), met or not, and with
    --compare the streaming ratio of --checkpoint to each other checkpoint in the same run.
 """
@@ -29,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 from data.video import VideoWriter, read_frames  # noqa: E402
 from models.predictor import Predictor  # noqa: E402
 from models.runtime import autocast  # noqa: E402
-from review.pipeline import ReviewOptions, process_input  # noqa: E402
+from review.options import ReviewOptions  # noqa: E402
+from review.pipeline import process_input  # noqa: E402
 
 
 def model_only(pred: Predictor, batch: int, precision: str, reps: int = 5) -> float:

@@ -36,11 +36,11 @@ def lesions(prob: np.ndarray, mask: np.ndarray, *, max_points: int = 64) -> list
 
 
 def clean_mask(
-    prob: np.ndarray, area: np.ndarray, *, threshold: float = 0.5, min_area_fraction: float = 0.002
+    prob: np.ndarray, fov: np.ndarray, *, threshold: float = 0.5, min_area_fraction: float = 0.002
 ) -> np.ndarray:
-    """Threshold inside the field of view and drop specks smaller than ``min_area_fraction`` of the field."""
-    mask = ((prob >= threshold) & (area > 0)).astype(np.uint8)
-    min_px = min_area_fraction * max(1, int(area.sum()))
+    """Threshold inside the field of view ``fov`` and drop specks smaller than ``min_area_fraction`` of it."""
+    mask = ((prob >= threshold) & (fov > 0)).astype(np.uint8)
+    min_px = min_area_fraction * max(1, int(fov.sum()))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     for i in range(1, n):
         if stats[i, cv2.CC_STAT_AREA] < min_px:

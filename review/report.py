@@ -24,6 +24,7 @@ from core.files import atomic_write, write_image_atomic
 from models import gate
 from models.card import ModelCard
 from review.overlay import timecode
+from review.pages import page_template
 from review.summary import head_caption
 from review.timeline import timeline
 
@@ -45,18 +46,19 @@ def table_heads(card: ModelCard) -> list[str]:
     return list(CLINICAL_TARGETS) + [h for h in card.heads if h not in CLINICAL_TARGETS]
 
 
+def why_not_shown(card: ModelCard, head: str) -> str:
+    """Why a head's estimates are not shown: the display gate's own reasons, so that a stricter rule explains itself
+    here unchanged ("not available: ..." for a head the model lacks)."""
+    return ("not shown: " if head in card.heads else "") + "; ".join(
+        gate.refusals(card, head) or ["refused by the display gate"]
+    )
+
+
 def head_row(head: str, est: dict[str, Any] | None, card: ModelCard) -> dict[str, Any]:
     """One table row: the estimate of a head the display gate passes (worded as the overlay words a frame's),
     'insufficient evidence', or why nothing is shown, never a refused head's value."""
     if not gate.shown(card, head):
-        return {
-            "head": head,
-            "state": "hidden",
-            # the gate's own reasons, so that a stricter rule explains itself here unchanged ("not available: ..."
-            # for a head the model lacks)
-            "why": ("not shown: " if head in card.heads else "")
-            + "; ".join(gate.refusals(card, head) or ["refused by the display gate"]),
-        }
+        return {"head": head, "state": "hidden", "why": why_not_shown(card, head)}
     info = card.heads[head]
     auc = (info.validation or {}).get("frame", {}).get("auroc")
     validation = (
@@ -76,17 +78,6 @@ def head_row(head: str, est: dict[str, Any] | None, card: ModelCard) -> dict[str
         "frames": est["frames"],
         "validation": validation,
     }
-
-
-def _template(name: str = "report.html"):
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-    )
-    return env.get_template(name)
 
 
 def segment_row(seg: Mapping[str, Any], pos: Mapping[int, int]) -> dict[str, Any]:
@@ -140,9 +131,8 @@ def write_report(
             }
         )
     largest = summary.get("largest_lesion")
-    page = _template().render(
-        stem=stem,
-        intended_use=card.intended_use or DEFAULT_USE,
+    page = page_template("report.html").render(
+        **page_context(stem=stem, summary=summary, card=card, deid_banner=deid_banner),
         overlay_url=quote(overlay) if overlay else None,
         original_url=quote(original) if original else None,
         fps=fps,
@@ -152,32 +142,18 @@ def write_report(
         timeline=timeline(records, card, fps=fps, threshold=summary["threshold"], segments=summary["segments"]),
         segments=[segment_row(s, pos) for s in summary["segments"]],
         gap_s=summary["segment_gap_s"],
-        summary=summary,
         largest=dict(largest, timecode=timecode(largest["time"])) if largest else None,
         head_rows=[head_row(h, summary["heads"].get(h), card) for h in table_heads(card)],
-        # only that refused heads' estimates were written elsewhere (review.research_heads), never the values
-        research_banner=RESEARCH_BANNER if summary.get("research_only") else None,
-        deid_banner=deid_banner,
         frames_lost=summary.get("frames_lost", 0),
-        errors=[x["error"] for x in summary.get("errors", [])],
         key_frames=frames,
-        model_name=str(card.name),
-        model_date=str(card.date),
-        model_commit=str(card.git_commit)[:12],
     )
-    path = out_dir / "report.html"
-    with atomic_write(path) as tmp:
-        tmp.write_text(page, encoding="utf-8")  # as the page declares, whatever the locale
-    return path
+    return write_page(out_dir, page)
 
 
 def gallery_head_row(head: str, card: ModelCard) -> dict[str, Any]:
     """One row of the gallery's heads table: where a shown head's estimates are, or why none is shown."""
     if not gate.shown(card, head):
-        why = ("not shown: " if head in card.heads else "") + "; ".join(
-            gate.refusals(card, head) or ["refused by the display gate"]
-        )
-        return {"head": head, "text": why, "note": True}
+        return {"head": head, "text": why_not_shown(card, head), "note": True}
     return {"head": head, "text": "shown under each informative image", "note": False}
 
 
@@ -217,21 +193,35 @@ def write_gallery(
                 ],
             }
         )
-    page = _template("gallery.html").render(
-        stem=stem,
-        intended_use=card.intended_use or DEFAULT_USE,
-        deid_banner=deid_banner,
-        research_banner=RESEARCH_BANNER if summary.get("research_only") else None,
-        summary=summary,
+    page = page_template("gallery.html").render(
+        **page_context(stem=stem, summary=summary, card=card, deid_banner=deid_banner),
         largest=summary.get("largest_lesion"),
         head_rows=[gallery_head_row(h, card) for h in table_heads(card)],
-        errors=[x["error"] for x in summary.get("errors", [])],
         pictures=overlays,
         stills=stills,
-        model_name=str(card.name),
-        model_date=str(card.date),
-        model_commit=str(card.git_commit)[:12],
     )
+    return write_page(out_dir, page)
+
+
+def page_context(*, stem: str, summary: dict[str, Any], card: ModelCard, deid_banner: str | None) -> dict[str, Any]:
+    """What the video report and the gallery both show: the input, the intended use, the banners, the summary, its
+    errors and the model."""
+    return {
+        "stem": stem,
+        "intended_use": card.intended_use or DEFAULT_USE,
+        "deid_banner": deid_banner,
+        # only that refused heads' estimates were written elsewhere (review.research_heads), never the values
+        "research_banner": RESEARCH_BANNER if summary.get("research_only") else None,
+        "summary": summary,
+        "errors": [x["error"] for x in summary.get("errors", [])],
+        "model_name": str(card.name),
+        "model_date": str(card.date),
+        "model_commit": str(card.git_commit)[:12],
+    }
+
+
+def write_page(out_dir: Path, page: str) -> Path:
+    """``out_dir/report.html``, in UTF-8 as the page declares, whatever the locale."""
     path = out_dir / "report.html"
     with atomic_write(path) as tmp:
         tmp.write_text(page, encoding="utf-8")

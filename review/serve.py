@@ -46,7 +46,7 @@ def database_url(db: str | None, state: Path) -> str:
 
 
 def _root(path: Path) -> Path:
-    from review.index import case_folders
+    from review.case_rows import case_folders
 
     case_folders(path)  # the folder exists and is an archive, not one case
     return path
@@ -58,7 +58,7 @@ def serve(a: argparse.Namespace) -> int:
     from review.app.security import _is_loopback, allowed_hosts, load_token
     from review.app.store import open_store
     from review.app.web import create_app
-    from review.index import case_folders
+    from review.case_rows import case_folders
 
     root = _root(a.root)
     if not _is_loopback(a.host) and not a.allow_remote:

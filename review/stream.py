@@ -1,4 +1,5 @@
-"""Overlapping stages for the video path: decode ahead in one thread, render and encode behind in another.
+"""Overlapping stages for the video path: decode ahead in one thread, render and encode behind in another; and the
+same interface run inline, in the calling thread (the serial mode, review.streaming=false, and still images).
 
 The heavy parts (FFmpeg decoding and encoding, OpenCV resizing and PNG compression, the model) release Python's GIL,
 so plain threads overlap them on a few cores. Every queue is bounded, so memory stays flat however long the video;
@@ -84,3 +85,21 @@ class OrderedWorker:
                 self._pending.popleft().result()
         finally:
             self._pool.shutdown(wait=True)
+
+
+def in_order(items: Iterable[T], depth: int) -> Iterator[T]:
+    """prefetch's serial counterpart: ``items`` produced in the calling thread, one at a time (``depth`` unused)."""
+    return iter(items)
+
+
+class InlineWorker:
+    """OrderedWorker's serial counterpart: each submitted job runs at once, in the calling thread."""
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        fn(*args, **kwargs)
+
+    def __enter__(self) -> InlineWorker:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        return None

@@ -1,5 +1,5 @@
-"""What a finished input leaves besides its frames: summary.json (frames, lesions, segments, one estimate per head
-for a video), errors.jsonl, and for a video the report.
+"""What summary.json holds (frames, lesions, segments, one estimate per head for a video) and the per-frame rules
+it shares with predictions.jsonl, the overlay and the report (review/summary_files.py writes it).
 
 Which heads reach a reader is decided by the display gate alone (models/gate.py, called through the module as
 ``gate.shown`` / ``gate.refusals``, so that one replacement of it, a stricter rule or a test's, reaches every
@@ -11,18 +11,13 @@ overlay and the report alike."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from core.files import atomic_write, write_jsonl
 from models import gate
 from models.card import ModelCard
 from models.heads import aggregate_case
-from models.predictor import Predictor
 from review.options import ReviewOptions
 from review.segments import GAP_S, lesion_segments
 
@@ -64,65 +59,6 @@ def summary_row(rec: dict[str, Any]) -> dict[str, Any]:
         "largest_px": rec["lesions"][0]["area_px"] if rec["lesions"] else 0,
         "lesion_px": sum(d["area_px"] for d in rec["lesions"]),
     }
-
-
-def finish(
-    out_dir: Path,
-    *,
-    stem: str,
-    records: list[dict],
-    predictor: Predictor,
-    video: dict | None,
-    errors: list[dict],
-    opts: ReviewOptions,
-    key_frames: list,
-    deid: dict[str, Any] | None = None,
-    scrub: Callable[[str], str] | None = None,
-) -> dict[str, Any]:
-    """summary.json, errors.jsonl and the report (a video's, or the gallery of still images), once every frame is
-    done. ``deid``: data.deid.Redactor.summary() when the frames were de-identified; text still found after
-    redaction is an error (exit code 2) with review.deid_check=fail, and a banner in the report either way.
-    ``scrub``: removes the input's names from messages (review.anonymise_names)."""
-    for e in errors:
-        if scrub is not None:
-            e.update({k: scrub(str(e[k])) for k in ("file", "error") if k in e})
-    banner = deid_banner(deid)
-    if banner and opts.deid_check == "fail":
-        errors.append({"file": stem, "error": f"{stem}: {banner}", "deidentification": "failed"})
-    summary = summarise(records, predictor.card, video, errors, threshold=opts.threshold, opts=opts)
-    summary["deidentification"] = deid
-    summary["names"] = "pseudonymised" if opts.anonymise_names else "input"
-    with atomic_write(out_dir / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
-    if errors:
-        write_jsonl(out_dir / "errors.jsonl", errors)
-    if not video and opts.report and records:  # still images: a gallery
-        from review.report import write_gallery
-
-        write_gallery(
-            out_dir,
-            stem=stem,
-            records=records,
-            summary=summary,
-            card=predictor.card,
-            overlays=opts.overlay,
-            deid_banner=banner,
-        )
-    if video and opts.report and records:
-        from review.report import write_report
-
-        write_report(
-            out_dir,
-            stem=stem,
-            records=records,
-            summary=summary,
-            card=predictor.card,
-            key_frames=key_frames,
-            overlay=f"{stem}_overlay.mp4" if opts.overlay else None,
-            original=f"{stem}_original.mp4" if opts.original_video else None,
-            deid_banner=banner,
-        )
-    return summary
 
 
 def summarise(

@@ -122,7 +122,7 @@ def timeline(
         top = y0 + TRACK_H + 8
         return t
 
-    area = np.array([100 * r["area_fraction"] for r in records])
+    lesion_percent = np.array([100 * r["area_fraction"] for r in records])  # of the field of view
     tracks = [
         track(
             "lesion probability (max in view; dashed: threshold)",
@@ -132,8 +132,8 @@ def timeline(
         ),
         track(
             "lesion area (% of the field of view)",
-            [("area", AREA, area, "max")],
-            nice_ceiling(float(area.max(initial=0.0))),
+            [("area", AREA, lesion_percent, "max")],
+            nice_ceiling(float(lesion_percent.max(initial=0.0))),
             unit="%",
         ),
     ]

@@ -3,7 +3,9 @@ input, resume by content hash + model + settings, failed inputs listed without s
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import multiprocessing
 import os
@@ -16,11 +18,12 @@ import pytest
 import yaml
 
 from core.errors import UserError
-from review import batch
+from review import batch, batch_inputs, case_ids, cases
 from tests.conftest import ROOT, run_script
 
 SAMPLES = sorted((ROOT / "samples" / "images").glob("*.jpg"))
 CLIP = ROOT / "samples" / "clinicdb_seq6.mp4"
+CHECKPOINT = ROOT / "checkpoints" / "endolift_polyp_unet_mnv2"  # infer.py's default, wherever the tests run from
 
 
 def _jobs(sweep: Path) -> list[dict]:
@@ -71,16 +74,16 @@ def test_submitit_local_two_inputs_two_jobs_then_resume_skips_and_redoes_a_chang
         folder = root / case
         rec = json.loads((folder / "case.json").read_text())
         assert rec["status"] == "done" and rec["input"] == str(src_file) and len(rec["sha256"]) == 64
-        assert rec["save_id"] == batch.model_save_id(ROOT / "checkpoints" / "endolift_polyp_unet_mnv2")
+        assert rec["save_id"] == cases.model_save_id(ROOT / "checkpoints" / "endolift_polyp_unet_mnv2")
         assert (folder / "summary.json").is_file() and (folder / "masks" / f"{case}.png").is_file()
-        assert batch.listing_complete(folder)
+        assert cases.listing_complete(folder)
         # config.yaml names this case's input and id: the command that redoes this one case
         first = (folder / "config.yaml").read_text().splitlines()[0]
         assert f"input={src_file}" in first and f"case={case}" in first and "," not in first.split("input=")[1]
     rows = _index_rows(root)
     assert {k: r["status"] for k, r in rows.items()} == {"a": "done", "b": "done"}
     assert 'href="a/report.html"' in (root / "index.html").read_text()
-    assert not (root / batch.FAILURES).exists()
+    assert not (root / case_ids.FAILURES).exists()
     before = {c: _mtime(root / c / "summary.json") for c in ("a", "b")}
 
     p = sweep("s2")  # nothing changed: both skipped, nothing rewritten
@@ -97,7 +100,31 @@ def test_submitit_local_two_inputs_two_jobs_then_resume_skips_and_redoes_a_chang
     assert p.returncode == 0, p.stderr[-3000:]
     assert [(j["case"], j["status"]) for j in _jobs(tmp_path / "s3")] == [("a", "skipped"), ("b", "done")]
     assert _mtime(root / "a" / "summary.json") == before["a"] and _mtime(root / "b" / "summary.json") > before["b"]
-    assert json.loads((root / "b" / "case.json").read_text())["sha256"] == batch.content_sha256(Path(b))
+    assert json.loads((root / "b" / "case.json").read_text())["sha256"] == cases.content_sha256(Path(b))
+
+
+def sweep_in_process(inputs: list[Path], sweep: Path, *overrides: str) -> tuple[int, str]:
+    """What ``infer.py -m input=A,B OVERRIDES hydra.sweep.dir=SWEEP`` does with Hydra's basic launcher (the jobs one
+    after the other in one process), called here: one review.batch.review_archive job per input, its outcome in
+    SWEEP/<job number>/, then BatchCallback's summary. Returns (infer.py's exit code, what it printed)."""
+    from omegaconf import OmegaConf
+
+    from tests.test_infer import infer_settings
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        for k, path in enumerate(inputs):
+            job = (f"input={path}", *overrides)
+            code = batch.review_archive(infer_settings(*job), overrides=job, multirun=True, job_dir=sweep / str(k))
+            assert code == 0  # a job always returns: its outcome is the sweep's
+        out_root = dict(o.split("=", 1) for o in overrides)["out_root"]
+        config = OmegaConf.create({"out_root": out_root, "hydra": {"sweep": {"dir": str(sweep)}}})
+        try:
+            batch.BatchCallback().on_multirun_end(config)
+            code = 0
+        except SystemExit as e:
+            code = e.code
+    return code, buf.getvalue()
 
 
 def test_a_failed_input_is_listed_while_the_other_completes_and_a_fixed_one_is_redone(tmp_path):
@@ -108,16 +135,14 @@ def test_a_failed_input_is_listed_while_the_other_completes_and_a_fixed_one_is_r
     bad.write_bytes(b"not a picture")
     root = tmp_path / "archive"
 
-    def sweep(name: str):  # Hydra's basic launcher: the jobs one after the other in this process
-        return run_script(
-            "infer.py", "-m", f"input={good},{bad}", f"out_root={root}", f"hydra.sweep.dir={tmp_path / name}"
-        )
+    def sweep(name: str) -> tuple[int, str]:
+        return sweep_in_process([good, bad], tmp_path / name, f"out_root={root}", f"checkpoint={CHECKPOINT}")
 
-    p = sweep("s1")
-    assert p.returncode == 2, p.stderr[-3000:]
-    assert "1 reviewed, 0 skipped (complete), 1 failed" in p.stdout and batch.FAILURES in p.stdout
+    code, stdout = sweep("s1")
+    assert code == 2
+    assert "1 reviewed, 0 skipped (complete), 1 failed" in stdout and case_ids.FAILURES in stdout
     assert (root / "good" / "summary.json").is_file() and not (root / "bad" / "summary.json").exists()
-    (failure,) = [json.loads(x) for x in (root / batch.FAILURES).read_text().splitlines()]
+    (failure,) = [json.loads(x) for x in (root / case_ids.FAILURES).read_text().splitlines()]
     assert failure["case"] == "bad" and failure["input"] == str(bad) and "cannot decode image" in failure["error"]
     assert "cannot decode image" in (root / "bad" / "errors.jsonl").read_text()
     assert json.loads((root / "bad" / "case.json").read_text())["status"] == "failed"
@@ -125,10 +150,10 @@ def test_a_failed_input_is_listed_while_the_other_completes_and_a_fixed_one_is_r
     assert rows["good"]["status"] == "done" and rows["bad"]["status"] == "incomplete"
 
     shutil.copy(SAMPLES[1], bad)  # fixed: redone, no longer listed; the good one is skipped
-    p = sweep("s2")
-    assert p.returncode == 0, p.stderr[-3000:]
+    code, _ = sweep("s2")
+    assert code == 0
     assert [(j["case"], j["status"]) for j in _jobs(tmp_path / "s2")] == [("good", "skipped"), ("bad", "done")]
-    assert not (root / batch.FAILURES).exists() and not (root / "bad" / "errors.jsonl").exists()
+    assert not (root / case_ids.FAILURES).exists() and not (root / "bad" / "errors.jsonl").exists()
     assert _index_rows(root)["bad"]["status"] == "done"
 
 
@@ -162,7 +187,7 @@ def test_a_manifest_gives_each_input_its_case_id(tmp_path):
     assert listed.returncode == 0 and listed.stdout.splitlines()[0] == f"P001\t{data / 'Smith, John.jpg'}"
 
 
-def test_anonymised_names_leave_no_input_name_in_the_archive(tmp_path, monkeypatch):
+def test_anonymised_names_leave_no_input_name_in_the_archive(tmp_path, monkeypatch, capsys):
     """One process, several inputs (no -m): each a case named by its pseudonym; no file of the archive names one."""
     src = tmp_path / "Doe_Jane"
     src.mkdir()
@@ -170,17 +195,29 @@ def test_anonymised_names_leave_no_input_name_in_the_archive(tmp_path, monkeypat
     (src / "Roe_Rick.jpg").write_bytes(b"not a picture")
     root = tmp_path / "archive"
     monkeypatch.setenv("ENDOLIFT_NAME_KEY", "test-key")
-    args = [f"input=[{good},{src / 'Roe_Rick.jpg'}]", f"out_root={root}", "review.anonymise_names=true"]
-    p = run_script("infer.py", *args)
-    assert p.returncode == 2 and "1 reviewed, 0 skipped (complete), 1 failed" in p.stdout, p.stderr[-2000:]
+    args = (
+        f"input=[{good},{src / 'Roe_Rick.jpg'}]",
+        f"out_root={root}",
+        "review.anonymise_names=true",
+        f"checkpoint={CHECKPOINT}",
+    )
+
+    def archive_in_process() -> tuple[int, str]:  # infer.py ARGS (no -m), called here: (exit code, its stdout)
+        from tests.test_infer import infer_settings
+
+        code = batch.review_archive(infer_settings(*args), overrides=args, multirun=False, job_dir=None)
+        return code, capsys.readouterr().out
+
+    code, stdout = archive_in_process()
+    assert code == 2 and "1 reviewed, 0 skipped (complete), 1 failed" in stdout
     cases = sorted(q.name for q in root.iterdir() if q.is_dir() and not q.name.startswith("."))
     assert len(cases) == 2 and all(c.startswith("case-") for c in cases)
     for f in root.rglob("*"):
         if f.is_file() and f.suffix in (".json", ".jsonl", ".yaml", ".html", ".csv"):
             text = f.read_text()
             assert "Doe" not in text and "Roe" not in text and str(src) not in text, f
-    p = run_script("infer.py", *args)  # the same names again: the good one skipped
-    assert "0 reviewed, 1 skipped (complete), 1 failed" in p.stdout
+    code, stdout = archive_in_process()  # the same names again: the good one skipped
+    assert "0 reviewed, 1 skipped (complete), 1 failed" in stdout
 
 
 def test_submitit_slurm_submits_one_array_with_partition_gpus_time_and_parallelism(tmp_path, monkeypatch):
@@ -233,36 +270,36 @@ def test_settings_are_checked_before_any_job_and_archives_need_out_root(tmp_path
 
 
 def test_derived_case_ids_are_path_safe():
-    assert batch.derived_case_id(Path("/a/clip 1 (copy).mp4")) == "clip_1_copy_"
-    assert batch.derived_case_id(Path("/a/.hidden.mp4")) == "hidden"
-    assert batch.derived_case_id(Path("/a/Müller.mp4")) == "Müller"
-    assert batch.derived_case_id(Path("/a/index.html.mp4")) == "index.html_case"
-    assert batch.derived_case_id(Path("/a/frames.v2")) == "frames.v2"  # a folder keeps its whole name
-    assert batch.derived_case_id(Path("/a/<script>.mp4")) == "_script_"
+    assert case_ids.derived_case_id(Path("/a/clip 1 (copy).mp4")) == "clip_1_copy_"
+    assert case_ids.derived_case_id(Path("/a/.hidden.mp4")) == "hidden"
+    assert case_ids.derived_case_id(Path("/a/Müller.mp4")) == "Müller"
+    assert case_ids.derived_case_id(Path("/a/index.html.mp4")) == "index.html_case"
+    assert case_ids.derived_case_id(Path("/a/frames.v2")) == "frames.v2"  # a folder keeps its whole name
+    assert case_ids.derived_case_id(Path("/a/<script>.mp4")) == "_script_"
 
 
 @pytest.mark.parametrize("bad", ["", "../x", "a/b", ".x", "-x", "index.html", "a b", "x" * 101])
 def test_given_case_ids_are_refused_unless_path_safe(bad):
     with pytest.raises(UserError, match="not usable as a folder name"):
-        batch.check_case_id(bad, where="case")
+        case_ids.check_case_id(bad, where="case")
 
 
 def test_a_derived_id_stays_with_the_input_that_claimed_it(tmp_path):
     one, two = str(tmp_path / "x" / "clip.mp4"), str(tmp_path / "y" / "clip.mp4")
-    assert batch.claim_case(tmp_path, base="clip", source=one) == "clip"
-    assert batch.claim_case(tmp_path, base="clip", source=two) == "clip_2"
-    assert batch.claim_case(tmp_path, base="clip", source=one) == "clip"  # later runs: the same folder
-    assert batch.claim_case(tmp_path, base="clip", source=two) == "clip_2"
+    assert case_ids.claim_case(tmp_path, base="clip", source=one) == "clip"
+    assert case_ids.claim_case(tmp_path, base="clip", source=two) == "clip_2"
+    assert case_ids.claim_case(tmp_path, base="clip", source=one) == "clip"  # later runs: the same folder
+    assert case_ids.claim_case(tmp_path, base="clip", source=two) == "clip_2"
     (tmp_path / "other" / "masks").mkdir(parents=True)
     (tmp_path / "other" / "summary.json").write_text("{}")  # a plain infer.py run's folder: never taken
-    assert batch.claim_case(tmp_path, base="other", source=one) == "other_2"
+    assert case_ids.claim_case(tmp_path, base="other", source=one) == "other_2"
 
 
 def test_parallel_claims_never_share_a_folder(tmp_path):
     got: list[str] = []
     sources = [f"/in/{k}/clip.mp4" for k in range(8)]
     threads = [
-        threading.Thread(target=lambda s=s: got.append(batch.claim_case(tmp_path, base="clip", source=s)))
+        threading.Thread(target=lambda s=s: got.append(case_ids.claim_case(tmp_path, base="clip", source=s)))
         for s in sources
     ]
     for t in threads:
@@ -286,11 +323,11 @@ def test_manifest_problems_name_the_line(tmp_path):
     for text, needle in cases.items():
         m.write_text(text)
         with pytest.raises(UserError, match=needle.replace("(", r"\(")):
-            batch.read_manifest(m)
+            batch_inputs.read_manifest(m)
     m.write_bytes("\ufeffinput,case\nsub/a.mp4,\n/abs/b.mp4,P2\n".encode())  # Excel's BOM; relative to the manifest
-    assert batch.read_manifest(m) == [
-        batch.Item(tmp_path / "sub" / "a.mp4", None),
-        batch.Item(Path("/abs/b.mp4"), "P2"),
+    assert batch_inputs.read_manifest(m) == [
+        batch_inputs.Item(tmp_path / "sub" / "a.mp4", None),
+        batch_inputs.Item(Path("/abs/b.mp4"), "P2"),
     ]
 
 
@@ -298,14 +335,19 @@ def test_inputs_spec_a_folder_of_videos_a_glob_or_a_manifest(tmp_path):
     for name in ("b.mp4", "a.MOV", "note.txt", "c.jpg"):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "frames").mkdir()
-    assert [i.input.name for i in batch.expand_inputs(str(tmp_path))] == ["a.MOV", "b.mp4"]
-    assert [i.input.name for i in batch.expand_inputs(str(tmp_path / "*"))] == ["a.MOV", "b.mp4", "c.jpg", "frames"]
+    assert [i.input.name for i in batch_inputs.expand_inputs(str(tmp_path))] == ["a.MOV", "b.mp4"]
+    assert [i.input.name for i in batch_inputs.expand_inputs(str(tmp_path / "*"))] == [
+        "a.MOV",
+        "b.mp4",
+        "c.jpg",
+        "frames",
+    ]
     with pytest.raises(UserError, match="matches no video"):
-        batch.expand_inputs(str(tmp_path / "*.avi"))
+        batch_inputs.expand_inputs(str(tmp_path / "*.avi"))
     with pytest.raises(UserError, match="no videos"):
-        batch.expand_inputs(str(tmp_path / "frames"))
+        batch_inputs.expand_inputs(str(tmp_path / "frames"))
     with pytest.raises(UserError, match="not a folder, a glob"):
-        batch.expand_inputs(str(tmp_path / "nothing"))
+        batch_inputs.expand_inputs(str(tmp_path / "nothing"))
 
 
 def _write_case(folder: Path, *, sha: str = "s", save_id: str = "m", settings: str = "d") -> None:
@@ -320,25 +362,25 @@ def _write_case(folder: Path, *, sha: str = "s", save_id: str = "m", settings: s
 def test_a_case_is_complete_only_with_the_same_input_model_settings_and_every_listed_file(tmp_path):
     f = tmp_path / "c"
     _write_case(f)
-    assert batch.is_complete(f, sha256="s", save_id="m", settings="d")
-    assert not batch.is_complete(f, sha256="other", save_id="m", settings="d")
-    assert not batch.is_complete(f, sha256="s", save_id="other", settings="d")
-    assert not batch.is_complete(f, sha256="s", save_id="m", settings="other")
-    assert not batch.is_complete(f, sha256=None, save_id="m", settings="d")  # the input is unreadable
+    assert cases.is_complete(f, sha256="s", save_id="m", settings="d")
+    assert not cases.is_complete(f, sha256="other", save_id="m", settings="d")
+    assert not cases.is_complete(f, sha256="s", save_id="other", settings="d")
+    assert not cases.is_complete(f, sha256="s", save_id="m", settings="other")
+    assert not cases.is_complete(f, sha256=None, save_id="m", settings="d")  # the input is unreadable
     (f / ".endolift-outputs.journal").write_text("masks/y.png\n")  # a run was killed in this folder
-    assert not batch.is_complete(f, sha256="s", save_id="m", settings="d")
+    assert not cases.is_complete(f, sha256="s", save_id="m", settings="d")
     (f / ".endolift-outputs.journal").unlink()
     (f / "masks" / "x.png").unlink()  # a listed output is gone
-    assert not batch.is_complete(f, sha256="s", save_id="m", settings="d")
+    assert not cases.is_complete(f, sha256="s", save_id="m", settings="d")
 
 
 def test_the_settings_digest_ignores_paths_and_speed_but_not_what_is_written():
     base = {"input": "a", "out_root": "r", "device": "cpu", "tta": False, "review": {"threshold": 0.5, "batch_size": 8}}
-    d = batch.settings_digest(base)
-    assert batch.settings_digest(base | {"input": "b", "out_root": "s", "device": "cuda", "resume": False}) == d
-    assert batch.settings_digest(base | {"review": {"threshold": 0.5, "batch_size": 32}}) == d
-    assert batch.settings_digest(base | {"review": {"threshold": 0.4, "batch_size": 8}}) != d
-    assert batch.settings_digest(base | {"tta": True}) != d
+    d = cases.settings_digest(base)
+    assert cases.settings_digest(base | {"input": "b", "out_root": "s", "device": "cuda", "resume": False}) == d
+    assert cases.settings_digest(base | {"review": {"threshold": 0.5, "batch_size": 32}}) == d
+    assert cases.settings_digest(base | {"review": {"threshold": 0.4, "batch_size": 8}}) != d
+    assert cases.settings_digest(base | {"tta": True}) != d
 
 
 def test_content_hash_is_streamed_and_covers_a_folders_frame_names(tmp_path):
@@ -346,16 +388,16 @@ def test_content_hash_is_streamed_and_covers_a_folders_frame_names(tmp_path):
 
     f = tmp_path / "v.mp4"
     f.write_bytes(os.urandom(3_000_000))
-    assert batch.content_sha256(f, chunk=4096) == hashlib.sha256(f.read_bytes() + b"\0").hexdigest()
+    assert cases.content_sha256(f, chunk=4096) == hashlib.sha256(f.read_bytes() + b"\0").hexdigest()
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "1.png").write_bytes(b"a")
-    h = batch.content_sha256(tmp_path / "d")
+    h = cases.content_sha256(tmp_path / "d")
     (tmp_path / "d" / "1.png").rename(tmp_path / "d" / "2.png")
-    assert batch.content_sha256(tmp_path / "d") != h
+    assert cases.content_sha256(tmp_path / "d") != h
 
 
 def _fail(root: str, k: int) -> None:
-    batch.update_failures(Path(root), case=f"c{k}", failure={"case": f"c{k}", "error": "x"})
+    cases.update_failures(Path(root), case=f"c{k}", failure={"case": f"c{k}", "error": "x"})
 
 
 def test_the_failure_list_keeps_every_jobs_line_when_jobs_finish_together(tmp_path):
@@ -365,11 +407,11 @@ def test_the_failure_list_keeps_every_jobs_line_when_jobs_finish_together(tmp_pa
         p.start()
     for p in procs:
         p.join()
-    lines = [json.loads(x) for x in (tmp_path / batch.FAILURES).read_text().splitlines()]
+    lines = [json.loads(x) for x in (tmp_path / case_ids.FAILURES).read_text().splitlines()]
     assert sorted(x["case"] for x in lines) == sorted(f"c{k}" for k in range(12))
     for k in range(12):  # each one fixed: its line goes, and the file with the last
-        batch.update_failures(tmp_path, case=f"c{k}", failure=None)
-    assert not (tmp_path / batch.FAILURES).exists()
+        cases.update_failures(tmp_path, case=f"c{k}", failure=None)
+    assert not (tmp_path / case_ids.FAILURES).exists()
 
 
 def test_the_sweep_command_line(tmp_path, monkeypatch):
@@ -389,7 +431,7 @@ def test_the_sweep_command_line(tmp_path, monkeypatch):
         "hydra.sweeper.max_batch_size=2",
     ]
     assert "inputs=videos" not in argv
-    assert [i.input.name for i in batch.read_manifest(tmp_path / "sw" / "inputs.csv")] == ["a.mp4", "b.mp4"]
+    assert [i.input.name for i in batch_inputs.read_manifest(tmp_path / "sw" / "inputs.csv")] == ["a.mp4", "b.mp4"]
     argv = batch.sweep_arguments(
         ["-m", "hydra/launcher=submitit_local", "hydra.sweeper.max_batch_size=4", "input=a", "out_root=arch"]
     )

@@ -10,7 +10,8 @@ import threading
 
 import pytest
 
-from review.index import build_index, case_folders, main, read_case, thumb_name
+from review.case_rows import case_folders, read_case
+from review.index import build_index, main, thumb_name
 from tests.archive_cases import FORMULA, HOSTILE, copy_case, hand_made, reviewed_case
 from tests.conftest import html_tags
 

@@ -7,13 +7,16 @@ import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from core.errors import UserError
 from data.synthetic import synthetic_frame
 from tests.conftest import ROOT, run_script
+from tests.test_infer import image_folder, infer_in_process
 
 
 def _one_line_error(p: subprocess.CompletedProcess) -> str:
@@ -30,7 +33,7 @@ def test_a_killed_runs_finished_files_are_deleted_by_the_next_run(tmp_path):
     code = (
         "import os, sys\n"
         "from pathlib import Path\n"
-        "from data.io import atomic_write, recording_outputs\n"
+        "from core.files import atomic_write, recording_outputs\n"
         f"folder = Path({str(folder)!r})\n"
         "with recording_outputs(journal=folder):\n"
         "    for i in range(5):\n"
@@ -55,14 +58,19 @@ def test_covariates_that_are_not_a_mapping_stop_before_anything_is_written(tmp_p
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_covariates_the_model_does_not_read_stop_before_anything_is_written(tmp_path, tiny_checkpoint):
+def one_image(tmp_path) -> Path:
+    """a.png: one synthetic 64 x 64 frame."""
     img = tmp_path / "a.png"
     cv2.imwrite(str(img), synthetic_frame(np.random.default_rng(0), (64, 64))["image"])
+    return img
+
+
+def test_covariates_the_model_does_not_read_stop_before_anything_is_written(tmp_path, tiny_checkpoint):
     out = tmp_path / "out"
-    p = run_script(
-        "infer.py", f"input={img}", f"out_dir={out}", f"checkpoint={tiny_checkpoint}", "review.covariates={foo: 1}"
-    )
-    assert "not read by this model" in _one_line_error(p)
+    args = (f"input={one_image(tmp_path)}", f"out_dir={out}", f"checkpoint={tiny_checkpoint}")
+    with pytest.raises(UserError) as e:  # infer.py: exit code 2, the message as one line
+        infer_in_process(*args, "review.covariates={foo: 1}")
+    assert "not read by this model" in str(e.value) and "\n" not in str(e.value)
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -162,7 +170,7 @@ def test_checkpoints_are_readable_by_the_group(tmp_path):
 def test_a_resumed_run_continues_the_earlier_runs_logs_in_its_own_folder(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
-    from train import continue_logs
+    from training.logs import continue_logs
 
     first = tmp_path / "first"
     (first / "checkpoints").mkdir(parents=True)
@@ -181,13 +189,11 @@ def test_a_resumed_run_continues_the_earlier_runs_logs_in_its_own_folder(tmp_pat
 
 
 def test_a_still_image_has_no_time_in_its_summary(tmp_path, tiny_checkpoint):
-    img = tmp_path / "a.png"
-    cv2.imwrite(str(img), synthetic_frame(np.random.default_rng(0), (64, 64))["image"])
     out = tmp_path / "out"
-    p = run_script(
-        "infer.py", f"input={img}", f"out_dir={out}", f"checkpoint={tiny_checkpoint}", "review.threshold=0.01"
+    failures = infer_in_process(
+        f"input={one_image(tmp_path)}", f"out_dir={out}", f"checkpoint={tiny_checkpoint}", "review.threshold=0.01"
     )
-    assert p.returncode == 0, p.stderr[-2000:]
+    assert failures == [], failures  # exit code 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["largest_lesion"] and "time" not in summary["largest_lesion"]
     rec = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])
@@ -197,16 +203,12 @@ def test_a_still_image_has_no_time_in_its_summary(tmp_path, tiny_checkpoint):
 def test_a_folder_of_still_images_gets_a_gallery_report(tmp_path, tiny_checkpoint):
     from tests.conftest import html_tags
 
-    src = tmp_path / "stills"
-    src.mkdir()
-    rng = np.random.default_rng(1)
-    for name in ("b", "a", "<img src=x onerror=alert(1)>"):
-        cv2.imwrite(str(src / f"{name}.png"), synthetic_frame(rng, (64, 80))["image"])
+    src = image_folder(tmp_path / "stills", ["b", "a", "<img src=x onerror=alert(1)>"], seed=1, size=(64, 80))
     out = tmp_path / "out"
-    p = run_script(
-        "infer.py", f"input={src}", f"out_dir={out}", f"checkpoint={tiny_checkpoint}", "review.threshold=0.01"
+    failures = infer_in_process(
+        f"input={src}", f"out_dir={out}", f"checkpoint={tiny_checkpoint}", "review.threshold=0.01"
     )
-    assert p.returncode == 0, p.stderr[-2000:]
+    assert failures == [], failures  # exit code 0
     html = (out / "report.html").read_text()
     imgs = [a["src"] for t, a in html_tags(html) if t == "img"]
     assert len(imgs) == 3 and all((out / __import__("urllib.parse").parse.unquote(s)).is_file() for s in imgs)

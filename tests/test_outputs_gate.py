@@ -106,19 +106,20 @@ def clip(tmp_path) -> Path:
 
 def run_video(clip: Path, out: Path, pred, monkeypatch: pytest.MonkeyPatch, **opts) -> tuple[list, dict, str, list]:
     """process_input on ``clip`` -> (predictions.jsonl records, summary.json, report.html, overlay lines per frame)."""
-    import review.pipeline as pipeline
+    import review.stages as stages
     from review.options import ReviewOptions
+    from review.pipeline import process_input
 
     drawn: list[list[str]] = []
-    render = pipeline.render_overlay
+    render = stages.render_overlay
 
     def spy(*a, head_lines=(), **kw):
         drawn.append(list(head_lines))
         return render(*a, head_lines=head_lines, **kw)
 
-    monkeypatch.setattr(pipeline, "render_overlay", spy)
+    monkeypatch.setattr(stages, "render_overlay", spy)
     settings = {"smoothing": 1.0, "min_informative_frames": 1, "abstain_below": 0.0, "scope_mask": False} | opts
-    pipeline.process_input(clip, predictor=pred, out_dir=out, opts=ReviewOptions(**settings))
+    process_input(clip, predictor=pred, out_dir=out, opts=ReviewOptions(**settings))
     rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     summary = json.loads((out / "summary.json").read_text())
     return rows, summary, (out / "report.html").read_text(), drawn

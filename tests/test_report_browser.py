@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from review.screenshot import find_chromium, headless, screenshot
-from tests.conftest import run_script
+from tests.test_infer import infer_in_process
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(
@@ -80,15 +80,14 @@ def report(tmp_path_factory, tiny_checkpoint) -> Path:
     with VideoWriter(clip, fps=FPS, width=96, height=64) as w:
         for _ in range(FRAMES):
             w.write(synthetic_frame(rng, (64, 96))["image"])
-    p = run_script(
-        "infer.py",
+    failures = infer_in_process(
         f"input='{clip}'",
         f"out_dir={tmp / 'out'}",
         f"checkpoint={tiny_checkpoint}",
         "review.original_video=true",
         "review.threshold=0.001",
     )
-    assert p.returncode == 0, p.stderr[-2000:]
+    assert failures == [], failures  # exit code 0
     return tmp / "out" / "report.html"
 
 

@@ -9,9 +9,9 @@ import torch
 
 from data.scope import content_area, deidentify
 from data.synthetic import synthetic_frame
-from models.runtime import ModelEMA
 from review.describe import clean_mask, lesions
 from tests.conftest import html_tags
+from training.loop import ModelEMA
 
 
 def _frame_with_burned_in_text():
@@ -227,7 +227,8 @@ def test_original_video_is_written_deidentified_in_order_by_both_paths(tmp_path,
 
     from data.video import VideoWriter
     from models.predictor import Predictor
-    from review.pipeline import ReviewOptions, process_input
+    from review.options import ReviewOptions
+    from review.pipeline import process_input
 
     text, boxes, disc = _frame_with_burned_in_text()
     rng = np.random.default_rng(5)

@@ -85,7 +85,8 @@ def test_streaming_path_matches_the_serial_one_at_384x288_and_1080p(tmp_path):
 
     from data.video import VideoWriter, read_frames
     from models.predictor import Predictor
-    from review.pipeline import ReviewOptions, process_input
+    from review.options import ReviewOptions
+    from review.pipeline import process_input
     from tests.conftest import ROOT
 
     pred = Predictor.from_checkpoint(ROOT / "checkpoints" / "endolift_polyp_unet_mnv2", device="cpu")
@@ -122,7 +123,8 @@ def test_streaming_path_matches_the_serial_one_at_384x288_and_1080p(tmp_path):
 
 def test_streaming_keeps_order_and_counts_with_tiny_queues(tmp_path, tiny_checkpoint, synthetic_video):
     from models.predictor import Predictor
-    from review.pipeline import ReviewOptions, process_input
+    from review.options import ReviewOptions
+    from review.pipeline import process_input
 
     pred = Predictor.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32")
     out = tmp_path / "o"
@@ -207,14 +209,10 @@ def test_a_video_run_killed_midway_leaves_no_output_under_its_final_name(tmp_pat
     with VideoWriter(short, fps=25, width=320, height=256) as w:
         for _ in range(3):
             w.write(frame)
-    p = subprocess.run(
-        [sys.executable, "infer.py", f"input={short}", f"out_dir={out}", f"checkpoint={tiny_checkpoint}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert p.returncode == 0, p.stderr[-2000:]
+    from tests.test_infer import infer_in_process
+
+    failures = infer_in_process(f"input={short}", f"out_dir={out}", f"checkpoint={tiny_checkpoint}")
+    assert failures == [], failures  # exit code 0
     assert not list(out.rglob("*.partial-*")) and (out / "short_overlay.mp4").is_file()  # ... the next run removes
     # ... and so are the killed run's finished masks, journalled before they got their final names (issue 17)
     assert not list((out / "masks").glob("long_*")) and len(list((out / "masks").glob("short_*"))) == 3

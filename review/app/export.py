@@ -36,7 +36,7 @@ from core.errors import UserError
 from core.files import atomic_write, write_image_atomic
 from data.io import read_mask
 from review.app import store
-from review.index import safe_cell
+from review.index_page import safe_cell
 
 CASE_COLUMNS = ("group", "patient", "centre", *store.OUTCOMES, *store.COVARIATES)
 SIGNOFF_COLUMNS = ("group", "revision", "signed_off_by", "signed_off_at", "updated_by", "updated_at", "model")

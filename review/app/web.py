@@ -20,10 +20,12 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from review import index as case_index
+from review import case_rows, index_page
 from review.app import store
 from review.app.export import export
 from review.app.security import USER_MAX, Guard, Sessions, clean_user, page_csp, report_csp
+from review.index import make_thumbnail
+from review.pages import page_template
 
 SERVED = {".mp4", ".jpg", ".png"}  # besides report.html and summary.json
 
@@ -71,7 +73,7 @@ def create_app(
     def page(request: Request, template: str, status: int = 200, **values: Any) -> HTMLResponse:
         nonce = secrets.token_urlsafe(16)
         s = session(request)
-        html = case_index.template(template).render(
+        html = page_template(template).render(
             nonce=nonce,
             user=(s or {}).get("user", ""),
             csrf=ctx.sessions.csrf(s["cookie"]) if s else "",
@@ -93,10 +95,10 @@ def create_app(
         if not name or name in (".", "..") or "/" in name or "\x00" in name:
             return None
         folder = ctx.root / name
-        return folder if case_index.is_case_folder(folder) else None
+        return folder if case_rows.is_case_folder(folder) else None
 
     def rows() -> list[dict[str, Any]]:
-        found, ctx.cache, _ = case_index.collect(ctx.root, ctx.cache)
+        found, ctx.cache, _ = case_rows.collect_rows(ctx.root, ctx.cache)
         recorded = store.all_outcomes(ctx.engine)
         for r in found:
             q = quote(r["case"], safe="")
@@ -149,7 +151,7 @@ def create_app(
         found = await run_in_threadpool(rows)
         s = session(request)
         nonce = secrets.token_urlsafe(16)
-        html = case_index.render_index(
+        html = index_page.render_index(
             found,
             title=f"endolift review: {ctx.root.resolve().name}",
             app={"user": s["user"], "csrf": ctx.sessions.csrf(s["cookie"]), "blind": ctx.blind, "nonce": nonce},
@@ -157,15 +159,15 @@ def create_app(
         return HTMLResponse(html, headers={"content-security-policy": page_csp(nonce)})
 
     def case_view(name: str, folder: Path) -> dict[str, Any]:
-        row = case_index.present(case_index.read_case(folder), [])
-        heads = [] if ctx.blind else case_index.head_names([row])
+        row = index_page.row_cells(case_rows.read_case(folder), [])
+        heads = [] if ctx.blind else case_rows.head_names([row])
         q = quote(name, safe="")
         keyframes = [] if ctx.blind else [f"/case/{q}/files/keyframes/{quote(p.name)}" for p in _keyframes(folder)]
         originals = sorted(folder.glob("*_original.mp4"))
         return {
             "row": row,
             "q": q,
-            "estimates": [(h, case_index.head_cell(row["heads"].get(h))) for h in heads],
+            "estimates": [(h, index_page.head_cell(row["heads"].get(h))) for h in heads],
             "keyframes": keyframes,
             "report_url": f"/case/{q}/files/report.html" if row.get("report") and not ctx.blind else "",
             "original_url": f"/case/{q}/files/{quote(originals[0].name)}" if ctx.blind and originals else "",
@@ -325,8 +327,8 @@ def create_app(
         folder = case_folder(request.path_params["case"])
         if folder is None or ctx.blind:
             return PlainTextResponse("not found", status_code=404)
-        row = await run_in_threadpool(case_index.read_case, folder)
-        path = await run_in_threadpool(case_index.make_thumbnail, ctx.root, row)
+        row = await run_in_threadpool(case_rows.read_case, folder)
+        path = await run_in_threadpool(make_thumbnail, ctx.root, row)
         if path is None and row.get("picture"):
             path = folder / row["picture"]  # the state folder may be read-only: the picture itself
         if path is None or not path.is_file():
@@ -385,7 +387,7 @@ def _keyframes(folder: Path) -> list[Path]:
 
 def _model_of(folder: Path) -> str:
     """'name (commit)' of the model whose review the case folder holds, '' when unknown."""
-    row = case_index.read_case(folder)
+    row = case_rows.read_case(folder)
     if not row.get("model"):
         return ""
     return f"{row['model']} ({row['model_commit']})" if row.get("model_commit") else row["model"]
