@@ -1,4 +1,5 @@
-"""Proof that review.deidentify removes burned-in patient data, on real endoscopy frames (issue 17).
+"""Proof that review.deidentify removes burned-in patient data, on real endoscopy frames.
+(Over 350 lines on purpose: one self-contained proof, from planting the text to the figures, read top to bottom.)
 
 Synthetic PHI (names, IDs, birth and exam dates, a running clock, device and centre; several fonts, 10-40 px,
 white / yellow / green; in the surround and over the tissue; static through the clip) is burned into

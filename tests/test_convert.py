@@ -2,6 +2,7 @@
 
 The fixtures (tests/fixtures/annotations/, written by make_fixtures.py there) export the same lesions in each
 format, so one table of expected masks checks every reader pixel for pixel.
+(Over 350 lines on purpose: every format's reader checked against that one table.)
 """
 
 from __future__ import annotations

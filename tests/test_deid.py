@@ -1,4 +1,4 @@
-"""De-identification (issue 17, part 1): burned-in text found and filled wherever it is, a field of view that holds
+"""De-identification: burned-in text found and filled wherever it is, a field of view that holds
 on grey surrounds and picture-in-picture boxes, a check that fails closed, pseudonymous names, no metadata."""
 
 from __future__ import annotations

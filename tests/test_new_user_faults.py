@@ -1,4 +1,4 @@
-"""Faults a new user hit (issue 17, part 2): each test failed before its fix."""
+"""Faults a new user hit: each test failed before its fix."""
 
 from __future__ import annotations
 

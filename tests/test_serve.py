@@ -1,6 +1,7 @@
 """The review app (python -m review.serve) without a browser: the token on every request, CSRF and origin checks,
 validation of every field, optimistic locking between two users, the audit trail, sign-off and reopening, files
-confined to their case, blinding, logs without patient data, and the export that data.check accepts."""
+confined to their case, blinding, logs without patient data, and the export that data.check accepts.
+(Over 350 lines on purpose: the app's guards are tested together, as an attacker would try them.)"""
 
 from __future__ import annotations
 

@@ -214,5 +214,5 @@ def test_a_video_run_killed_midway_leaves_no_output_under_its_final_name(tmp_pat
     failures = infer_in_process(f"input={short}", f"out_dir={out}", f"checkpoint={tiny_checkpoint}")
     assert failures == [], failures  # exit code 0
     assert not list(out.rglob("*.partial-*")) and (out / "short_overlay.mp4").is_file()  # ... the next run removes
-    # ... and so are the killed run's finished masks, journalled before they got their final names (issue 17)
+    # ... and so are the killed run's finished masks, journalled before they got their final names
     assert not list((out / "masks").glob("long_*")) and len(list((out / "masks").glob("short_*"))) == 3

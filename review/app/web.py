@@ -1,5 +1,6 @@
 """The review app's pages (Starlette): the case index, each case with its report and the outcome form, sign-in, and
 the export. Built by ``create_app``; run by ``python -m review.serve`` (review/serve.py).
+(Over 350 lines on purpose: the app's routes side by side, so every guard on every route can be read in one place.)
 
 Case names come from folder names and are untrusted: they reach pages through Jinja2's autoescaping and URLs
 percent-encoded, and a request names a case only if a case folder of exactly that name exists under OUT_ROOT.
