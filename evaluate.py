@@ -15,10 +15,13 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from core.errors import UserError, guard_task, run_cli
-from core.settings import EVALUATE, check_settings
+from core.cli import config_groups, run_cli
+from core.errors import UserError, guard_task
+from core.settings import check_settings
 from data.datasets import records_from_sources
 from metrics.evaluation import (
+    EVALUATE,
+    EVALUATE_WHERE,
     score_prediction_folder,
     score_records,
     write_head_files,
@@ -39,7 +42,7 @@ def locked_test_source(source: dict[str, Any]) -> bool:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """The run evaluate.py makes of its settings: score the folder (pred_dir) or the checkpoint on each wanted
     test set, write every set's files and the run's; returns set -> {"segmentation", "heads"}."""
-    check_settings(OmegaConf.to_container(cfg, resolve=True), EVALUATE)
+    check_settings(OmegaConf.to_container(cfg, resolve=True), EVALUATE, closed=True, where=EVALUATE_WHERE)
     out_dir = Path(cfg.out_dir)
     results: dict[str, Any] = {}
     doc: dict[str, Any] = {"config": OmegaConf.to_container(cfg, resolve=True), "results": results}
@@ -89,4 +92,4 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, schema=EVALUATE, where=EVALUATE_WHERE, groups=config_groups(Path(__file__).parent / "configs"))

@@ -19,9 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from core.cli import run_cli
 from core.errors import guard_task
-from core.settings import INFER, check_settings
-
-INFER_WHERE = "configs/infer.yaml"  # named in the message for an unknown setting
+from core.settings import check_settings
+from review.options import INFER, INFER_WHERE
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="infer")

@@ -20,8 +20,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from core.errors import guard_task, run_cli
-from core.settings import TRAIN, check_settings
+from core.cli import config_groups, run_cli
+from core.errors import guard_task
+from core.settings import check_settings
 from data.splits import split_summary, splits_for
 from models.build import build_model
 from models.card import training_card
@@ -34,6 +35,7 @@ from training.logs import EpochMeter, log_epoch, open_run_logs
 from training.loop import ModelEMA, init_distributed, rescale_batch, to_device, unwrap, wrap_distributed
 from training.prepare import declare_labels, prepare_for_training
 from training.resume import restore_training, save_epoch
+from training.settings import TRAIN, TRAIN_WHERE
 from training.validation import selection_score, validate
 
 
@@ -67,14 +69,15 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, ema, *, device
 def main(cfg: DictConfig) -> float:
     resolved, commit = OmegaConf.to_container(cfg, resolve=True), git_commit()
     command = " ".join(["python train.py", *map(shlex.quote, HydraConfig.get().overrides.task)])
-    check_settings(resolved, TRAIN)
+    check_settings(resolved, TRAIN, closed=True, where=TRAIN_WHERE)
     rank, local_rank, world = init_distributed()
     seed_everything(cfg.seed + rank)
     device = pick_device(cfg.trainer.device)
     if cfg.trainer.threads:
         torch.set_num_threads(int(cfg.trainer.threads))
     heads, covs = head_classes(resolved["model"]["heads"]), list(resolved["model"]["covariates"])
-    kinds = {h: spec.kind for h, spec in parse_heads(resolved["model"]["heads"]).items()}
+    specs = parse_heads(resolved["model"]["heads"])
+    kinds = {h: spec.kind for h, spec in specs.items()}
     data, cv = resolved["data"], resolved["data"]["cv"]
     declare_labels(data, heads=list(heads), select_on=cfg.trainer.select_on)
     train_recs, val_recs, heldout = splits_for(data, heads=heads, covariates=covs)
@@ -103,7 +106,12 @@ def main(cfg: DictConfig) -> float:
         resize=cfg.data.resize,
     )
     model = model.to(device, memory_format=torch.channels_last if cfg.trainer.channels_last else torch.preserve_format)
-    loss_fn = instantiate(cfg.loss, heads=resolved["model"]["heads"], segmentation=not frozen)
+    loss_fn = instantiate(
+        cfg.loss,
+        heads=resolved["model"]["heads"],
+        segmentation=not frozen,
+        min_lesion_fraction=cfg.data.min_lesion_fraction,  # the informative-frame rule's, recorded in the card
+    )
     optimizer = instantiate(cfg.optim.optimizer)(params=[p for p in model.parameters() if p.requires_grad])
     steps = min(len(train_loader), cfg.trainer.max_steps_per_epoch or len(train_loader))
     scheduler = instantiate(cfg.optim.scheduler)(
@@ -153,6 +161,7 @@ def main(cfg: DictConfig) -> float:
                 epoch=epoch,
                 metrics=stats,
                 records={"train": train_recs, "val": val_recs},
+                heads=specs,
                 device=str(device),
                 commit=commit,
                 init_from=init,
@@ -199,4 +208,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, schema=TRAIN, where=TRAIN_WHERE, groups=config_groups(Path(__file__).parent / "configs"))

@@ -1,20 +1,26 @@
-"""The one exception type that means "the user gave us something wrong" (exit code 2, no traceback).
+"""The one exception type that means "the user gave us something wrong" (exit code 2, no traceback), and the guard
+that turns it into one line in an entry script's Hydra task.
 
-Every package raises it for bad paths, bad files and bad settings; the entry scripts turn it into one line on
-stderr. Anything else that escapes is a bug (exit code 1, with traceback).
+Every package raises UserError for bad paths, bad files and bad settings; the entry scripts turn it into one line
+on stderr. Anything else that escapes is a bug (exit code 1, with traceback). The command line itself (before Hydra
+parses it) is core/cli.py's.
 """
+
+import functools
+import sys
+
+# Exit codes (docs/ARCHITECTURE.md): 0 success, 2 user error (one line on stderr, no traceback), 1 bug.
+_task_started = False
 
 
 class UserError(Exception):
     """Bad input or configuration. The message names the file or setting and says what to do."""
 
 
-# --- entry-script guard -------------------------------------------------------------------------------------------
-# Exit codes (docs/ARCHITECTURE.md): 0 success, 2 user error (one line on stderr, no traceback), 1 bug.
-import functools  # noqa: E402
-import sys  # noqa: E402
-
-_task_started = False
+def task_started() -> bool:
+    """Whether a guarded Hydra task has begun: Hydra's own exit code 1 before it is a configuration error (a
+    missing group file, a key it refuses), which core.cli.run_cli reports as a user error."""
+    return _task_started
 
 
 def guard_task(task):
@@ -40,118 +46,3 @@ def guard_task(task):
             sys.exit(2)
 
     return wrapper
-
-
-QUOTE_HINT = (
-    "a value with spaces or quotes must be quoted for Hydra, inside the shell's quotes: "
-    "\"input='/path/name with spaces.png'\" (README, 'Paths with spaces')"
-)
-
-
-# Hydra's command-line flags that take the next word as their value (hydra/_internal/utils.py get_args_parser)
-HYDRA_VALUE_FLAGS = {
-    "--config-path",
-    "-cp",
-    "--config-name",
-    "-cn",
-    "--config-dir",
-    "-cd",
-    "--cfg",
-    "-c",
-    "--package",
-    "-p",
-    "--experimental-rerun",
-}
-HYDRA_INFO_CHOICES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}  # --info's optional value
-
-
-def check_command_line(argv: list[str], schema=None, where: str = "the config file") -> None:
-    """What Hydra would reject with a grammar error or a traceback, said plainly before it parses anything:
-    a stray word (an unquoted path with spaces split by the shell), an unquoted value with spaces, an output
-    folder that cannot be created, and, with ``schema`` (a core.settings table: a closed set of keys), a key it
-    does not have, with the closest valid one ('did you mean review.threshold?'; ``+key=`` too)."""
-    import os
-    from pathlib import Path
-
-    skip = False
-    for i, tok in enumerate(argv):
-        if skip:  # the value of a Hydra flag (--cfg job, -cn infer, --info defaults)
-            skip = False
-            continue
-        if tok.startswith("-"):
-            nxt = argv[i + 1] if i + 1 < len(argv) else ""
-            skip = tok in HYDRA_VALUE_FLAGS or (tok in ("--info", "-i") and nxt in HYDRA_INFO_CHOICES)
-            continue
-        if "=" not in tok:
-            if Path(tok).exists():  # `python infer.py clip.mp4`: settings are key=value, the input too
-                raise UserError(f"'{tok}' is not a key=value setting: to process it, write input={tok}")
-            raise UserError(f"'{tok}' is not a key=value setting; {QUOTE_HINT}")
-        key, value = tok.split("=", 1)
-        if schema is not None:
-            from core.settings import known_key, unknown_setting
-
-            bare = key.lstrip("+~")
-            if bare != "hydra" and not bare.startswith(("hydra.", "hydra/")) and not known_key(bare, schema):
-                raise unknown_setting(bare, schema, where)
-        quoted = len(value) >= 2 and value[0] in "'\"" and value[-1] == value[0]
-        if any(c.isspace() for c in value) and not quoted and not value.startswith(("[", "{")):
-            raise UserError(f"{key}: {QUOTE_HINT}")
-        if key.lstrip("+") in ("out_dir", "out_root", "hydra.run.dir") and "${" not in value and value != "null":
-            folder = Path(value.strip("'\""))
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise UserError(f"{key}={value} cannot be created ({e.strerror}): choose a writable folder") from None
-            if not os.access(folder, os.W_OK):
-                raise UserError(f"{key}={value} is not writable: choose a writable folder")
-
-
-def _hydra_quoted(value: str) -> str:
-    """An unquoted value Hydra's grammar cannot read as it stands (a non-ASCII path, /data/Müller), quoted for it;
-    a list's items likewise ([/data/é/a.png,b.png]). Values with quotes or backslashes are left to the user."""
-
-    def one(v: str) -> str:
-        if v.isascii() or (len(v) >= 2 and v[0] in "'\"" and v[-1] == v[0]):
-            return v
-        if "'" in v or "\\" in v or "${" in v:
-            raise UserError(f"'{v}': a value with non-ASCII letters and quotes must be quoted for Hydra; {QUOTE_HINT}")
-        return f"'{v}'"
-
-    if value.startswith("[") and value.endswith("]") and not any(c in value[1:-1] for c in "[]{}'\""):
-        return "[" + ",".join(one(x) for x in value[1:-1].split(",")) + "]"
-    if value.startswith(("[", "{")):
-        return value
-    return one(value)
-
-
-def quote_non_ascii(argv: list[str]) -> list[str]:
-    """argv with every unquoted non-ASCII value of a key=value setting quoted for Hydra (its lexer takes only ASCII
-    letters unquoted), so that out_dir=/data/Müller and input=/data/é/x.png work as typed."""
-    out = []
-    for tok in argv:
-        if "=" in tok and not tok.startswith("-") and not tok.isascii():
-            key, value = tok.split("=", 1)
-            tok = f"{key}={_hydra_quoted(value)}"
-        out.append(tok)
-    return out
-
-
-def run_cli(hydra_main, schema=None, where: str = "the config file", prepare=None) -> None:
-    """Call a ``@hydra.main`` function; Hydra's own config errors (unknown key, missing group file), which it
-    reports before our task starts and exits 1 for, become exit code 2 like any other user error. ``schema``: the
-    script's closed table of settings (core.settings), checked on the command line before Hydra parses it.
-    ``prepare``: a function that rewrites the checked command line before Hydra reads it (infer.py -m's inputs=)."""
-    try:
-        check_command_line(sys.argv[1:], schema, where)
-        sys.argv[1:] = quote_non_ascii(sys.argv[1:])
-        if prepare is not None:
-            sys.argv[1:] = prepare(sys.argv[1:])
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    try:
-        hydra_main()
-    except SystemExit as e:
-        if e.code == 1 and not _task_started:
-            sys.exit(2)
-        raise

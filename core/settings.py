@@ -1,22 +1,31 @@
-"""Every setting of the three entry scripts, checked once where it enters (before any work starts).
+"""Settings: each rule (type, range or choices, whether null is allowed) declared once, on the typed settings
+class beside the code that uses it, and checked where a script's configuration enters (before any work starts).
 
-Each script has a table: dotted key -> rule (type, range or choices, whether null is allowed). A bad value stops
-the script with one line naming the key, the value and what is allowed (exit code 2), instead of a traceback deep
-in the library or a silently wrong run. Library code below takes the values as typed keyword arguments.
+An owner declares a dataclass whose fields carry their rule: ``arch: str = setting(Choice(ARCHITECTURES))``
+(models.build.ModelSettings), a nested class with ``section(EmaSettings)``. A script's table, dotted key -> rule,
+is ``rules_of`` its settings class: training/settings.py's TRAIN, metrics/evaluation.py's EVALUATE,
+review/options.py's INFER. A bad value stops the script with one line naming the key, the value and what is
+allowed (exit code 2), instead of a traceback deep in the library or a silently wrong run; a key the table does not
+have is refused with the closest valid one. Library code below takes the values as typed keyword arguments.
 Keys absent from a configuration are skipped (a custom data config need not have every optional key). The entry
 scripts pass their configuration as a plain, resolved dict (OmegaConf.to_container), like every library call.
+The defaults stay in the YAML files of configs/; a settings class that code builds itself (ReviewOptions) has
+its own and checks them on construction (``check_object``).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from core.errors import UserError
 
 _MISSING = object()
+# Hydra's instantiation keys (_target_, _partial_, ...): known wherever they appear
+HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
 @dataclass(frozen=True)
@@ -133,111 +142,76 @@ class NumberMap:
         return None if ok else "must be a mapping of names to numbers, e.g. '{prior_radiotherapy: 1, dose_gy: 50.4}'"
 
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+@dataclass(frozen=True)
+class Numbers:
+    """A list of ``length`` finite numbers (a per-channel mean or standard deviation)."""
 
-TRAIN = {
-    "seed": Num(0, 2**32 - 1, integer=True),
-    "data.size": Num(32, 4096, integer=True, multiple_of=32),
-    "data.resize": Choice(("stretch", "letterbox")),
-    "data.batch_size": Num(1, 4096, integer=True),
-    "data.num_workers": Num(0, 64, integer=True),
-    "data.val_fraction": Num(0, 1, hi_open=True),
-    "data.cache": Bool(),
-    "data.labelled_only": Bool(),
-    "data.frame_quality": Bool(),
-    "data.case_min_frames": Num(1, integer=True),
-    "data.cv.folds": Num(2, 1000, integer=True, nullable=True),
-    "data.cv.fold": Num(0, 999, integer=True),
-    "data.cv.repeat": Num(0, 999, integer=True),
-    "data.cv.repeats": Num(1, 1000, integer=True),
-    "data.group": Choice(("column", "frame")),
-    "optim.optimizer.lr": Num(0, 10, lo_open=True),
-    "optim.optimizer.weight_decay": Num(0, 10),
-    "optim.warmup_epochs": Num(0, integer=True),
-    "optim.scheduler.min_lr_ratio": Num(0, 1),
-    "loss.kind": Choice(("structure", "dice_bce")),
-    "loss.head_weight": Num(0),
-    "loss.label_smoothing": Num(0, 1, hi_open=True),
-    "loss.min_lesion_fraction": Num(0, 1),
-    "loss.uninformative_weight": Num(0, 1),
-    "model.arch": Choice(("unet", "unetplusplus", "fpn", "deeplabv3plus")),  # models.build.ARCHITECTURES
-    "model.head_hidden": Num(1, integer=True),
-    "model.head_dropout": Num(0, 1, hi_open=True),
-    "model.head_levels": Num(1, 5, integer=True),
-    "model.head_inputs": Choice(("image", "covariates", "fused")),
-    "model.ring_fraction": Num(0, 0.5, lo_open=True),
-    "trainer.max_epochs": Num(1, integer=True),
-    "trainer.precision": Choice(PRECISIONS),
-    "trainer.channels_last": Bool(),
-    "trainer.threads": Num(1, 1024, integer=True, nullable=True),
-    "trainer.grad_clip": Num(0, lo_open=True, nullable=True),
-    "trainer.ema.enabled": Bool(),
-    "trainer.ema.decay": Num(0, 1, hi_open=True),
-    "trainer.multiscale": Scales(),
-    "trainer.max_steps_per_epoch": Num(1, integer=True, nullable=True),
-    "trainer.freeze": Choice(("segmentation",), nullable=True),
-    "trainer.n_boot": Num(0, 100000, integer=True),
-    "trainer.progress": Bool(),
-}
+    length: int
+    nullable: bool = False
 
-# infer.py's schema is closed: every key of configs/infer.yaml is here, and a key that is not (a typo, +foo=1) is
-# refused before any work (core.errors.check_command_line on the command line, check_settings(closed=True) after)
-INFER = {
-    "input": Text(listable=True),
-    "out_dir": Text(),
-    "checkpoint": Text(),
-    "device": Text(),
-    "precision": Choice(("auto",) + PRECISIONS),
-    "backend": Choice(("torch", "onnxruntime", "onnxruntime-int8")),
-    "tta": Bool(),
-    "frames_as_video": Bool(),
-    "out_root": Text(nullable=True),
-    "inputs": Text(nullable=True),
-    "case": Text(nullable=True),
-    "resume": Bool(),
-    "inputs_row": Num(0, integer=True, nullable=True),
-    "review.batch_size": Num(1, 256, integer=True),
-    "review.threshold": Num(0, 1, lo_open=True),
-    "review.smoothing": Num(0, 1, lo_open=True),
-    "review.min_area_fraction": Num(0, 1, hi_open=True),
-    "review.scope_mask": Bool(),
-    "review.scope_every": Num(1, integer=True),
-    "review.deidentify": Bool(),
-    "review.deid_check": Choice(("fail", "warn")),
-    "review.deid_every_s": Num(0.04, 3600),
-    "review.anonymise_names": Bool(),
-    "review.overlay": Bool(),
-    "review.write_probs": Bool(),
-    "review.report": Bool(),
-    "review.frames_fps": Num(0.1, 1000),
-    "review.crf": Num(0, 51, integer=True),
-    "review.key_frames": Num(0, 100, integer=True),
-    "review.overlay_size": Size(),
-    "review.min_informative_frames": Num(1, integer=True),
-    "review.abstain_below": Num(0, 1),
-    "review.streaming": Bool(),
-    "review.png_level": Num(0, 9, integer=True),
-    "review.x264_preset": Choice(
-        ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
-    ),
-    "review.queue_depth": Num(1, 256, integer=True),
-    "review.video_probs_at": Choice(("model", "input")),
-    "review.original_video": Bool(),
-    "review.research_heads": Bool(),
-    "review.covariates": NumberMap(),
-}
+    def check(self, v: Any) -> str | None:
+        ok = (
+            isinstance(v, Sequence)
+            and not isinstance(v, str)
+            and len(v) == self.length
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+        )
+        return None if ok else f"must be a list of {self.length} numbers"
 
-EVALUATE = {
-    "precision": Choice(("auto",) + PRECISIONS),
-    "backend": Choice(("torch", "onnxruntime", "onnxruntime-int8")),
-    "tta": Bool(),
-    "batch_size": Num(1, 1024, integer=True),
-    "nsd_tolerance": Num(0, lo_open=True),
-    "gallery": Num(0, 100, integer=True),
-    "n_boot": Num(0, 100000, integer=True),
-    "case_min_frames": Num(1, integer=True),
-    "case_min_confidence": Num(0, 1),
-}
+
+@dataclass(frozen=True)
+class Free:
+    """Any value: a key the schema knows whose value is not its to check (a name, a path Hydra interpolates); with
+    ``open_keys`` a value whose keys are the user's (data sources, label maps, augmentation lists, an optimizer
+    class's own arguments), so that a closed schema does not look inside it."""
+
+    nullable: bool = True
+    open_keys: bool = False
+
+    def check(self, v: Any) -> str | None:
+        return None
+
+
+def setting(rule: Any, default: Any = MISSING) -> Any:
+    """A settings-class field that carries its rule: ``threshold: float = setting(Num(0, 1, lo_open=True), 0.5)``.
+    Without ``default`` the field has none (the YAML file holds it); a list or dict default is copied per object."""
+    meta = {"rule": rule}
+    if default is MISSING:
+        return field(metadata=meta)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def section(cls: type, *, open_keys: bool = False) -> Any:
+    """A settings-class field holding another settings class, whose keys sit under this field's name
+    (trainer.ema.decay). ``open_keys``: keys beyond the declared ones are the user's (an optimizer class's own
+    arguments: optim.optimizer.betas), while the declared ones keep their rules."""
+    return field(metadata={"section": cls, "open_keys": open_keys})
+
+
+def rules_of(cls: type, prefix: str = "") -> dict[str, Any]:
+    """A settings class's table: dotted key -> rule, sections flattened under their field's name."""
+    table: dict[str, Any] = {}
+    for f in fields(cls):
+        key = prefix + f.name
+        if "section" in f.metadata:
+            if f.metadata["open_keys"]:
+                table[key] = Free(open_keys=True)
+            table.update(rules_of(f.metadata["section"], key + "."))
+        elif "rule" in f.metadata:
+            table[key] = f.metadata["rule"]
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name} has no rule: declare it with setting(RULE) or section(CLASS)")
+    return table
+
+
+def check_object(obj: Any, prefix: str) -> None:
+    """A settings object checked against its own fields' rules, with the door's messages
+    ('review.smoothing=0 is invalid: ...'): what a notebook user gets who builds it by hand. ``prefix``: where its
+    keys sit in the script's configuration (review)."""
+    values = {f.name: getattr(obj, f.name) for f in fields(obj)}
+    check_settings({prefix: values}, rules_of(type(obj), prefix + "."))
 
 
 def closest_key(key: str, rules: Mapping[str, Any]) -> str | None:
@@ -261,9 +235,9 @@ def unknown_setting(key: str, rules: Mapping[str, Any], where: str) -> UserError
 
 
 def known_key(key: str, rules: Mapping[str, Any]) -> bool:
-    """Whether ``key`` (dotted, from the command line) is in the schema: a rule's key, a group above rules (review),
-    or a name inside a rule whose keys are the user's (review.covariates.dose_gy)."""
-    if key in rules or any(k.startswith(key + ".") for k in rules):
+    """Whether ``key`` (dotted, from the command line) is in the schema: a rule's key, a section above rules (review),
+    a name inside a rule whose keys are the user's (review.covariates.dose_gy), or Hydra's own (loss._target_)."""
+    if key in rules or any(k.startswith(key + ".") for k in rules) or key.rsplit(".", 1)[-1] in HYDRA_KEYS:
         return True
     return any(key.startswith(k + ".") and getattr(r, "open_keys", False) for k, r in rules.items())
 

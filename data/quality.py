@@ -1,7 +1,8 @@
-"""Frame quality: is a frame informative enough to grade? Blur and over-exposure inside the field of view.
+"""Frame quality: is a frame informative enough to grade? Blur and over-exposure inside the field of view, and the
+one informative-frame rule (``is_informative``: a lesion in view, the frame neither blurry nor over-exposed).
 
-Used when training heads on case-level labels (uninformative frames are down-weighted), when aggregating frame
-estimates into a case estimate, and in the per-frame JSONL.
+Used when training heads on case-level labels (uninformative frames are down-weighted), when calibrating and
+evaluating them, when aggregating frame estimates into a case estimate, and in the per-frame JSONL.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import cv2
 import numpy as np
 
 ANALYSIS_SIZE = 352  # quality is measured on the frame resized to this square, whatever its resolution
+# a frame shows a lesion when the lesion covers at least this share of it (data.min_lesion_fraction, is_informative)
+MIN_LESION_FRACTION = 0.002
 
 
 def frame_quality(
@@ -60,10 +63,18 @@ def poor_quality(image: np.ndarray) -> bool:
     return bool(q["blurry"] or q["overexposed"])
 
 
-def is_informative(
-    lesion_fraction: float, quality: dict[str, Any] | bool, *, min_lesion_fraction: float = 0.002
-) -> bool:
-    """A frame can be graded when a lesion is visible (predicted area >= min_lesion_fraction of the frame) and the
-    frame is neither blurry nor over-exposed. quality: frame_quality()'s dict or poor_quality()'s bool."""
-    poor = quality if isinstance(quality, bool) else bool(quality["blurry"] or quality["overexposed"])
-    return lesion_fraction >= min_lesion_fraction and not poor
+def is_informative(lesion_fraction: Any, poor: Any, *, min_lesion_fraction: float = MIN_LESION_FRACTION) -> Any:
+    """Whether a frame counts for the heads: a lesion in view (its area >= ``min_lesion_fraction`` of the frame) and
+    the frame neither blurry nor over-exposed. The one rule for training (the head losses' frame weights), for
+    calibration and evaluation (models.predictor.predict_records) and for the report (review/): a checkpoint's card
+    records the threshold its training used (data.min_lesion_fraction) and every later step reads it from there.
+
+    lesion_fraction: the lesion's share of the frame's pixels (annotated, else predicted), one number or a batch
+    (a numpy array or torch tensor, then the answer is one too). poor: frame_quality()'s dict, poor_quality()'s bool,
+    or a batch of bools."""
+    if isinstance(poor, dict):
+        poor = bool(poor["blurry"] or poor["overexposed"])
+    visible = lesion_fraction >= min_lesion_fraction
+    if getattr(visible, "ndim", 0) == 0:
+        return bool(visible) and not bool(poor)
+    return visible & ~poor

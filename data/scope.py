@@ -150,7 +150,7 @@ def field_of_view(image: np.ndarray, enabled: bool = True) -> np.ndarray:
     return content_area(image) if enabled else np.ones(image.shape[:2], np.uint8)
 
 
-def deidentify(image: np.ndarray, area: np.ndarray) -> np.ndarray:
+def fill_outside_field_of_view(image: np.ndarray, area: np.ndarray) -> np.ndarray:
     """Fill everything outside the field of view with solid black (burned-in names, dates, IDs in the surround).
     Not a blur: blurred large text can stay legible. Text over the tissue needs data.deid, which infer.py's
     review.deidentify uses."""

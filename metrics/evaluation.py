@@ -23,14 +23,42 @@ import numpy as np
 
 from core.errors import UserError
 from core.files import atomic_write, write_csv_atomic
+from core.settings import Free, Num, Text, rules_of, setting
 from data.datasets import Record, load_raw
 from data.io import list_images, prob_to_uint8, read_image, read_mask
 from metrics.heads import heads_markdown, score_heads
 from metrics.plots import dice_histogram, reliability_diagram, threshold_curve, worst_gallery
 from metrics.segmentation import SegmentationMetrics
 from models.predictor import predict_records
+from models.predictor_settings import PredictorSettings
 
 TABLE_KEYS = ("mean_dice", "mean_iou", "weighted_f", "s_measure", "max_e_measure", "mae", "dice@0.5", "hd95")
+
+
+@dataclass(kw_only=True)
+class EvaluateSettings(PredictorSettings):
+    """evaluate.py's settings (configs/evaluate.yaml holds the defaults): the checkpoint's (PredictorSettings), the
+    folder mode's, and the scoring's. Closed but for ``data`` (the data config, of which evaluate.py reads only the
+    test sets, the user's names and sources) and ``paths``."""
+
+    pred_dir: str | None = setting(Text(nullable=True))
+    gt_dir: str | None = setting(Text(nullable=True))
+    gt_list: str | None = setting(Text(nullable=True))
+    name: str = setting(Text())
+    sets: list[str] | str | None = setting(Free())  # names of data.test_sets, checked by evaluate.py
+    out_dir: str = setting(Text())
+    batch_size: int = setting(Num(1, 1024, integer=True))
+    nsd_tolerance: float = setting(Num(0, lo_open=True))
+    gallery: int = setting(Num(0, 100, integer=True))
+    n_boot: int = setting(Num(0, 100000, integer=True))
+    case_min_frames: int = setting(Num(1, integer=True))
+    case_min_confidence: float = setting(Num(0, 1))
+    data: dict[str, Any] = setting(Free(open_keys=True))
+    paths: dict[str, Any] = setting(Free(open_keys=True))
+
+
+EVALUATE = rules_of(EvaluateSettings)
+EVALUATE_WHERE = "configs/evaluate.yaml"  # named in the message for an unknown setting
 
 
 @dataclass

@@ -41,8 +41,10 @@ def _labelled_frames(rows: Sequence[Mapping[str, Any]], head: str, key: str = "p
     )
 
 
-def area_direction(rows: Sequence[Mapping[str, Any]], head: str) -> int:
-    """+1 when a larger predicted lesion means the positive class (on these rows), else -1. Fit on validation."""
+def area_baseline_direction(rows: Sequence[Mapping[str, Any]], head: str) -> int:
+    """The direction of the head's lesion-area-only baseline (_lesion_area_baseline): +1 when a larger predicted
+    lesion goes with a higher class on these rows (the area's AUROC, or concordance for more classes, >= 0.5), else
+    -1. Fitted on validation and recorded in the card (baseline.direction)."""
     frames = _labelled_frames(rows, head)
     if frames is None:
         return 1

@@ -3,17 +3,40 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import segmentation_models_pytorch as smp
 
 from core.errors import UserError
-from models.heads import AttributeHead, parse_heads
+from core.settings import Choice, Free, Num, Text, setting
+from models.heads import INPUTS, AttributeHead, parse_heads
 from models.net import EndoNet
 from models.weights import load_encoder_weights, resolve_weights
 
 # smp architectures whose encoder -> decoder -> segmentation_head path EndoNet drives (tested in tests/test_models.py)
 ARCHITECTURES = ("unet", "unetplusplus", "fpn", "deeplabv3plus")
+
+
+@dataclass(kw_only=True)
+class ModelSettings:
+    """``model.*`` (configs/model/default.yaml holds the defaults): build_model's keyword arguments and their rules.
+    The encoder is any smp encoder name (smp says which exist); heads and covariates are the user's names, checked
+    by models.heads.parse_heads; decoder is the smp class's own keyword arguments."""
+
+    arch: str = setting(Choice(ARCHITECTURES))
+    encoder: str = setting(Text())
+    weights: str | None = setting(Text(nullable=True))  # imagenet (a local file) | a file path | null
+    weights_path: str | None = setting(Text(nullable=True))
+    weights_dirs: list[str] = setting(Free())  # paths.weights_dirs
+    heads: dict[str, Any] = setting(Free(open_keys=True))
+    head_hidden: int = setting(Num(1, integer=True))
+    head_dropout: float = setting(Num(0, 1, hi_open=True))
+    head_levels: int = setting(Num(1, 5, integer=True))
+    head_inputs: str = setting(Choice(INPUTS))
+    covariates: list[str] = setting(Free(open_keys=True))
+    ring_fraction: float = setting(Num(0, 0.5, lo_open=True))
+    decoder: dict[str, Any] = setting(Free(open_keys=True))
 
 
 def build_model(

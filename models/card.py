@@ -18,7 +18,7 @@ from typing import Any
 from core.errors import UserError
 
 SCHEMA = 2
-KINDS = ("ordinal", "nominal")
+KINDS = ("ordinal", "nominal")  # what a head's outputs are (models/heads.py: CORN logits or softmax logits)
 
 
 @dataclass
@@ -91,6 +91,21 @@ class ModelCard:
     @property
     def covariates(self) -> list[str]:
         return list(self.model.get("covariates") or [])
+
+    @property
+    def min_lesion_fraction(self) -> float:
+        """The informative-frame rule's lesion threshold (data.quality.is_informative) this checkpoint's training
+        used: data.min_lesion_fraction of the training config the card records (for heads added to a shipped
+        segmenter, their own run's). A card whose training recorded none: the rule's default, which its calibration
+        used too."""
+        from data.quality import MIN_LESION_FRACTION
+
+        runs = [h.training.get("config") for h in self.heads.values() if h.training] + [self.training.get("config")]
+        for config in runs:
+            value = ((config or {}).get("data") or {}).get("min_lesion_fraction")
+            if value is not None:
+                return float(value)
+        return MIN_LESION_FRACTION
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -198,6 +213,7 @@ def training_card(
     epoch: int,
     metrics: dict[str, float],
     records: dict[str, Any],
+    heads: Mapping[str, Any],
     device: str,
     commit: str | None = None,
     init_from: dict[str, Any] | None = None,
@@ -206,7 +222,8 @@ def training_card(
     """The card train.py writes: resolved model config, input spec, heads with their label provenance, data, metrics.
 
     config: the run's fully resolved config as a plain dict. records: split ("train", "val") -> its records, whose
-    labels are counted per head and class (label_counts).
+    labels are counted per head and class (label_counts). heads: the model's heads, name -> models.heads.HeadSpec
+    (models.heads.parse_heads of the config's model.heads).
     A head counts as ``validated_on_real`` only when its labels are declared ``real`` (data.label_source) and the
     validation split held labels for it; calibration (training/finish.py) then adds its validation metrics.
     commit: the code's git commit when training started (HEAD may move while a long run goes on).
@@ -215,23 +232,20 @@ def training_card(
     """
     import torch
 
-    from models.heads import parse_heads
-
     model_cfg = dict(config["model"], weights_dirs=[])
     sources = config["data"].get("label_source") or {}
     definitions = config["data"].get("label_definition") or {}
     declared_by = config["data"].get("label_declared_by")
     declared_at = config["data"].get("label_declared_at")
-    specs = parse_heads(model_cfg["heads"])
     counts = {
-        split: label_counts(recs, {h: list(s.classes) for h, s in specs.items()}) for split, recs in records.items()
+        split: label_counts(recs, {h: list(s.classes) for h, s in heads.items()}) for split, recs in records.items()
     }
 
     def n_known(split: str, h: str) -> int:
         c = counts.get(split, {}).get(h, {})
         return sum(v for k, v in c.items() if k != "unknown")
 
-    heads = {
+    entries = {
         h: {
             "classes": list(s.classes),
             "kind": s.kind,
@@ -247,14 +261,14 @@ def training_card(
             "counts": {split: c[h] for split, c in counts.items() if h in c},
             "temperature": 1.0,
         }
-        for h, s in specs.items()
+        for h, s in heads.items()
     }
     data = config["data"]
     return {
         "name": config["name"],
         "git_commit": commit,
         "model": model_cfg,
-        "heads": heads,
+        "heads": entries,
         "epoch": epoch,
         "metrics": metrics,
         "input": {"size": data["size"], "resize": data["resize"], "mean": list(data["mean"]), "std": list(data["std"])},

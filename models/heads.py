@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.errors import UserError
+from models.card import KINDS
 
 ORDINAL_BY_DEFAULT = ("fibrosis", "lift")
-KINDS = ("ordinal", "nominal")
 INPUTS = ("image", "covariates", "fused")
 
 

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from core.settings import Choice, Num, setting
+from data.quality import MIN_LESION_FRACTION, is_informative
 
 
 def structure_loss(logits: torch.Tensor, target: torch.Tensor, *, kernel: int = 31) -> dict[str, torch.Tensor]:
@@ -42,6 +46,18 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, *, smooth: float =
 SEG_LOSSES = {"structure": structure_loss, "dice_bce": dice_bce_loss}
 
 
+@dataclass(kw_only=True)
+class LossSettings:
+    """``loss.*`` (configs/loss/ holds the defaults): EndoLoss's settings and their rules. The informative-frame
+    threshold is not here: it is data.min_lesion_fraction, the one that calibration, evaluation and the report
+    read from the checkpoint's card too (train.py passes it)."""
+
+    kind: str = setting(Choice(tuple(SEG_LOSSES)))
+    head_weight: float = setting(Num(0))
+    label_smoothing: float = setting(Num(0, 1, hi_open=True))
+    uninformative_weight: float = setting(Num(0, 1))  # head-loss weight of an uninformative frame (0 = skipped)
+
+
 class EndoLoss(nn.Module):
     """Segmentation loss on ``mask`` + one loss per attribute head (labels of -1 are ignored).
 
@@ -49,9 +65,10 @@ class EndoLoss(nn.Module):
     outputs: model dict; batch: {"mask": B x 1 x H x W, "has_mask": B bool, "labels": {head: B long},
     "poor_quality": B bool (optional)}. Images without a mask do not contribute to the segmentation terms.
 
-    Frame informativeness for the heads: a frame whose lesion covers less than ``min_lesion_fraction`` of the image
-    (from its mask when it has one, else from the model's own prediction) or that is flagged poor quality (blurry
-    or over-exposed, see data/quality.py) weighs ``uninformative_weight`` in the head losses (0 = skipped).
+    Frame informativeness for the heads (data.quality.is_informative, the rule calibration, evaluation and the
+    report use too): a frame whose lesion covers less than ``min_lesion_fraction`` of the image (from its mask when
+    it has one, else from the model's own prediction) or that is flagged poor quality (blurry or over-exposed)
+    weighs ``uninformative_weight`` in the head losses (0 = skipped).
     Case-level labels make this matter: every frame of a case carries the case's grade, including the frames that
     do not show the lesion.
     segmentation: False leaves the segmentation terms out (a frozen segmenter).
@@ -64,7 +81,7 @@ class EndoLoss(nn.Module):
         label_smoothing: float = 0.0,
         *,
         heads: dict[str, Any] | None = None,
-        min_lesion_fraction: float = 0.0,
+        min_lesion_fraction: float = MIN_LESION_FRACTION,
         uninformative_weight: float = 1.0,
         segmentation: bool = True,
     ) -> None:
@@ -90,10 +107,9 @@ class EndoLoss(nn.Module):
         if "mask" in batch and batch.get("has_mask") is not None:
             has = batch["has_mask"].bool()
             frac = torch.where(has, batch["mask"].float().mean(dim=(1, 2, 3)), frac)
-        poor = frac < self.min_lesion_fraction
-        if batch.get("poor_quality") is not None:
-            poor = poor | batch["poor_quality"].bool()
-        return torch.where(poor, torch.full_like(weights, self.uninformative_weight), weights)
+        poor = batch["poor_quality"].bool() if batch.get("poor_quality") is not None else torch.zeros_like(frac).bool()
+        informative = is_informative(frac, poor, min_lesion_fraction=self.min_lesion_fraction)
+        return torch.where(informative, weights, torch.full_like(weights, self.uninformative_weight))
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         from models.heads import corn_loss

@@ -19,6 +19,7 @@ from models.card import ModelCard
 from models.checkpoint import load_checkpoint
 from models.heads import head_probabilities, parse_heads
 from models.net import fold_batchnorm
+from models.predictor_settings import BACKENDS
 from models.runtime import autocast, pick_device
 
 
@@ -75,7 +76,9 @@ class Predictor:
     ) -> Predictor:
         """precision 'auto': bf16 on CPU (AMX makes it 2-4x faster), fp16 on CUDA, fp32 on MPS.
         backend 'onnxruntime' runs NAME.onnx beside the checkpoint (python -m models.export --onnx)."""
-        if backend in ("onnxruntime", "onnxruntime-int8"):
+        if backend not in BACKENDS:
+            raise UserError(f"backend '{backend}' is unknown: use {', '.join(BACKENDS[:-1])} or {BACKENDS[-1]}")
+        if backend != "torch":
             from models.checkpoint import read_card
             from models.onnx import OrtModel
 
@@ -87,8 +90,6 @@ class Predictor:
                 precision="fp32",
                 tta=tta,
             )
-        if backend != "torch":
-            raise UserError(f"backend '{backend}' is unknown: use torch, onnxruntime or onnxruntime-int8")
         dev = pick_device(device)
         model, card = load_checkpoint(path)
         if precision == "auto":
@@ -171,12 +172,13 @@ def predict_records(
     records: Sequence[Any],
     *,
     batch_size: int = 8,
-    min_lesion_fraction: float = 0.002,
     progress: str | None = None,
     on_frame: Any = None,
 ) -> list[dict[str, Any]]:
     """Run the model over data records (data.datasets.Record) -> one row per record for metrics.heads:
-    id, group, labels, raw head outputs, calibrated probabilities, predicted lesion area fraction, informative.
+    id, group, labels, raw head outputs, calibrated probabilities, predicted lesion area fraction, informative
+    (data.quality.is_informative with the lesion threshold the checkpoint's training used, from its card: the frames
+    calibration, evaluation and the report count are the frames training counted).
 
     on_frame(record, sample, prediction): optional callback (e.g. to score segmentation in the same pass).
     """
@@ -185,6 +187,7 @@ def predict_records(
     from data.datasets import load_raw
     from data.quality import is_informative, poor_quality
 
+    min_lesion_fraction = predictor.card.min_lesion_fraction
     rows = []
     for i in tqdm(range(0, len(records), batch_size), desc=progress, leave=False, disable=progress is None):
         chunk = records[i : i + batch_size]

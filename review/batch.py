@@ -157,12 +157,13 @@ class BatchCallback(Callback):
     an input failed)."""
 
     def on_multirun_start(self, config, **kwargs: Any) -> None:
-        from core.settings import INFER, check_settings
+        from core.settings import check_settings
+        from review.options import INFER, INFER_WHERE
 
         try:
             mine = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
             plain = OmegaConf.to_container(mine, resolve=True)
-            check_settings(plain, INFER, closed=True, where="configs/infer.yaml")
+            check_settings(plain, INFER, closed=True, where=INFER_WHERE)
             if plain.get("out_root") is not None:
                 check_out_root(Path(plain["out_root"]))
         except UserError as e:

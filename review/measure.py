@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 
 from core.errors import UserError
-from data.quality import frame_quality
+from data.quality import frame_quality, is_informative
 from data.video import Frame
 from models.card import ModelCard
 from models.predictor import Predictor
 from review.describe import clean_mask, lesions
 from review.options import ReviewOptions
-from review.summary import head_caption, informative_frame
+from review.summary import head_caption
 
 
 def covariate_row(predictor: Predictor, opts: ReviewOptions) -> np.ndarray | None:
@@ -72,9 +72,11 @@ def frame_record(
     found: list[dict[str, Any]],
     est: dict[str, dict[str, Any]],
     quality: dict[str, Any],
+    informative: bool,
 ) -> dict[str, Any]:
     """One predictions.jsonl line (prob, mask, field of view ``fov`` at any one resolution; ``found`` in frame pixels;
-    ``est`` from head_estimates: its ``heads`` and, with review.research_heads, ``research_only``)."""
+    ``est`` from head_estimates: its ``heads`` and, with review.research_heads, ``research_only``; ``informative``:
+    whether the frame counts for the heads)."""
     return {
         "name": name,
         "index": f.index,
@@ -84,7 +86,7 @@ def frame_record(
         "lesions": found,
         **est,
         "quality": quality,
-        "informative": informative_frame(found=found, quality=quality),
+        "informative": informative,
     }
 
 
@@ -105,17 +107,19 @@ def measure_frame(
     are reported in frame pixels either way): the cleaned mask, lesions, head estimates, quality (of
     ``analysis_image`` inside ``quality_fov``: data/quality.py's grid, the same whatever the frame's resolution) ->
     (predictions.jsonl record, mask, overlay lines of the heads the display gate passed, ``passed``). Heads are
-    estimated on informative frames only: on a frame without a lesion in view (or too blurry or bright to grade
-    one) a head's output is about nothing, so no record, line or plot may carry it."""
+    estimated on informative frames only (data.quality.is_informative, at the lesion threshold the checkpoint's
+    training used, from its card: the rule of training, calibration and evaluation): on a frame without a lesion in
+    view (or too blurry or bright to grade one) a head's output is about nothing, so no record, line or plot may
+    carry it. The lesion's share is the cleaned mask's share of the frame's pixels."""
     mask = clean_mask(prob, fov, threshold=opts.threshold, min_area_fraction=opts.min_area_fraction)
     h, w = f.image.shape[:2]
     found = lesions(prob, mask)
     if prob.shape != (h, w):
         found = scale_lesions(found, w / prob.shape[1], h / prob.shape[0])
     quality = frame_quality(analysis_image, quality_fov)
-    counted = informative_frame(found=found, quality=quality)
+    counted = is_informative(float(mask.mean()), quality, min_lesion_fraction=card.min_lesion_fraction)
     est = head_estimates(card, head_probs if counted else {}, passed=passed, research_heads=opts.research_heads)
-    rec = frame_record(name, f, prob, mask, fov, found, est, quality)
+    rec = frame_record(name, f, prob, mask, fov, found, est, quality, counted)
     lines = [
         head_caption(head=hd, estimate=e["estimate"], confidence=e["confidence"]) for hd, e in est["heads"].items()
     ]

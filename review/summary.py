@@ -6,8 +6,8 @@ Which heads reach a reader is decided by the display gate alone (models/gate.py,
 output of review/ and models/export.py alike): a head it passes is
 written under ``heads``; a head it refuses is written nowhere, or with ``review.research_heads`` under
 ``research_only`` in predictions.jsonl and summary.json, never in the overlay or the report. A head is estimated only
-on informative frames (``informative_frame``), per frame and per video alike, and worded by ``head_caption`` in the
-overlay and the report alike."""
+on informative frames (data.quality.is_informative, review/measure.py), per frame and per video alike, and worded by
+``head_caption`` in the overlay and the report alike."""
 
 from __future__ import annotations
 
@@ -38,12 +38,6 @@ def deid_banner(deid: dict[str, Any] | None) -> str | None:
 def passed_heads(card: ModelCard) -> list[str]:
     """The card's heads whose estimates may reach a clinician (the display gate), in the card's order."""
     return [h for h in card.heads if gate.shown(card, h)]
-
-
-def informative_frame(*, found: list[dict[str, Any]], quality: dict[str, Any]) -> bool:
-    """Whether a frame counts for the heads: a lesion in view, the frame neither blurry nor over-exposed. The one
-    rule for a frame's own estimate and for the frames a video's estimate is aggregated over (aggregate_case)."""
-    return bool(found) and not (quality["blurry"] or quality["overexposed"])
 
 
 def head_caption(*, head: str, estimate: str, confidence: float) -> str:

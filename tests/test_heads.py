@@ -168,6 +168,26 @@ def test_uninformative_frames_are_down_weighted():
     assert keep_all(out, batch)["ce_h"].item() > 1.0
 
 
+def test_one_informative_rule_from_training_to_the_report():
+    """The head losses, predict_records and the review count a frame by the same function, at the threshold the
+    checkpoint's card records from training (the heads' own run's when they were added to a shipped segmenter)."""
+    from data.quality import MIN_LESION_FRACTION, is_informative
+    from models.card import ModelCard
+    from tests.conftest import tiny_card
+
+    fractions, poor = [0.0, 0.01, 0.2, 0.2], [False, False, False, True]
+    one_by_one = [is_informative(f, p, min_lesion_fraction=0.05) for f, p in zip(fractions, poor)]
+    batch = is_informative(torch.tensor(fractions), torch.tensor(poor), min_lesion_fraction=0.05)
+    assert one_by_one == [False, False, True, False] == batch.tolist()
+    assert is_informative(0.1, {"blurry": True, "overexposed": False}) is False
+    card = tiny_card({"lift": ["a", "b"]})
+    assert ModelCard.from_dict(card).min_lesion_fraction == MIN_LESION_FRACTION  # training recorded none
+    card["training"] = {"config": {"data": {"min_lesion_fraction": 0.005}}}
+    assert ModelCard.from_dict(card).min_lesion_fraction == 0.005
+    card["heads"]["lift"]["training"] = {"config": {"data": {"min_lesion_fraction": 0.01}}}
+    assert ModelCard.from_dict(card).min_lesion_fraction == 0.01
+
+
 def test_temperature_scaling_recovers_a_known_temperature():
     rng = np.random.default_rng(0)
     z = rng.normal(0, 3, (4000, 3))

@@ -95,7 +95,8 @@ def test_a_mistyped_or_unknown_key_is_one_line_naming_the_closest_valid_one(tmp_
 def test_the_infer_schema_is_closed():
     """Every key of configs/infer.yaml has a rule (and a key without one would be refused)."""
     from core.errors import UserError
-    from core.settings import INFER, check_settings
+    from core.settings import check_settings
+    from review.options import INFER
     from tests.test_settings import _compose
 
     cfg = _compose("infer", [])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.scope import content_area, deidentify
+from data.scope import content_area, fill_outside_field_of_view
 from data.synthetic import synthetic_frame
 from review.describe import clean_mask, lesions
 from tests.conftest import html_tags
@@ -38,7 +38,7 @@ def test_field_of_view_is_the_scope_disc_not_the_burned_in_text():
 def test_deidentify_leaves_no_burned_in_text_readable_and_keeps_the_field():
     f, boxes, _ = _frame_with_burned_in_text()
     area = content_area(f)
-    d = deidentify(f, area)
+    d = fill_outside_field_of_view(f, area)
     assert np.array_equal(d[area > 0], f[area > 0])  # the field of view is untouched
     for x0, y0, x1, y1 in boxes:
         before, after = f[y0:y1, x0:x1].max(2), d[y0:y1, x0:x1].max(2)
@@ -258,7 +258,8 @@ def test_original_video_is_written_deidentified_in_order_by_both_paths(tmp_path,
 
 def test_original_video_setting_is_checked():
     from core.errors import UserError
-    from core.settings import INFER, check_settings
+    from core.settings import check_settings
+    from review.options import INFER
 
     with pytest.raises(UserError, match="review.original_video='yes' is invalid: it must be true or false"):
         check_settings({"review": {"original_video": "yes"}}, INFER)

@@ -6,9 +6,13 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from core.errors import UserError, check_command_line
-from core.settings import EVALUATE, INFER, TRAIN, check_settings
+from core.cli import check_command_line, config_groups
+from core.errors import UserError
+from core.settings import check_settings
+from metrics.evaluation import EVALUATE
+from review.options import INFER
 from tests.conftest import ROOT, run_script
+from training.settings import TRAIN
 
 RULES = {"train": TRAIN, "infer": INFER, "evaluate": EVALUATE}
 
@@ -59,7 +63,7 @@ def test_bad_setting_is_named_with_its_allowed_range(script, override, needle):
 
 @pytest.mark.parametrize("script", ["train", "infer", "evaluate"])
 def test_defaults_and_every_experiment_pass(script):
-    check_settings(_compose(script, []), RULES[script])
+    check_settings(_compose(script, []), RULES[script], closed=True)
     if script == "train":
         for exp in sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml")):
             check_settings(
@@ -68,7 +72,12 @@ def test_defaults_and_every_experiment_pass(script):
                     [f"experiment={exp}", "data.manifest=x.csv"] if exp == "hospital_heads" else [f"experiment={exp}"],
                 ),
                 TRAIN,
+                closed=True,
             )
+    data_configs = sorted(p.stem for p in (ROOT / "configs" / "data").glob("*.yaml"))
+    for data in data_configs if script != "infer" else []:  # every data config, under both closed schemas
+        extra = ["data.manifest=x.csv"] if data == "manifest" else []
+        check_settings(_compose(script, [f"data={data}", *extra]), RULES[script], closed=True)
 
 
 @pytest.mark.parametrize(
@@ -106,3 +115,77 @@ def test_entry_scripts_exit_2_with_one_line(args, needle):
     p = run_script(*args)
     assert p.returncode == 2, p.stderr[-2000:]
     assert needle in p.stderr and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+UNKNOWN = [  # (script, override, the message): train.py's and evaluate.py's schemas are closed like infer.py's
+    ("train", "+trainer.max_epoch=3", "unknown setting trainer.max_epoch: did you mean trainer.max_epochs?"),
+    ("train", "+data.batchsize=4", "unknown setting data.batchsize: did you mean data.batch_size?"),
+    ("train", "+loss.min_lesion_fraction=0.1", "did you mean data.min_lesion_fraction?"),
+    ("train", "+model.head_dropouts=0.1", "did you mean model.head_dropout?"),
+    ("evaluate", "+batchsize=4", "unknown setting batchsize: did you mean batch_size?"),
+    ("evaluate", "+case_min_frame=2", "did you mean case_min_frames?"),
+]
+
+
+@pytest.mark.parametrize("script,override,needle", UNKNOWN, ids=[f"{s}:{o}" for s, o, _ in UNKNOWN])
+def test_unknown_key_is_refused_with_the_closest_one(script, override, needle):
+    with pytest.raises(UserError, match="unknown setting") as e:
+        check_settings(_compose(script, [override]), RULES[script], closed=True)
+    assert needle in str(e.value)
+    with pytest.raises(UserError) as e:  # on the command line too, before Hydra parses it
+        check_command_line([override], RULES[script], groups=config_groups(ROOT / "configs"))
+    assert needle in str(e.value)
+
+
+def test_open_parts_are_the_users():
+    """Keys that are the user's pass a closed schema: sources, label maps, heads, an optimizer's own arguments,
+    config groups and Hydra's keys on the command line."""
+    cfg = _compose(
+        "train",
+        [
+            "experiment=smoke",
+            "+optim.optimizer.betas=[0.9,0.99]",
+            "+model.decoder.decoder_attention_type=scse",
+            "data.label_source.fibrosis=proxy",
+            "+data.train_sources.0.note=x",
+        ],
+    )
+    check_settings(cfg, TRAIN, closed=True)
+    argv = ["experiment=smoke", "debug=fast", "data=synthetic", "hydra/launcher=basic", "model.heads.x=[a,b]"]
+    check_command_line(argv, TRAIN, groups=config_groups(ROOT / "configs"))
+    check_command_line(["data=synthetic_cases", "sets=[x]", "data.test_sets.x=[]"], EVALUATE, groups={"data"})
+
+
+def test_an_owners_rule_is_the_scripts_rule():
+    """A rule is declared once, on the settings class beside the code that uses it, and reaches the script's check."""
+    from dataclasses import fields
+
+    from models.build import ARCHITECTURES, ModelSettings
+    from models.losses import SEG_LOSSES, LossSettings
+    from models.predictor_settings import PredictorSettings
+
+    def rule(cls: type, name: str):
+        return {f.name: f.metadata["rule"] for f in fields(cls)}[name]
+
+    assert TRAIN["model.arch"] is rule(ModelSettings, "arch") and TRAIN["model.arch"].options == ARCHITECTURES
+    assert TRAIN["loss.kind"] is rule(LossSettings, "kind") and TRAIN["loss.kind"].options == tuple(SEG_LOSSES)
+    assert EVALUATE["backend"] is rule(PredictorSettings, "backend")
+    with pytest.raises(UserError, match=f"model.arch='nope' is invalid: it must be one of {', '.join(ARCHITECTURES)}"):
+        check_settings(_compose("train", ["model.arch=nope"]), TRAIN, closed=True)
+
+
+def test_review_options_check_themselves():
+    """A notebook user who builds ReviewOptions by hand gets infer.py's one-line message, and the table infer.py
+    checks is built from the same fields."""
+    from dataclasses import fields
+
+    from review.options import ReviewOptions
+
+    with pytest.raises(UserError, match="review.smoothing=0 is invalid: it must be a number > 0 and <= 1"):
+        ReviewOptions(smoothing=0)
+    with pytest.raises(UserError, match=r"review.overlay_size=\[641, 480\] is invalid: .*even integers"):
+        ReviewOptions(overlay_size=[641, 480])
+    with pytest.raises(UserError, match="review.deid_check='never' is invalid: it must be one of fail, warn"):
+        ReviewOptions(deid_check="never")
+    assert ReviewOptions(smoothing=1.0, overlay_size=(192, 144)).smoothing == 1.0
+    assert all(INFER[f"review.{f.name}"] is f.metadata["rule"] for f in fields(ReviewOptions))

@@ -28,7 +28,7 @@ def calibrate_checkpoint(
     """Fit each head's temperature on ``records`` (the validation split) with the checkpoint at ``stem``, then
     rewrite its card with, per head: temperature, baseline direction (binary heads) and validation metrics
     (before and after scaling, with case-resampled 95% intervals). Returns the heads' validation results."""
-    from metrics.heads import area_direction, score_heads
+    from metrics.heads import area_baseline_direction, score_heads
     from models.predictor import Predictor, predict_records  # looked up at call time (tests stand in for them)
 
     pred = Predictor.from_checkpoint(stem, device=device)
@@ -36,7 +36,8 @@ def calibrate_checkpoint(
     rows = predict_records(pred, list(records), batch_size=batch_size, progress="calibrate" if progress else None)
     card = read_card(stem)
     for h, info in card.heads.items():
-        # informative frames only (a lesion in view, not blurry / over-exposed): the frames a case estimate uses
+        # informative frames only (data.quality.is_informative at the threshold this training used, from the card):
+        # the frames a case estimate uses
         known = [r for r in rows if r["labels"].get(h, -1) >= 0 and r["informative"]]
         info.temperature = 1.0  # never keep a temperature fitted on other data
         if len(set(r["labels"][h] for r in known)) < 2:
@@ -63,7 +64,7 @@ def calibrate_checkpoint(
             },
         )
         if len(info.classes) == 2 or info.kind == "ordinal":  # the area baseline ranks binary and graded heads
-            info.baseline = {"feature": "predicted lesion area fraction", "direction": area_direction(rows, h)}
+            info.baseline = {"feature": "predicted lesion area fraction", "direction": area_baseline_direction(rows, h)}
         for r in rows:
             r["probs"][h] = head_probabilities(torch.tensor([r["logits"][h]]), info.kind, t)[0].tolist()
     results = score_heads(rows, card.heads, n_boot=n_boot, min_frames=min_frames)

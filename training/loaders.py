@@ -10,13 +10,63 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from core.settings import Bool, Choice, Free, Num, Numbers, Text, section, setting
 from data.datasets import Record, RecordDataset
 from data.transforms import A, build_transform
+
+
+@dataclass(kw_only=True)
+class CrossValidationSettings:
+    """``data.cv.*``: patient-level k-fold cross-validation (data/splits.py)."""
+
+    folds: int | None = setting(Num(2, 1000, integer=True, nullable=True))  # k; null = no cross-validation
+    fold: int = setting(Num(0, 999, integer=True))
+    seed: int = setting(Num(0, integer=True))
+    repeat: int = setting(Num(0, 999, integer=True))
+    repeats: int = setting(Num(1, 1000, integer=True))
+    stratify: str | None = setting(Text(nullable=True))  # a head whose labels balance the folds
+
+
+@dataclass(kw_only=True)
+class DataSettings:
+    """``data.*`` (configs/train.yaml's shared part and configs/data/ hold the defaults): what the loaders below,
+    data/splits.py, the card and the informative-frame rule read. The sources, label maps and group lists are the
+    user's: a closed schema does not look inside them."""
+
+    manifest: str | None = setting(Text(nullable=True))  # configs/data/manifest.yaml: the manifest file
+    cases: str | None = setting(Text(nullable=True))  # and its per-case table
+    n_cases: int = setting(Num(1, integer=True))  # configs/data/synthetic_cases.yaml: cases drawn ...
+    n_frames: int = setting(Num(1, integer=True))  # ... and their frames
+    size: int = setting(Num(32, 4096, integer=True, multiple_of=32))
+    resize: str = setting(Choice(("stretch", "letterbox")))  # data.transforms.build_transform's
+    mean: list[float] = setting(Numbers(3))
+    std: list[float] = setting(Numbers(3))
+    cache: bool = setting(Bool())
+    batch_size: int = setting(Num(1, 4096, integer=True))
+    num_workers: int = setting(Num(0, 64, integer=True))
+    val_fraction: float = setting(Num(0, 1, hi_open=True))
+    split_seed: int = setting(Num(0, integer=True))
+    val_groups: list[Any] = setting(Free(open_keys=True))
+    labelled_only: bool = setting(Bool())
+    frame_quality: bool = setting(Bool())
+    case_min_frames: int = setting(Num(1, integer=True))
+    # data.quality.is_informative's threshold: the loss weighs frames by it, the card records it, and calibration,
+    # evaluation and the report read it from the card
+    min_lesion_fraction: float = setting(Num(0, 1))
+    cv: CrossValidationSettings = section(CrossValidationSettings)
+    group: str = setting(Choice(("column", "frame")))
+    label_definition: dict[str, str] = setting(Free(open_keys=True))
+    label_source: dict[str, str] = setting(Free(open_keys=True))  # values: training.prepare.declare_labels
+    label_declared_by: str | None = setting(Text(nullable=True))
+    train_sources: list[dict[str, Any]] = setting(Free(open_keys=True))
+    val_sources: list[dict[str, Any]] = setting(Free(open_keys=True))
+    test_sets: dict[str, Any] = setting(Free(open_keys=True))
 
 
 class EpochSampler(Sampler[int]):

@@ -6,11 +6,68 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from core.settings import Bool, Choice, Num, Scales, Text, section, setting
+from models.predictor_settings import PRECISIONS
+
+
+@dataclass(kw_only=True)
+class EmaSettings:
+    """``trainer.ema.*``: the moving average of the weights (ModelEMA) that validation and checkpoints use."""
+
+    enabled: bool = setting(Bool())
+    decay: float = setting(Num(0, 1, hi_open=True))
+
+
+@dataclass(kw_only=True)
+class TrainerSettings:
+    """``trainer.*`` (configs/trainer/default.yaml holds the defaults): how train.py runs its loop."""
+
+    max_epochs: int = setting(Num(1, integer=True))
+    device: str = setting(Text())
+    precision: str = setting(Choice(PRECISIONS))
+    channels_last: bool = setting(Bool())
+    threads: int | None = setting(Num(1, 1024, integer=True, nullable=True))
+    grad_clip: float | None = setting(Num(0, lo_open=True, nullable=True))
+    ema: EmaSettings = section(EmaSettings)
+    multiscale: list[float] | None = setting(Scales())  # rescale_batch's scale factors
+    resume: str | None = setting(Text(nullable=True))
+    progress: bool = setting(Bool())
+    max_steps_per_epoch: int | None = setting(Num(1, integer=True, nullable=True))
+    init_from: str | None = setting(Text(nullable=True))
+    freeze: str | None = setting(Choice(("segmentation",), nullable=True))  # training.prepare's
+    n_boot: int = setting(Num(0, 100000, integer=True))
+    select_on: str | None = setting(Text(nullable=True))  # a head, checked by training.prepare.declare_labels
+
+
+@dataclass(kw_only=True)
+class OptimizerSettings:
+    """``optim.optimizer.*``: the rules of the keys every optimizer takes; the class's own others are the user's."""
+
+    lr: float = setting(Num(0, 10, lo_open=True))
+    weight_decay: float = setting(Num(0, 10))
+
+
+@dataclass(kw_only=True)
+class SchedulerSettings:
+    """``optim.scheduler.*``: warmup_cosine's floor; another scheduler's own keys are the user's."""
+
+    min_lr_ratio: float = setting(Num(0, 1))
+
+
+@dataclass(kw_only=True)
+class OptimSettings:
+    """``optim.*`` (configs/optim/ holds the defaults)."""
+
+    optimizer: OptimizerSettings = section(OptimizerSettings, open_keys=True)
+    scheduler: SchedulerSettings = section(SchedulerSettings, open_keys=True)
+    warmup_epochs: int = setting(Num(0, integer=True))
 
 
 def init_distributed() -> tuple[int, int, int]:

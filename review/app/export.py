@@ -134,9 +134,9 @@ def clean_frames(folder: Path) -> tuple[list[tuple[str, np.ndarray]], str]:
             if at in by_pos:
                 image = frame.image
                 if blur:
-                    from data.scope import deidentify, field_of_view
+                    from data.scope import field_of_view, fill_outside_field_of_view
 
-                    image = deidentify(image, field_of_view(image))
+                    image = fill_outside_field_of_view(image, field_of_view(image))
                 out.append((by_pos[at], image))
             if at >= last:
                 break
