@@ -1,4 +1,5 @@
 """Ship a trained checkpoint: fp16 weights + card with provenance, test results and intended use, + MODEL_CARD.md.
+(Over 350 lines on purpose: MODEL_CARD.md's sections are written beside the card fields they render, one per head.)
 
 Segmenter (a full training run):
     python -m models.export --src outputs/train/<date_time>/checkpoints/best \
