@@ -20,6 +20,7 @@ from models.checkpoint import load_checkpoint
 from models.heads import head_probabilities, parse_heads
 from models.net import fold_batchnorm
 from models.predictor_settings import BACKENDS
+from models.reliability import RELIABILITY_VIEWS, SCALE_VIEW, frame_reliability
 from models.runtime import autocast, pick_device
 
 
@@ -29,6 +30,7 @@ class Prediction:
     heads: dict[str, np.ndarray]  # head -> class probabilities (K,), temperature-scaled per the card
     head_logits: dict[str, np.ndarray] = field(default_factory=dict)  # head -> raw outputs (m,), before scaling
     resized: np.ndarray | None = None  # the S x S x 3 frame the model saw (with full_size=False)
+    reliability: float | None = None  # agreement of the model's views of the frame (models/reliability.py), if asked
 
 
 class Predictor:
@@ -41,8 +43,11 @@ class Predictor:
         precision: str = "fp32",
         tta: bool = False,
         channels_last: bool = True,
+        reliability: bool = False,
     ) -> None:
-        """model: an EndoNet, or a models.onnx.OrtModel (ONNX Runtime; fp32 on the CPU, no autocast)."""
+        """model: an EndoNet, or a models.onnx.OrtModel (ONNX Runtime; fp32 on the CPU, no autocast).
+        reliability: also score each frame's reliability (models.reliability.RELIABILITY_VIEWS: one more model pass
+        per view; the mirrored view is shared with flip TTA)."""
         self.onnx = not isinstance(model, torch.nn.Module)
         if self.onnx:
             device, precision, channels_last = torch.device("cpu"), "fp32", False
@@ -50,7 +55,7 @@ class Predictor:
             model = model.to(device).eval()
             fold_batchnorm(model)
         self.model, self.card, self.device = model, card, device
-        self.precision, self.tta = precision, tta
+        self.precision, self.tta, self.reliability = precision, tta, reliability
         self.size = card.input.size
         self.mean, self.std = card.input.mean, card.input.std
         self.heads = list(card.heads)
@@ -73,6 +78,7 @@ class Predictor:
         precision: str = "auto",
         tta: bool = False,
         backend: str = "torch",
+        reliability: bool = False,
     ) -> Predictor:
         """precision 'auto': bf16 on CPU (AMX makes it 2-4x faster), fp16 on CUDA, fp32 on MPS.
         backend 'onnxruntime' runs NAME.onnx beside the checkpoint (python -m models.export --onnx)."""
@@ -89,12 +95,13 @@ class Predictor:
                 device=torch.device("cpu"),
                 precision="fp32",
                 tta=tta,
+                reliability=reliability,
             )
         dev = pick_device(device)
         model, card = load_checkpoint(path)
         if precision == "auto":
             precision = {"cpu": "bf16", "cuda": "fp16"}.get(dev.type, "fp32")
-        return cls(model, card, device=dev, precision=precision, tta=tta)
+        return cls(model, card, device=dev, precision=precision, tta=tta, reliability=reliability)
 
     @torch.no_grad()
     def predict(
@@ -132,14 +139,25 @@ class Predictor:
         batch = normalise_batch(small, mean=self.mean, std=self.std).to(self.device)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
+        views: list[torch.Tensor] = []  # the model's other views of the frames, mapped back to the S x S grid
         with autocast(self.device, self.precision):
             out = self.model(batch, cov)
             logits = out["mask"].float()
             head_logits = {h: out[h].float() for h in self.heads}
-            if self.tta:  # horizontal flip: average logits
+            if self.tta or (self.reliability and "flip" in RELIABILITY_VIEWS):
                 flipped = self.model(torch.flip(batch, dims=[3]), cov)
-                logits = (logits + torch.flip(flipped["mask"].float(), dims=[3])) / 2
+                flip_logits = torch.flip(flipped["mask"].float(), dims=[3])
+                if self.reliability and "flip" in RELIABILITY_VIEWS:
+                    views.append(flip_logits)
+            if self.reliability and "scale" in RELIABILITY_VIEWS:
+                views.append(self._rescaled_view(batch, cov))
+            if self.tta:  # horizontal flip: average logits
                 head_logits = {h: (head_logits[h] + flipped[h].float()) / 2 for h in self.heads}
+        agreement: list[float | None] = [None] * len(images)
+        if views:
+            agreement = list(frame_reliability(torch.sigmoid(logits), [torch.sigmoid(v) for v in views]))
+        if self.tta:
+            logits = (logits + flip_logits) / 2
         probs = torch.sigmoid(logits)
         head_probs = {
             h: head_probabilities(v, self.kinds[h], self.temperatures[h]).cpu().numpy() for h, v in head_logits.items()
@@ -158,9 +176,20 @@ class Predictor:
                     {h: v[i] for h, v in head_probs.items()},
                     {h: v[i] for h, v in raw.items()},
                     None if full_size else small[i],
+                    agreement[i],
                 )
             )
         return results
+
+    def _rescaled_view(self, batch: torch.Tensor, cov: torch.Tensor | None) -> torch.Tensor:
+        """Mask logits of the frames seen at SCALE_VIEW x the input size (a multiple of 32), resized back to S x S."""
+        s = self.size
+        big = int(round(s * SCALE_VIEW / 32)) * 32
+        x = F.interpolate(batch, size=(big, big), mode="bilinear", align_corners=False)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = self.model(x, cov)["mask"].float()
+        return F.interpolate(out, size=(s, s), mode="bilinear", align_corners=False)
 
 
 def _finite_or_none(v: float) -> float | None:

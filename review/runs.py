@@ -50,13 +50,18 @@ def review_options(cfg: DictConfig) -> ReviewOptions:
 
 
 def load_predictor(cfg: DictConfig, opts: ReviewOptions) -> Predictor:
-    """The model the settings name (checkpoint, device, precision, tta, backend); covariates it does not read are
-    refused here, before anything is written."""
+    """The model the settings name (checkpoint, device, precision, tta, backend, reliability); covariates it does
+    not read are refused here, before anything is written."""
     from models.predictor import Predictor
     from review.measure import covariate_row
 
     predictor = Predictor.from_checkpoint(
-        cfg.checkpoint, device=cfg.device, precision=cfg.precision, tta=cfg.tta, backend=cfg.backend
+        cfg.checkpoint,
+        device=cfg.device,
+        precision=cfg.precision,
+        tta=cfg.tta,
+        backend=cfg.backend,
+        reliability=cfg.reliability,
     )
     covariate_row(predictor, opts)
     return predictor

@@ -25,6 +25,7 @@ from data.scope import field_of_view
 from data.video import Frame, VideoWriter
 from models.card import ModelCard
 from models.predictor import Prediction, Predictor
+from models.reliability import LOW_RELIABILITY, LOW_RELIABILITY_LINE
 from review.keyframes import KeyFrames
 from review.measure import measure_frame
 from review.options import ReviewOptions
@@ -135,6 +136,11 @@ class FrameMeasurer:
             analysis_image=quality_view,
             quality_fov=self.quality_fov,
         )
+        if p.reliability is not None:  # Predictor(reliability=True): the model's views of the frame compared
+            rec["reliability"] = round(p.reliability, 4)
+            rec["low_reliability"] = p.reliability < LOW_RELIABILITY
+            if rec["low_reliability"]:
+                lines = [*lines, LOW_RELIABILITY_LINE]
         if self.video:  # specks the mask dropped must not come back when the map is resized to the frame
             prob = np.where((mask > 0) | (prob < opts.threshold), prob, 0.0).astype(np.float32)
         return rec, MeasuredFrame(f, prob, mask, name, rec["lesion_probability"], lines)

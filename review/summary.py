@@ -18,6 +18,7 @@ import numpy as np
 from models import gate
 from models.card import ModelCard
 from models.heads import aggregate_case
+from models.reliability import reliability_summary
 from review.options import ReviewOptions
 from review.segments import GAP_S, lesion_segments
 
@@ -101,6 +102,8 @@ def summarise(
         "segment_gap_s": GAP_S if video else None,
         "heads": heads,
         **({"research_only": research} if opts.research_heads else {}),
+        # with reliability scoring on (profile=accurate): frames whose views disagree, to check by eye
+        **({"reliability": rel} if (rel := reliability_summary(records)) else {}),
         # the length read (webm/mkv often declare none; a truncated file is shorter than declared)
         "video": dict(video, duration=round(len(records) / video["fps"], 4)) if video else None,
         "threshold": threshold,

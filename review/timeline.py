@@ -1,4 +1,5 @@
-"""The report's timeline, drawn in the page as inline SVG: lesion probability, lesion area and, for the heads the
+"""The report's timeline, drawn in the page as inline SVG: lesion probability, lesion area, the model's reliability
+when it was scored (its minimum over a run of frames, so that a dip stays visible) and, for the heads the
 display gate passes only (models/gate.py), their class probabilities against time, with the lesion segments shaded.
 A head's line is drawn only where a frame carries its estimate (informative frames: a lesion in view), with gaps
 elsewhere; a head probability plotted through lesion-free stretches would be about nothing.
@@ -22,13 +23,14 @@ from typing import Any
 import numpy as np
 
 from models.card import ModelCard
+from models.reliability import LOW_RELIABILITY
 from review.overlay import timecode
 from review.summary import passed_heads
 
 WIDTH, X0, RIGHT = 960, 48, 12  # viewBox width and the plot's left / right margins (viewBox units)
 LABEL_H, TRACK_H, AXIS_H = 18, 56, 22  # a track's title line and plot height; the time axis below the tracks
 MAX_POINTS = 900  # a polyline's points at most (about one per unit of plot width)
-LESION, AREA = "#1f8f3a", "#d26a00"
+LESION, AREA, RELIABILITY = "#1f8f3a", "#d26a00", "#6d4c41"
 PALETTE = ("#1b6ac9", "#c2185b", "#7b5ea7", "#00897b", "#8d6e63", "#5d6d7e")
 TICK_STEPS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)
 
@@ -47,6 +49,8 @@ def reduce_series(values: np.ndarray, n_out: int, how: str = "max") -> tuple[np.
         counts = np.add.reduceat(have.astype(float), edges[:-1])
         sums = np.add.reduceat(np.where(have, values, 0.0), edges[:-1])
         out = np.divide(sums, counts, out=np.full(len(counts), np.nan), where=counts > 0)
+    elif how == "min":  # reliability: a short dip must stay visible
+        out = np.fmin.reduceat(values, edges[:-1])
     else:
         out = np.fmax.reduceat(values, edges[:-1])  # fmax: NaN only where the whole run is NaN
     return (edges[:-1] + edges[1:] - 1) / 2, out
@@ -137,6 +141,15 @@ def timeline(
             unit="%",
         ),
     ]
+    if any(r.get("reliability") is not None for r in records):
+        tracks.append(
+            track(
+                "reliability (agreement of the model's views; dashed: below it, check by eye)",
+                [("reliability", RELIABILITY, np.array([r.get("reliability", np.nan) for r in records]), "min")],
+                1.0,
+                guide=LOW_RELIABILITY,
+            )
+        )
     for h in passed_heads(card):
         classes = card.heads[h].classes
         tracks.append(

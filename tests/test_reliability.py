@@ -1,0 +1,72 @@
+"""The per-frame reliability score end to end: the predictor computes it from its own views of the frame, and the
+review writes it to predictions.jsonl, summary.json, the overlay's lines and the report (reliability=true)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from data.synthetic import synthetic_frame
+from models.predictor import Predictor
+from models.reliability import LOW_RELIABILITY, mask_agreement
+from review.timeline import reduce_series
+from tests.test_infer import infer_in_process
+
+
+@pytest.fixture()
+def frames(tiny_checkpoint):
+    rng = np.random.default_rng(3)
+    size = Predictor.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32").size
+    return [synthetic_frame(rng, (size, size))["image"] for _ in range(3)]  # at the model's size: no resizing
+
+
+def test_reliability_is_the_agreement_of_the_frame_and_its_mirror(tiny_checkpoint, frames):
+    plain = Predictor.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32")
+    scored = Predictor.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32", reliability=True)
+    got = scored.predict(frames, full_size=False)
+    base = plain.predict(frames, full_size=False)
+    mirrored = plain.predict([np.ascontiguousarray(f[:, ::-1]) for f in frames], full_size=False)
+    for g, b, m in zip(got, base, mirrored):
+        assert g.reliability == pytest.approx(mask_agreement(b.prob, m.prob[:, ::-1]), abs=1e-6)
+        np.testing.assert_allclose(g.prob, b.prob, atol=1e-6)  # scoring does not change the prediction
+    assert all(p.reliability is None for p in base)
+    # with flip TTA the mirrored pass is shared; the averaged map is TTA's, whatever reliability says
+    tta = Predictor.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32", tta=True)
+    both = Predictor.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32", tta=True, reliability=True)
+    for a, b in zip(tta.predict(frames), both.predict(frames)):
+        np.testing.assert_allclose(a.prob, b.prob, atol=1e-6)
+        assert b.reliability is not None and a.reliability is None
+
+
+def test_review_writes_reliability_where_a_reviewer_sees_it(tmp_path, tiny_checkpoint, synthetic_video):
+    out = tmp_path / "out"
+    assert (
+        infer_in_process(
+            f"input={synthetic_video}", f"out_dir={out}", f"checkpoint={tiny_checkpoint}", "reliability=true"
+        )
+        == []
+    )
+    records = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(records) == 12
+    assert all(0.0 <= r["reliability"] <= 1.0 for r in records)
+    assert all(r["low_reliability"] == (r["reliability"] < LOW_RELIABILITY) for r in records)
+    summary = json.loads((out / "summary.json").read_text())["reliability"]
+    low = [r["index"] for r in records if r["low_reliability"]]
+    assert summary["frames_scored"] == 12 and summary["low_frames"] == len(low)
+    assert summary["low_frame_indices"] == low and summary["threshold"] == LOW_RELIABILITY
+    assert summary["min"] == pytest.approx(min(r["reliability"] for r in records), abs=1e-4)
+    html = (out / "report.html").read_text()
+    assert f"{len(low)} of 12 frames below {LOW_RELIABILITY}" in html and "agreement of the model&#39;s views" in html
+    # off by default: nothing is written about it
+    plain = tmp_path / "plain"
+    assert infer_in_process(f"input={synthetic_video}", f"out_dir={plain}", f"checkpoint={tiny_checkpoint}") == []
+    assert "reliability" not in (plain / "predictions.jsonl").read_text()
+    assert "reliability" not in json.loads((plain / "summary.json").read_text())
+
+
+def test_the_timeline_keeps_a_short_dip_in_reliability_visible():
+    values = np.ones(5000)
+    values[2345] = 0.1  # one unreliable frame in a long video
+    _, reduced = reduce_series(values, 900, "min")
+    assert len(reduced) == 900 and reduced.min() == pytest.approx(0.1)
+    assert reduce_series(values, 900, "mean")[1].min() > 0.5  # what a mean would have hidden
