@@ -2,6 +2,8 @@
 
     python benchmarks/cross_centre.py --recipe baseline                      # the shipped recipe, both directions
     python benchmarks/cross_centre.py --recipe domain --overrides augment=domain   # a candidate, compared to it
+    python benchmarks/cross_centre.py --recipe baseline --tag tta --eval-overrides tta=true   # inference settings
+    python benchmarks/cross_centre.py --collect        # every recipe's summary, one row each (README's table)
 
 Direction ``kvasir``: train on all 1000 Kvasir-SEG images (configs/data/xc_kvasir.yaml), test on all 612 CVC-ClinicDB
 frames (intervals resample whole video sequences). Direction ``clinicdb``: train on CVC-ClinicDB, test on all 1000
@@ -11,7 +13,10 @@ with evaluate.py into outputs/xc/<recipe>/eval_<direction>, and reports Dice@0.5
 and small lesions, metrics/lesions.py), Dice on small-lesion frames and, for Kvasir-SEG, on the Kvasir-Sessile
 subset, with 95% intervals; a recipe other than the baseline is compared with it image by image
 (``python -m metrics.compare``, paired, resampling sequences). Writes outputs/xc/<recipe>/summary.{json,md}.
-Models are chosen on these numbers, never on the standard test lists.
+Models are chosen on these numbers, never on the standard test lists. ``--tag T --eval-overrides ...`` scores a
+recipe's trained models again with other inference settings (evaluate.py overrides: tta, input_size), into
+outputs/xc/<recipe>/eval_<direction>@T and summary@T.{json,md}, compared with the recipe's plain scoring. The plain
+scoring runs profile=fast (the checkpoint's training size, no TTA, one pass a frame).
 """
 
 from __future__ import annotations
@@ -62,13 +67,30 @@ def train(recipe: str, direction: str, overrides: list[str], out: Path) -> None:
     (run_dir / "done").touch()
 
 
-def evaluate(direction: str, out: Path) -> Path:
-    eval_dir = out / f"eval_{direction}"
+def evaluate(direction: str, out: Path, tag: str = "", overrides: list[str] = ()) -> Path:
+    """The direction's test set scored by evaluate.py (profile=fast, then ``overrides``) into eval_<direction>[@tag]."""
+    eval_dir = out / (f"eval_{direction}@{tag}" if tag else f"eval_{direction}")
     if not (eval_dir / "metrics.json").is_file():
         ckpt = out / direction / "checkpoints" / "best"
-        cmd = [sys.executable, "evaluate.py", f"checkpoint={ckpt}", f"data=xc_{direction}", f"out_dir={eval_dir}"]
-        run(cmd, out / f"evaluate_{direction}.log")
+        cmd = [sys.executable, "evaluate.py", "profile=fast", f"checkpoint={ckpt}", f"data=xc_{direction}"]
+        cmd += [*overrides, f"out_dir={eval_dir}"]
+        run(cmd, out / f"evaluate_{direction}{'@' + tag if tag else ''}.log")
     return eval_dir
+
+
+def training_hours(run_dir: Path) -> float | None:
+    """Hours of training steps: each epoch's training images over its logged throughput (metrics.csv), summed. A run
+    resumed after an interruption or slowed by other jobs is counted by its own pace; validation and start-up (about
+    10% more) are not counted."""
+    import csv
+
+    metrics, splits = run_dir / "metrics.csv", run_dir / "splits.json"
+    if not (metrics.is_file() and splits.is_file()):
+        return None
+    n = json.loads(splits.read_text())["parts"]["train"]["frames"]
+    with metrics.open(newline="") as f:
+        rates = [float(r["train/images_per_s"]) for r in csv.DictReader(f) if r.get("train/images_per_s")]
+    return round(sum(n / r for r in rates) / 3600, 2) if rates else None
 
 
 def with_interval(value, names: list[str], groups: list[str], metric, n_boot: int) -> dict:
@@ -87,7 +109,7 @@ def direction_summary(eval_dir: Path, test_set: str, data_root: Path, n_boot: in
     small_total = np.array([int(r["small_lesions"]) for r in rows])
     small_found = np.array([int(r["small_found"]) for r in rows])
     small_frame = np.array([float(r["gt_fraction"]) < SMALL_FRACTION for r in rows])
-    metrics = json.loads((eval_dir / "metrics.json").read_text())["sets"][test_set]
+    metrics = json.loads((eval_dir / "metrics.json").read_text())["results"][test_set]["segmentation"]
 
     def recall(idx):
         t = small_total[idx].sum()
@@ -123,54 +145,99 @@ def fmt(v: dict | float | None) -> str:
     return "" if v is None else f"{v:.3f}"
 
 
+def short(v: dict | None) -> str:
+    """A value with its interval, compactly: 0.812 [0.78, 0.84]."""
+    if not v or v.get("value") is None:
+        return ""
+    ci = v.get("ci")
+    return f"{v['value']:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{v['value']:.3f}"
+
+
+def collect(root: Path) -> str:
+    """One row per summary under outputs/xc/ (a recipe, or a rescoring of one): both directions' Dice@0.5, the
+    paired difference with its reference (a recipe: the baseline recipe; a rescoring: the same models scored
+    plainly), small-lesion recall and training hours."""
+    rows = []
+    for path in sorted(root.glob("*/summary*.json")):
+        s = json.loads(path.read_text())
+        row = {"recipe": s["recipe"] + (f" @{s['tag']}" if s.get("tag") else "")}
+        row["settings"] = " ".join(s.get("overrides", []) + s.get("eval_overrides", [])) or "(shipped recipe)"
+        for d, test in DIRECTIONS.items():
+            r = s["directions"].get(d) or {}
+            vs = r.get("vs_baseline") or {}
+            label = f"{d}->{test.split('_')[0]}"
+            row[f"{label} Dice@0.5"] = short(r.get("dice@0.5"))
+            row[f"{label} vs reference"] = (
+                f"{vs['diff']:+.3f} [{vs['ci95'][0]:+.3f}, {vs['ci95'][1]:+.3f}]" if vs.get("ci95") else ""
+            )
+            row[f"{label} small recall"] = short(r.get("small_recall"))
+        hours = [r.get("train_hours") for r in s["directions"].values() if r.get("train_hours")]
+        row["train h (both)"] = f"{sum(hours):.2f}" if hours and not s.get("tag") else ""
+        rows.append(row)
+    return markdown_table(rows) if rows else "no summaries under " + str(root)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", required=True, help="a name for this recipe: outputs/xc/<recipe>/")
+    ap.add_argument("--collect", action="store_true", help="print every recipe's summary as one table, and stop")
+    ap.add_argument("--recipe", help="a name for this recipe: outputs/xc/<recipe>/")
     ap.add_argument("--overrides", nargs="*", default=[], help="train.py overrides on top of experiment=polyp_pranet")
     ap.add_argument("--baseline", default="baseline", help="the recipe to compare with (outputs/xc/<baseline>/)")
     ap.add_argument("--directions", nargs="+", default=list(DIRECTIONS), choices=list(DIRECTIONS))
     ap.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--tag", default="", help="name of a rescoring with --eval-overrides (eval_<direction>@TAG)")
+    ap.add_argument("--eval-overrides", nargs="*", default=[], help="evaluate.py overrides, e.g. tta=true")
     args = ap.parse_args()
+    if args.collect:
+        print(collect(ROOT / "outputs" / "xc"))
+        return
+    if not args.recipe:
+        raise SystemExit("--recipe NAME is needed (or --collect)")
+    if bool(args.tag) != bool(args.eval_overrides):
+        raise SystemExit("--tag and --eval-overrides go together: a rescoring needs a name and its settings")
     out = ROOT / "outputs" / "xc" / args.recipe
     out.mkdir(parents=True, exist_ok=True)
     summary: dict = {"recipe": args.recipe, "overrides": args.overrides, "directions": {}}
+    if args.tag:
+        summary.update(tag=args.tag, eval_overrides=args.eval_overrides)
     for d in args.directions:
         t0 = time.time()
         train(args.recipe, d, args.overrides, out)
-        eval_dir = evaluate(d, out)
+        eval_dir = evaluate(d, out, args.tag, args.eval_overrides)
         test_set = DIRECTIONS[d]
         s = direction_summary(eval_dir, test_set, args.data_root, args.n_boot)
-        card = json.loads((out / d / "checkpoints" / "best.json").read_text())
-        s["train_hours"] = card.get("compute", {}).get("wall_hours")
+        s["train_hours"] = training_hours(out / d)
         s["this_call_s"] = round(time.time() - t0)
-        base_eval = ROOT / "outputs" / "xc" / args.baseline / f"eval_{d}"
-        if args.recipe != args.baseline and (base_eval / test_set / "per_image.csv").is_file():
+        # a rescoring is compared with the same models scored plainly; a recipe with the baseline recipe
+        base_eval = out / f"eval_{d}" if args.tag else ROOT / "outputs" / "xc" / args.baseline / f"eval_{d}"
+        if (args.tag or args.recipe != args.baseline) and (base_eval / test_set / "per_image.csv").is_file():
             a = read_per_image(base_eval / test_set / "per_image.csv", "dice")
             b = read_per_image(eval_dir / test_set / "per_image.csv", "dice")
             s["vs_baseline"] = compare_set(a, b, groups_of(sorted(a), load_sequences()), n_boot=args.n_boot)
         summary["directions"][d] = s
-    write_json_atomic(out / "summary.json", summary)
+    name = f"summary@{args.tag}" if args.tag else "summary"
+    write_json_atomic(out / f"{name}.json", summary)
     table = []
     for d, s in summary["directions"].items():
         vs = s.get("vs_baseline") or {}
         table.append(
             {
-                "recipe": args.recipe,
+                "recipe": args.recipe + (f" @{args.tag} ({' '.join(args.eval_overrides)})" if args.tag else ""),
                 "trained on -> tested on": f"{d} -> {DIRECTIONS[d]}",
                 "Dice@0.5 [95% CI]": fmt(s["dice@0.5"]),
                 "toolbox Dice": fmt(s["toolbox_dice"]),
                 "small-lesion recall": fmt(s["small_recall"]) + f" (n={s['small_lesions']})",
                 "small-frame Dice": fmt(s["small_frame_dice"]) + f" (n={s['small_frames']})",
                 "sessile Dice": fmt(s.get("sessile_dice")),
-                "vs baseline [95% CI]": (
+                "vs reference [95% CI]": (
                     f"{vs['diff']:+.3f} [{vs['ci95'][0]:+.3f}, {vs['ci95'][1]:+.3f}]" if vs.get("ci95") else ""
                 ),
                 "train h": s["train_hours"],
             }
         )
     md = markdown_table(table)
-    with atomic_write(out / "summary.md") as tmp:
+    with atomic_write(out / f"{name}.md") as tmp:
         tmp.write_text(md + "\n")
     print(md)
 

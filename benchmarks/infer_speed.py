@@ -1,6 +1,7 @@
 """Inference speed on this machine: model-only images/s, and end-to-end video frames/s with the model's share.
 
 python benchmarks/infer_speed.py [--checkpoint CKPT] [--compare OTHER ...] [--loops 2] [--repeats 3] [--device cuda]
+python benchmarks/infer_speed.py --profiles [--loops 2] [--repeats 3]   # profile=fast vs profile=accurate
 1. model only, at the checkpoint's input size: batch 1 and 8, fp32 vs bf16 (+ channels_last); ratios against fp32
    batch 1.
 2. end to end (decode + model + smoothing + masks/probs PNGs + JSONL + overlay + H.264 encode, report off; the
@@ -11,6 +12,9 @@ python benchmarks/infer_speed.py [--checkpoint CKPT] [--compare OTHER ...] [--lo
    same stages write the same files). The model's share is the time inside predict().
 3. the issue's targets (1920x1080 >= 15 and 384x288 >= 40 frames/s, streaming bf16 on the CPU), met or not, and with
    --compare the streaming ratio of --checkpoint to each other checkpoint in the same run.
+With --profiles instead: the end-to-end streaming frames/s of each configs/profile/ (its checkpoint, input size, TTA
+and reliability, at infer.py's default precision), the profiles alternating within each repeat; the ratio accurate /
+fast; the targets checked for profile=fast.
 """
 
 from __future__ import annotations
@@ -126,6 +130,39 @@ def bench(
     return fast
 
 
+def profile_predictor(name: str, device: str) -> Predictor:
+    """The predictor configs/profile/<name>.yaml describes (its checkpoint relative to the repository)."""
+    from omegaconf import OmegaConf
+
+    p = OmegaConf.load(ROOT / "configs" / "profile" / f"{name}.yaml")
+    pred = Predictor.from_checkpoint(
+        ROOT / p.checkpoint, device=device, tta=p.tta, reliability=p.reliability, input_size=p.input_size
+    )
+    pred.profile = name
+    return pred
+
+
+def bench_profiles(device: str, clips: dict[str, Path], tmp: Path, repeats: int) -> dict[str, dict[str, list[float]]]:
+    """profile -> clip -> frames/s of each streaming run (the profiles alternate within a repeat)."""
+    preds = {name: profile_predictor(name, device) for name in ("fast", "accurate")}
+    res: dict[str, dict[str, list[float]]] = {n: {c: [] for c in clips} for n in preds}
+    for rep in range(repeats):
+        for clip, path in clips.items():
+            for name, pred in preds.items():
+                fps, _, _ = end_to_end(pred, path, tmp / f"profile_{name}_{clip}_{rep}", streaming=True)
+                res[name][clip].append(fps)
+    for clip in clips:
+        med = {n: statistics.median(res[n][clip]) for n in preds}
+        for n, pred in preds.items():
+            r = res[n][clip]
+            print(
+                f"profile={n:8s} {clip:9s} ({pred.size} px, tta {pred.tta}, reliability {pred.reliability}): "
+                f"{med[n]:6.1f} frames/s end to end (median of {len(r)}, {min(r):.1f}-{max(r):.1f})"
+            )
+        print(f"                  {clip:9s} accurate / fast: x{med['accurate'] / med['fast']:.2f}")
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "endolift_polyp_unet_mnv2"))
@@ -134,7 +171,10 @@ def main() -> None:
     ap.add_argument("--loops", type=int, default=2, help="repeat the clip this many times for the timing")
     ap.add_argument("--device", default="cpu", help="cpu | cuda (fp16 replaces bf16 there)")
     ap.add_argument("--repeats", type=int, default=3, help="end-to-end runs per setting (the median is reported)")
+    ap.add_argument("--profiles", action="store_true", help="profile=fast vs profile=accurate, end to end")
     a = ap.parse_args()
+    if a.profiles and (a.compare or a.checkpoint != ap.get_default("checkpoint")):
+        raise SystemExit("--profiles measures the checkpoints configs/profile/ names: no --checkpoint or --compare")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -148,9 +188,13 @@ def main() -> None:
                 for f in frames:
                     vw.write(f if size is None else cv2.resize(f, size, interpolation=cv2.INTER_CUBIC))
             clips[name] = path
-        results = {
-            ck: bench(ck, a.device, clips, tmp, a.repeats, str(i)) for i, ck in enumerate([a.checkpoint, *a.compare])
-        }
+        if a.profiles:
+            results = {a.checkpoint: bench_profiles(a.device, clips, tmp, a.repeats)["fast"]}
+        else:
+            results = {
+                ck: bench(ck, a.device, clips, tmp, a.repeats, str(i))
+                for i, ck in enumerate([a.checkpoint, *a.compare])
+            }
     first = {name: statistics.median(runs) for name, runs in results[a.checkpoint].items()}
     for ck in a.compare:
         other = {name: statistics.median(runs) for name, runs in results[ck].items()}
@@ -161,7 +205,9 @@ def main() -> None:
             runs = results[a.checkpoint][name]
             met = sum(r >= target for r in runs)
             print(
-                f"target {name} >= {target:.0f} frames/s end to end (streaming, bf16): median {first[name]:.1f}, "
+                f"target {name} >= {target:.0f} frames/s end to end (streaming, bf16"
+                + (", profile=fast" if a.profiles else "")
+                + f"): median {first[name]:.1f}, "
                 f"{'met' if first[name] >= target else 'NOT met'} ({met} of {len(runs)} runs at or above)"
             )
 

@@ -33,7 +33,7 @@ from data.transforms import normalise_batch  # noqa: E402
 from metrics.grading import binary_auroc, case_resamples, interval  # noqa: E402
 from metrics.stats import markdown_table  # noqa: E402
 from models.predictor import Predictor  # noqa: E402
-from models.reliability import mask_agreement, soft_confidence, view_agreement  # noqa: E402
+from models.reliability import LOW_RELIABILITY, mask_agreement, soft_confidence, view_agreement  # noqa: E402
 
 SCORES = ("flip", "scale", "flip_scale", "soft", "max_prob")
 FAIL_DICE = 0.5
@@ -94,6 +94,24 @@ def auroc_table(rows: list[dict], n_boot: int) -> list[dict]:
         ci = interval([b for b in boots if b is not None], n_boot)
         table.append({"score": s, "auroc": point, "ci_low": ci[0] if ci else None, "ci_high": ci[1] if ci else None})
     return table
+
+
+def at_threshold(rows: list[dict], score: str, threshold: float) -> dict:
+    """What marking frames below ``threshold`` does: frames marked, failures (Dice < FAIL_DICE) among them, and the
+    share of all failures they catch."""
+    fail = np.array([r["dice"] < FAIL_DICE for r in rows])
+    marked = np.array([r[score] < threshold for r in rows])
+    return {
+        "score": score,
+        "threshold": threshold,
+        "marked": int(marked.sum()),
+        "marked_fraction": round(float(marked.mean()), 4),
+        "failures_marked": int((marked & fail).sum()),
+        "failures": int(fail.sum()),
+        "failures_caught": round(float((marked & fail).sum() / max(1, fail.sum())), 4),
+        "failure_rate_marked": round(float(fail[marked].mean()), 4) if marked.any() else None,
+        "failure_rate_unmarked": round(float(fail[~marked].mean()), 4) if (~marked).any() else None,
+    }
 
 
 def worst_figure(path: Path, rows: list[dict], records: dict, score: str, n: int = 10) -> None:
@@ -158,11 +176,15 @@ def main() -> None:
         "failures": n_fail,
         "mean_dice": float(np.mean([r["dice"] for r in rows])),
         "auroc": table,
+        # the shipped rule (models.reliability: the flip view, marked below LOW_RELIABILITY) and nearby thresholds
+        "marking": [at_threshold(rows, "flip", t) for t in (0.5, 0.6, LOW_RELIABILITY, 0.8, 0.9)],
     }
     write_json_atomic(args.out / "reliability.json", summary)
     md = (
         f"{args.set} ({len(rows)} frames, {n_fail} with Dice < {FAIL_DICE}), checkpoint {args.checkpoint}\n\n"
         + markdown_table(table)
+        + f"\n\nMarking frames whose flip agreement is below a threshold (shipped: {LOW_RELIABILITY}):\n\n"
+        + markdown_table(summary["marking"])
     )
     with atomic_write(args.out / "reliability.md") as tmp:
         tmp.write_text(md + "\n")

@@ -231,7 +231,7 @@ def unknown_setting(key: str, rules: Mapping[str, Any], where: str) -> UserError
     """The one-line error for a key the schema does not have."""
     near = closest_key(key, rules)
     hint = f": did you mean {near}?" if near else ""
-    return UserError(f"unknown setting {key}{hint} ({where} lists every setting)")
+    return UserError(f"unknown setting {key}{hint} ({where} and the config groups it names list every setting)")
 
 
 def known_key(key: str, rules: Mapping[str, Any]) -> bool:

@@ -98,7 +98,9 @@ def score_records(
         prob = prob_to_uint8(p.prob)
         probs[record.id] = prob
         if "mask" in sample:
-            seg.update(prob, sample["mask"], record.id)
+            row = seg.update(prob, sample["mask"], record.id)
+            if p.reliability is not None:  # a predictor with reliability=True: the frame's score beside its Dice
+                row["reliability"] = round(p.reliability, 4)
 
     rows = predict_records(predictor, records, batch_size=batch_size, progress=name, on_frame=on_frame)
     heads = score_heads(rows, predictor.card.heads, n_boot=n_boot, min_frames=min_frames, min_confidence=min_confidence)

@@ -44,10 +44,13 @@ class Predictor:
         tta: bool = False,
         channels_last: bool = True,
         reliability: bool = False,
+        input_size: int | None = None,
     ) -> None:
         """model: an EndoNet, or a models.onnx.OrtModel (ONNX Runtime; fp32 on the CPU, no autocast).
         reliability: also score each frame's reliability (models.reliability.RELIABILITY_VIEWS: one more model pass
-        per view; the mirrored view is shared with flip TTA)."""
+        per view; the mirrored view is shared with flip TTA).
+        input_size: run the network at S x S instead of the card's training size (a multiple of 32; a model trained
+        with multi-scale batches serves several sizes; ONNX files keep the size they were exported at)."""
         self.onnx = not isinstance(model, torch.nn.Module)
         if self.onnx:
             device, precision, channels_last = torch.device("cpu"), "fp32", False
@@ -56,7 +59,8 @@ class Predictor:
             fold_batchnorm(model)
         self.model, self.card, self.device = model, card, device
         self.precision, self.tta, self.reliability = precision, tta, reliability
-        self.size = card.input.size
+        self.size = check_input_size(input_size, card.input.size, onnx=self.onnx)
+        self.profile: str | None = None  # the settings profile that chose this predictor (configs/profile/), if any
         self.mean, self.std = card.input.mean, card.input.std
         self.heads = list(card.heads)
         # the model config decides each head's kind (its number of outputs); the card's head entries follow it
@@ -79,6 +83,7 @@ class Predictor:
         tta: bool = False,
         backend: str = "torch",
         reliability: bool = False,
+        input_size: int | None = None,
     ) -> Predictor:
         """precision 'auto': bf16 on CPU (AMX makes it 2-4x faster), fp16 on CUDA, fp32 on MPS.
         backend 'onnxruntime' runs NAME.onnx beside the checkpoint (python -m models.export --onnx)."""
@@ -96,12 +101,15 @@ class Predictor:
                 precision="fp32",
                 tta=tta,
                 reliability=reliability,
+                input_size=input_size,
             )
         dev = pick_device(device)
         model, card = load_checkpoint(path)
         if precision == "auto":
             precision = {"cpu": "bf16", "cuda": "fp16"}.get(dev.type, "fp32")
-        return cls(model, card, device=dev, precision=precision, tta=tta, reliability=reliability)
+        return cls(
+            model, card, device=dev, precision=precision, tta=tta, reliability=reliability, input_size=input_size
+        )
 
     @torch.no_grad()
     def predict(
@@ -151,12 +159,11 @@ class Predictor:
                     views.append(flip_logits)
             if self.reliability and "scale" in RELIABILITY_VIEWS:
                 views.append(self._rescaled_view(batch, cov))
-            if self.tta:  # horizontal flip: average logits
-                head_logits = {h: (head_logits[h] + flipped[h].float()) / 2 for h in self.heads}
         agreement: list[float | None] = [None] * len(images)
         if views:
             agreement = list(frame_reliability(torch.sigmoid(logits), [torch.sigmoid(v) for v in views]))
-        if self.tta:
+        if self.tta:  # horizontal flip: average the mask logits. The heads keep the frame's own view: their
+            # temperatures were fitted on it (training/finish.py), and their sign-off evidence was measured on it
             logits = (logits + flip_logits) / 2
         probs = torch.sigmoid(logits)
         head_probs = {
@@ -181,6 +188,32 @@ class Predictor:
             )
         return results
 
+    @classmethod
+    def from_settings(cls, cfg: Any) -> Predictor:
+        """The predictor a script's settings name (models.predictor_settings.PredictorSettings' keys: checkpoint,
+        device, precision, tta, backend, reliability, input_size), e.g. infer.py's or evaluate.py's config."""
+        return cls.from_checkpoint(
+            cfg.checkpoint,
+            device=cfg.device,
+            precision=cfg.precision,
+            tta=cfg.tta,
+            backend=cfg.backend,
+            reliability=cfg.reliability,
+            input_size=cfg.input_size,
+        )
+
+    def run_settings(self) -> dict[str, Any]:
+        """How this predictor runs the network, for the outputs that report it (summary.json, the report)."""
+        return {
+            "profile": self.profile,
+            "input_size": self.size,
+            "trained_size": self.card.input.size,
+            "tta": self.tta,
+            "reliability": self.reliability,
+            "backend": "onnxruntime" if self.onnx else "torch",
+            "precision": self.precision,
+        }
+
     def _rescaled_view(self, batch: torch.Tensor, cov: torch.Tensor | None) -> torch.Tensor:
         """Mask logits of the frames seen at SCALE_VIEW x the input size (a multiple of 32), resized back to S x S."""
         s = self.size
@@ -190,6 +223,19 @@ class Predictor:
             x = x.contiguous(memory_format=torch.channels_last)
         out = self.model(x, cov)["mask"].float()
         return F.interpolate(out, size=(s, s), mode="bilinear", align_corners=False)
+
+
+def check_input_size(wanted: int | None, trained: int, *, onnx: bool = False) -> int:
+    """The network's input side: ``trained`` (the card's) unless ``wanted`` names another multiple of 32."""
+    if wanted is None or int(wanted) == int(trained):
+        return int(trained)
+    if int(wanted) % 32 or not 64 <= int(wanted) <= 2048:
+        raise UserError(f"input_size={wanted}: give a multiple of 32 from 64 to 2048, or null for the card's {trained}")
+    if onnx:
+        raise UserError(
+            f"input_size={wanted}: an ONNX file runs at the size it was exported at ({trained}); use backend=torch"
+        )
+    return int(wanted)
 
 
 def _finite_or_none(v: float) -> float | None:

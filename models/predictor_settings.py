@@ -1,15 +1,17 @@
 """The settings of running a checkpoint (which one, on which device, at which precision, with which backend, with
-flip TTA), shared by infer.py and evaluate.py, and the precisions training takes. Apart from models/predictor.py
-so that a script checks them before torch loads (a mistyped setting is answered in about a second)."""
+flip TTA, at which input size, scoring reliability, under which profile), shared by infer.py and evaluate.py, and
+the precisions training takes. Apart from models/predictor.py so that a script checks them before torch loads (a
+mistyped setting is answered in about a second)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.settings import Bool, Choice, Text, setting
+from core.settings import Bool, Choice, Num, Text, setting
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # models.runtime.autocast's; fp16 needs CUDA
 BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")  # Predictor.from_checkpoint's
+PROFILES = ("accurate", "fast")  # configs/profile/<name>.yaml
 
 
 @dataclass(kw_only=True)
@@ -21,3 +23,9 @@ class PredictorSettings:
     precision: str = setting(Choice(("auto",) + PRECISIONS))  # auto: bf16 on CPU, fp16 on CUDA, fp32 on MPS
     tta: bool = setting(Bool())
     backend: str = setting(Choice(BACKENDS))
+    # the network's input side (a multiple of 32); null: the size the checkpoint was trained at
+    input_size: int | None = setting(Num(64, 2048, integer=True, nullable=True, multiple_of=32))
+    # score each frame's reliability (the model's mirrored view compared with the frame as is; one more model pass
+    # per frame, free with tta; models/reliability.py)
+    reliability: bool = setting(Bool())
+    profile: str = setting(Choice(PROFILES))  # configs/profile/<name>.yaml chose the settings above

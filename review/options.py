@@ -82,9 +82,6 @@ class InferSettings(PredictorSettings):
     case: str | None = setting(Text(nullable=True))
     resume: bool = setting(Bool())
     inputs_row: int | None = setting(Num(0, integer=True, nullable=True))
-    # score each frame's reliability (the model's mirrored view compared with the frame as is; one more model pass
-    # per frame, free with tta): predictions.jsonl, summary.json, the report's timeline, "check by eye" frames
-    reliability: bool = setting(Bool())
     review: ReviewOptions = section(ReviewOptions)
 
 

@@ -87,6 +87,7 @@ def review_frames(
         stem=stem,
         records=records,
         card=predictor.card,
+        run=predictor.run_settings(),
         video=video,
         errors=errors,
         opts=opts,

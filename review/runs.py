@@ -50,21 +50,39 @@ def review_options(cfg: DictConfig) -> ReviewOptions:
 
 
 def load_predictor(cfg: DictConfig, opts: ReviewOptions) -> Predictor:
-    """The model the settings name (checkpoint, device, precision, tta, backend, reliability); covariates it does
-    not read are refused here, before anything is written."""
+    """The model the settings name (checkpoint, device, precision, tta, backend, reliability, input size);
+    covariates it does not read, and an input size other than the one its displayed heads were validated at, are
+    refused here, before anything is written."""
     from models.predictor import Predictor
     from review.measure import covariate_row
+    from review.summary import passed_heads
 
-    predictor = Predictor.from_checkpoint(
-        cfg.checkpoint,
-        device=cfg.device,
-        precision=cfg.precision,
-        tta=cfg.tta,
-        backend=cfg.backend,
-        reliability=cfg.reliability,
-    )
+    predictor = Predictor.from_settings(cfg)
+    predictor.profile = profile_label(cfg)
     covariate_row(predictor, opts)
+    shown = passed_heads(predictor.card)
+    if predictor.size != predictor.card.input.size and shown:
+        raise UserError(
+            f"input_size={predictor.size}: the heads cleared for display ({', '.join(shown)}) were validated at "
+            f"the checkpoint's {predictor.card.input.size} px; give input_size=null, or use input_size only with "
+            "checkpoints whose heads are not shown (evaluate.py may score any size)"
+        )
     return predictor
+
+
+PROFILE_KEYS = ("checkpoint", "input_size", "tta", "reliability")  # what a configs/profile/ file sets
+
+
+def profile_label(cfg: DictConfig) -> str:
+    """The profile's name, or 'accurate, modified: tta=False' when a setting given on its own overrode the profile
+    file's: the outputs say what ran, not only what was asked for."""
+    path = Path(__file__).resolve().parents[1] / "configs" / "profile" / f"{cfg.profile}.yaml"
+    if not path.is_file():
+        return str(cfg.profile)
+    chosen = OmegaConf.load(path)
+    shown = lambda k: Path(str(cfg[k])).name if k == "checkpoint" else cfg[k]  # noqa: E731
+    changed = [f"{k}={shown(k)}" for k in PROFILE_KEYS if k in chosen and cfg[k] != chosen[k]]
+    return f"{cfg.profile}, modified: {', '.join(changed)}" if changed else str(cfg.profile)
 
 
 def review_to_out_dir(cfg: DictConfig, *, overrides: Sequence[str]) -> list[str]:

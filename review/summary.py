@@ -64,6 +64,7 @@ def summarise(
     *,
     threshold: float,
     opts: ReviewOptions | None = None,
+    run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Case summary: frames with lesion, largest lesion, and for a video one estimate per head, aggregated over its
     informative frames (models.heads.aggregate_case: a lesion in view, not blurry or over-exposed), abstaining
@@ -110,8 +111,26 @@ def summarise(
         "errors": errors,
         # frames a damaged video lost (data.video.read_frames counts them); 0 for images and intact videos
         "frames_lost": sum(int(e.get("frames_lost") or 0) for e in errors),
-        "model": {"name": card.name, "date": card.date, "git_commit": card.git_commit},
+        "model": {
+            "name": card.name,
+            "date": card.date,
+            "git_commit": card.git_commit,
+            **({"run": run, "run_line": run_line(run)} if run else {}),
+        },
     }
+
+
+def run_line(run: dict[str, Any]) -> str:
+    """How the model ran, in the report's words: 'profile accurate: input 352 px (trained at 288), flip TTA,
+    reliability scored'."""
+    size = f"input {run['input_size']} px"
+    if run.get("trained_size") and run["trained_size"] != run["input_size"]:
+        size += f" (trained at {run['trained_size']})"
+    parts = [size, "flip TTA" if run.get("tta") else "no TTA"]
+    parts.append("reliability scored" if run.get("reliability") else "reliability not scored")
+    if run.get("backend") and run["backend"] != "torch":
+        parts.append(run["backend"])
+    return f"profile {run.get('profile') or 'custom'}: " + ", ".join(parts)
 
 
 def video_estimate(

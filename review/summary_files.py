@@ -25,20 +25,22 @@ def write_summary_and_report(
     errors: list[dict],
     opts: ReviewOptions,
     key_frames: list,
+    run: dict[str, Any] | None = None,
     deid: dict[str, Any] | None = None,
     scrub: Callable[[str], str] | None = None,
 ) -> dict[str, Any]:
     """summary.json, errors.jsonl and the report; returns the summary. ``deid``: data.deid.Redactor.summary() when
     the frames were de-identified; text still found after redaction is an error (exit code 2) with
-    review.deid_check=fail, and a banner in the report either way. ``scrub``: removes the input's names from
-    messages (review.anonymise_names)."""
+    review.deid_check=fail, and a banner in the report either way. ``run``: how the predictor ran
+    (Predictor.run_settings: profile, input size, TTA, reliability), in summary.json and the report. ``scrub``:
+    removes the input's names from messages (review.anonymise_names)."""
     for e in errors:
         if scrub is not None:
             e.update({k: scrub(str(e[k])) for k in ("file", "error") if k in e})
     banner = deid_banner(deid)
     if banner and opts.deid_check == "fail":
         errors.append({"file": stem, "error": f"{stem}: {banner}", "deidentification": "failed"})
-    summary = summarise(records, card, video, errors, threshold=opts.threshold, opts=opts)
+    summary = summarise(records, card, video, errors, threshold=opts.threshold, opts=opts, run=run)
     summary["deidentification"] = deid
     summary["names"] = "pseudonymised" if opts.anonymise_names else "input"
     with atomic_write(out_dir / "summary.json") as tmp:

@@ -39,29 +39,39 @@ def test_reliability_is_the_agreement_of_the_frame_and_its_mirror(tiny_checkpoin
 
 
 def test_review_writes_reliability_where_a_reviewer_sees_it(tmp_path, tiny_checkpoint, synthetic_video):
-    out = tmp_path / "out"
-    assert (
-        infer_in_process(
-            f"input={synthetic_video}", f"out_dir={out}", f"checkpoint={tiny_checkpoint}", "reliability=true"
-        )
-        == []
-    )
+    out = tmp_path / "out"  # the default profile (accurate) scores reliability
+    assert infer_in_process(f"input={synthetic_video}", f"out_dir={out}", f"checkpoint={tiny_checkpoint}") == []
     records = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(records) == 12
     assert all(0.0 <= r["reliability"] <= 1.0 for r in records)
     assert all(r["low_reliability"] == (r["reliability"] < LOW_RELIABILITY) for r in records)
-    summary = json.loads((out / "summary.json").read_text())["reliability"]
+    summary = json.loads((out / "summary.json").read_text())
+    rel = summary["reliability"]
     low = [r["index"] for r in records if r["low_reliability"]]
-    assert summary["frames_scored"] == 12 and summary["low_frames"] == len(low)
-    assert summary["low_frame_indices"] == low and summary["threshold"] == LOW_RELIABILITY
-    assert summary["min"] == pytest.approx(min(r["reliability"] for r in records), abs=1e-4)
+    assert rel["frames_scored"] == 12 and rel["low_frames"] == len(low)
+    assert rel["low_frame_indices"] == low and rel["threshold"] == LOW_RELIABILITY
+    assert rel["min"] == pytest.approx(min(r["reliability"] for r in records), abs=1e-4)
+    run = summary["model"]["run"]
+    assert run["profile"] == f"accurate, modified: checkpoint={tiny_checkpoint.name}"  # the profile's, with our model
+    assert run["tta"] is True and run["reliability"] is True
     html = (out / "report.html").read_text()
     assert f"{len(low)} of 12 frames below {LOW_RELIABILITY}" in html and "agreement of the model&#39;s views" in html
-    # off by default: nothing is written about it
-    plain = tmp_path / "plain"
-    assert infer_in_process(f"input={synthetic_video}", f"out_dir={plain}", f"checkpoint={tiny_checkpoint}") == []
-    assert "reliability" not in (plain / "predictions.jsonl").read_text()
-    assert "reliability" not in json.loads((plain / "summary.json").read_text())
+    assert "profile accurate, modified: checkpoint=" in html  # the report says which ran
+    assert "flip TTA, reliability scored" in html
+    # profile=fast (live video): one model pass a frame, nothing written about reliability
+    fast = tmp_path / "fast"
+    overrides = (f"input={synthetic_video}", f"out_dir={fast}", f"checkpoint={tiny_checkpoint}", "profile=fast")
+    assert infer_in_process(*overrides) == []
+    assert "reliability" not in (fast / "predictions.jsonl").read_text()
+    summary = json.loads((fast / "summary.json").read_text())
+    assert "reliability" not in summary
+    assert summary["model"]["run_line"].startswith("profile fast, modified: checkpoint=")
+    assert "no TTA" in summary["model"]["run_line"] and "profile fast, modified" in (fast / "report.html").read_text()
+    # a setting given on its own over a profile: the outputs say the profile was modified, and how
+    mixed = tmp_path / "mixed"
+    assert infer_in_process(*overrides[:2], overrides[2], "profile=fast", "tta=true", f"out_dir={mixed}") == []
+    line = json.loads((mixed / "summary.json").read_text())["model"]["run_line"]
+    assert line.startswith("profile fast, modified: checkpoint=") and ", tta=True:" in line and ", flip TTA" in line
 
 
 def test_the_timeline_keeps_a_short_dip_in_reliability_visible():
