@@ -49,8 +49,9 @@ class Predictor:
         """model: an EndoNet, or a models.onnx.OrtModel (ONNX Runtime; fp32 on the CPU, no autocast).
         reliability: also score each frame's reliability (models.reliability.RELIABILITY_VIEWS: one more model pass
         per view; the mirrored view is shared with flip TTA).
-        input_size: run the network at S x S instead of the card's training size (a multiple of 32; a model trained
-        with multi-scale batches serves several sizes; ONNX files keep the size they were exported at)."""
+        input_size: run the network's mask at S x S instead of the card's training size (a multiple of 32; a model
+        trained with multi-scale batches serves several sizes; ONNX files keep the size they were exported at). Heads
+        still run at the card's size, in a pass of their own: their calibration and sign-off were measured there."""
         self.onnx = not isinstance(model, torch.nn.Module)
         if self.onnx:
             device, precision, channels_last = torch.device("cpu"), "fp32", False
@@ -151,6 +152,8 @@ class Predictor:
         with autocast(self.device, self.precision):
             out = self.model(batch, cov)
             logits = out["mask"].float()
+            if self.heads and s != self.card.input.size:  # heads run at the size they were validated at
+                out = self.model(self._batch_at(images, self.card.input.size), cov)
             head_logits = {h: out[h].float() for h in self.heads}
             if self.tta or (self.reliability and "flip" in RELIABILITY_VIEWS):
                 flipped = self.model(torch.flip(batch, dims=[3]), cov)
@@ -213,6 +216,12 @@ class Predictor:
             "backend": "onnxruntime" if self.onnx else "torch",
             "precision": self.precision,
         }
+
+    def _batch_at(self, images: Sequence[np.ndarray], size: int) -> torch.Tensor:
+        """The frames resized to size x size (cv2.INTER_AREA, as in training) and normalised, on the device."""
+        small = [cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images]
+        batch = normalise_batch(small, mean=self.mean, std=self.std).to(self.device)
+        return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
 
     def _rescaled_view(self, batch: torch.Tensor, cov: torch.Tensor | None) -> torch.Tensor:
         """Mask logits of the frames seen at SCALE_VIEW x the input size (a multiple of 32), resized back to S x S."""

@@ -51,22 +51,13 @@ def review_options(cfg: DictConfig) -> ReviewOptions:
 
 def load_predictor(cfg: DictConfig, opts: ReviewOptions) -> Predictor:
     """The model the settings name (checkpoint, device, precision, tta, backend, reliability, input size);
-    covariates it does not read, and an input size other than the one its displayed heads were validated at, are
-    refused here, before anything is written."""
+    covariates it does not read are refused here, before anything is written."""
     from models.predictor import Predictor
     from review.measure import covariate_row
-    from review.summary import passed_heads
 
     predictor = Predictor.from_settings(cfg)
     predictor.profile = profile_label(cfg)
     covariate_row(predictor, opts)
-    shown = passed_heads(predictor.card)
-    if predictor.size != predictor.card.input.size and shown:
-        raise UserError(
-            f"input_size={predictor.size}: the heads cleared for display ({', '.join(shown)}) were validated at "
-            f"the checkpoint's {predictor.card.input.size} px; give input_size=null, or use input_size only with "
-            "checkpoints whose heads are not shown (evaluate.py may score any size)"
-        )
     return predictor
 
 
