@@ -207,7 +207,7 @@ def main() -> None:
         eval_dir = evaluate(d, out, args.tag, args.eval_overrides)
         test_set = DIRECTIONS[d]
         s = direction_summary(eval_dir, test_set, args.data_root, args.n_boot)
-        s["train_hours"] = training_hours(out / d)
+        s["train_hours"] = None if args.tag else training_hours(out / d)  # a rescoring trains nothing
         s["this_call_s"] = round(time.time() - t0)
         # a rescoring is compared with the same models scored plainly; a recipe with the baseline recipe
         base_eval = out / f"eval_{d}" if args.tag else ROOT / "outputs" / "xc" / args.baseline / f"eval_{d}"
