@@ -209,6 +209,7 @@ class Predictor:
         """How this predictor runs the network, for the outputs that report it (summary.json, the report)."""
         return {
             "profile": self.profile,
+            "checkpoint_profile": self.card.extra.get("profile"),  # the profile the checkpoint was shipped for
             "input_size": self.size,
             "trained_size": self.card.input.size,
             "tta": self.tta,

@@ -49,3 +49,29 @@ def test_the_profiles_differ_only_in_how_the_model_runs():
     assert accurate.reliability is True
     same = {k for k in fast if k not in PROFILE_KEYS + ("profile",)}
     assert all(fast[k] == accurate[k] for k in same)
+
+
+def test_an_exported_checkpoint_names_the_profile_it_is_shipped_for(tmp_path):
+    from models.build import build_model
+    from models.checkpoint import read_card, save_checkpoint
+    from models.export import main as export_main
+    from tests.conftest import tiny_card
+
+    card = tiny_card() | {"training": {"precision": "bf16", "command": "python train.py experiment=smoke"}}
+    src = tmp_path / "run" / "best"
+    src.parent.mkdir()
+    save_checkpoint(src, build_model(**card["model"]), card)  # what a training run leaves
+    log = tmp_path / "metrics.csv"
+    log.write_text("epoch,val/dice\n1,0.5\n2,0.6\n")
+    dst = tmp_path / "shipped" / "m"
+    dst.parent.mkdir()
+    args = ["--src", str(src), "--dst", str(dst), "--train-log", str(log), "--wall-hours", "0.1"]
+    export_main([*args, "--profile", "fast"])
+    assert read_card(dst).extra["profile"] == "fast"
+    assert "Shipped for `profile=fast` (`configs/profile/fast.yaml`" in (dst.parent / "MODEL_CARD.md").read_text()
+    run = Predictor.from_checkpoint(dst, device="cpu", precision="fp32").run_settings()
+    assert run["checkpoint_profile"] == "fast" and run["profile"] is None  # shipped for fast; this run chose none
+    with pytest.raises(SystemExit):  # only a profile configs/profile/ has
+        export_main([*args, "--profile", "fastest"])
+    export_main(args)  # no profile: the card says nothing about one
+    assert "profile" not in read_card(dst).extra and "Shipped for" not in (dst.parent / "MODEL_CARD.md").read_text()
