@@ -146,7 +146,7 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="a configs/data name, e.g. xc_kvasir")
     ap.add_argument("--set", required=True, help="one of that config's test_sets")
     ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--choose", default="flip_scale", choices=SCORES, help="the score whose worst frames are shown")
+    ap.add_argument("--choose", default="flip", choices=SCORES, help="the score whose worst frames are shown")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--limit", type=int, default=None, help="first N frames only (a quick look)")
     args = ap.parse_args()

@@ -206,7 +206,7 @@ HD95 in pixels at the mask's resolution.
 def profile_line(card: ModelCard) -> str:
     """The settings profile the checkpoint was shipped for (export --profile), as MODEL_CARD.md's sentence."""
     p = card.extra.get("profile")
-    return f"\n\nShipped for `profile={p}` (`configs/profile/{p}.yaml` names this checkpoint)." if p else ""
+    return f"\n\nShipped for `profile={p}` (`configs/profile/{p}.yaml`)." if p else ""
 
 
 def missing_targets(heads: dict[str, HeadCard]) -> str:

@@ -71,8 +71,14 @@ def profile_label(cfg: DictConfig) -> str:
     if not path.is_file():
         return str(cfg.profile)
     chosen = OmegaConf.load(path)
+
+    def same(k: str) -> bool:  # a checkpoint named another way (absolute, trailing slash) is the same file
+        if k == "checkpoint":  # both load relative to the working folder
+            return Path(str(cfg[k])).resolve() == Path(str(chosen[k])).resolve()
+        return cfg[k] == chosen[k]
+
     shown = lambda k: Path(str(cfg[k])).name if k == "checkpoint" else cfg[k]  # noqa: E731
-    changed = [f"{k}={shown(k)}" for k in PROFILE_KEYS if k in chosen and cfg[k] != chosen[k]]
+    changed = [f"{k}={shown(k)}" for k in PROFILE_KEYS if k in chosen and not same(k)]
     return f"{cfg.profile}, modified: {', '.join(changed)}" if changed else str(cfg.profile)
 
 

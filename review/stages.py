@@ -138,7 +138,7 @@ class FrameMeasurer:
         )
         if p.reliability is not None:  # Predictor(reliability=True): the model's views of the frame compared
             rec["reliability"] = round(p.reliability, 4)
-            rec["low_reliability"] = p.reliability < LOW_RELIABILITY
+            rec["low_reliability"] = rec["reliability"] < LOW_RELIABILITY  # the written value: summary recounts it
             if rec["low_reliability"]:
                 lines = [*lines, LOW_RELIABILITY_LINE]
         if self.video:  # specks the mask dropped must not come back when the map is resized to the frame

@@ -68,10 +68,24 @@ def test_an_exported_checkpoint_names_the_profile_it_is_shipped_for(tmp_path):
     args = ["--src", str(src), "--dst", str(dst), "--train-log", str(log), "--wall-hours", "0.1"]
     export_main([*args, "--profile", "fast"])
     assert read_card(dst).extra["profile"] == "fast"
-    assert "Shipped for `profile=fast` (`configs/profile/fast.yaml`" in (dst.parent / "MODEL_CARD.md").read_text()
+    assert "Shipped for `profile=fast` (`configs/profile/fast.yaml`)." in (dst.parent / "MODEL_CARD.md").read_text()
     run = Predictor.from_checkpoint(dst, device="cpu", precision="fp32").run_settings()
     assert run["checkpoint_profile"] == "fast" and run["profile"] is None  # shipped for fast; this run chose none
     with pytest.raises(SystemExit):  # only a profile configs/profile/ has
         export_main([*args, "--profile", "fastest"])
     export_main(args)  # no profile: the card says nothing about one
     assert "profile" not in read_card(dst).extra and "Shipped for" not in (dst.parent / "MODEL_CARD.md").read_text()
+
+
+def test_the_profile_label_names_what_was_changed_not_how_it_was_spelled():
+    import os
+
+    from hydra import compose, initialize_config_dir
+
+    from review.runs import profile_label
+
+    with initialize_config_dir(os.path.abspath("configs"), version_base=None):
+        same = compose("infer", overrides=[f"checkpoint={SHIPPED}/"])  # the profile's checkpoint, spelled absolute
+        other = compose("infer", overrides=["profile=fast", "checkpoint=/models/other", "reliability=true"])
+    assert profile_label(same) == "accurate"
+    assert profile_label(other) == "fast, modified: checkpoint=other, reliability=True"
