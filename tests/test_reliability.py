@@ -75,6 +75,17 @@ def test_review_writes_reliability_where_a_reviewer_sees_it(tmp_path, tiny_check
     assert line.startswith("profile fast, modified: checkpoint=") and ", tta=True:" in line and ", flip TTA" in line
 
 
+def test_still_images_say_how_many_to_check_by_eye(tmp_path, tiny_checkpoint):
+    from tests.test_infer import image_folder
+
+    image_folder(tmp_path / "imgs", ["a", "b", "c"], seed=5)
+    out = tmp_path / "out"
+    assert infer_in_process(f"input={tmp_path / 'imgs'}", f"out_dir={out}", f"checkpoint={tiny_checkpoint}") == []
+    rel = json.loads((out / "summary.json").read_text())["reliability"]
+    assert rel["frames_scored"] == 3
+    assert f"{rel['low_frames']} of 3 images below {LOW_RELIABILITY}" in (out / "report.html").read_text()
+
+
 def test_the_timeline_keeps_a_short_dip_in_reliability_visible():
     values = np.ones(5000)
     values[2345] = 0.1  # one unreliable frame in a long video
