@@ -29,6 +29,7 @@ from metrics.evaluation import (
     write_set_files,
 )
 from models.predictor import Predictor
+from models.predictor_settings import predictor_arguments
 
 
 def locked_test_source(source: dict[str, Any]) -> bool:
@@ -58,7 +59,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         unknown = [s for s in wanted if s not in test_sets]
         if unknown:
             raise UserError(f"sets {unknown} are not in data.test_sets ({list(test_sets)})")
-        pred = Predictor.from_settings(cfg)
+        pred = Predictor.from_checkpoint(**predictor_arguments(cfg))
         classes = {h: v.classes for h, v in pred.card.heads.items()}
         # every set's files are found before any is scored: a missing dataset stops the run before it writes
         records = {n: records_from_sources(test_sets[n], heads=classes, covariates=pred.covariates) for n in wanted}

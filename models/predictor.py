@@ -140,20 +140,14 @@ class Predictor:
             )
             cov = cov.to(self.device)
         s = self.size
-        small = (
-            list(resized)
-            if resized is not None
-            else [cv2.resize(im, (s, s), interpolation=cv2.INTER_AREA) for im in images]
-        )
-        batch = normalise_batch(small, mean=self.mean, std=self.std).to(self.device)
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        small = list(resized) if resized is not None else resize_frames(images, s)
+        batch = self._to_batch(small)
         views: list[torch.Tensor] = []  # the model's other views of the frames, mapped back to the S x S grid
         with autocast(self.device, self.precision):
             out = self.model(batch, cov)
             logits = out["mask"].float()
             if self.heads and s != self.card.input.size:  # heads run at the size they were validated at
-                out = self.model(self._batch_at(images, self.card.input.size), cov)
+                out = self.model(self._to_batch(resize_frames(images, self.card.input.size)), cov)
             head_logits = {h: out[h].float() for h in self.heads}
             if self.tta or (self.reliability and "flip" in RELIABILITY_VIEWS):
                 flipped = self.model(torch.flip(batch, dims=[3]), cov)
@@ -191,20 +185,6 @@ class Predictor:
             )
         return results
 
-    @classmethod
-    def from_settings(cls, cfg: Any) -> Predictor:
-        """The predictor a script's settings name (models.predictor_settings.PredictorSettings' keys: checkpoint,
-        device, precision, tta, backend, reliability, input_size), e.g. infer.py's or evaluate.py's config."""
-        return cls.from_checkpoint(
-            cfg.checkpoint,
-            device=cfg.device,
-            precision=cfg.precision,
-            tta=cfg.tta,
-            backend=cfg.backend,
-            reliability=cfg.reliability,
-            input_size=cfg.input_size,
-        )
-
     def run_settings(self) -> dict[str, Any]:
         """How this predictor runs the network, for the outputs that report it (summary.json, the report)."""
         return {
@@ -218,9 +198,8 @@ class Predictor:
             "precision": self.precision,
         }
 
-    def _batch_at(self, images: Sequence[np.ndarray], size: int) -> torch.Tensor:
-        """The frames resized to size x size (cv2.INTER_AREA, as in training) and normalised, on the device."""
-        small = [cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images]
+    def _to_batch(self, small: Sequence[np.ndarray]) -> torch.Tensor:
+        """Frames already at the network's input size, normalised, on the device (channels_last when asked)."""
         batch = normalise_batch(small, mean=self.mean, std=self.std).to(self.device)
         return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
 
@@ -233,6 +212,11 @@ class Predictor:
             x = x.contiguous(memory_format=torch.channels_last)
         out = self.model(x, cov)["mask"].float()
         return F.interpolate(out, size=(s, s), mode="bilinear", align_corners=False)
+
+
+def resize_frames(images: Sequence[np.ndarray], size: int) -> list[np.ndarray]:
+    """Frames resized to size x size with cv2.INTER_AREA, as training resizes them."""
+    return [cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images]
 
 
 def check_input_size(wanted: int | None, trained: int, *, onnx: bool = False) -> int:

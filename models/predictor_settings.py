@@ -5,7 +5,9 @@ mistyped setting is answered in about a second)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from core.settings import Bool, Choice, Num, Text, setting
 
@@ -29,3 +31,11 @@ class PredictorSettings:
     # per frame, free with tta; models/reliability.py)
     reliability: bool = setting(Bool())
     profile: str = setting(Choice(PROFILES))  # configs/profile/<name>.yaml chose the settings above
+
+
+PREDICTOR_KEYS = ("device", "precision", "tta", "backend", "reliability", "input_size")  # from_checkpoint's keywords
+
+
+def predictor_arguments(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Predictor.from_checkpoint's keyword arguments (checkpoint first as ``path``) from a script's settings."""
+    return {"path": settings["checkpoint"], **{k: settings[k] for k in PREDICTOR_KEYS}}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,10 +53,11 @@ def load_predictor(cfg: DictConfig, opts: ReviewOptions) -> Predictor:
     """The model the settings name (checkpoint, device, precision, tta, backend, reliability, input size);
     covariates it does not read are refused here, before anything is written."""
     from models.predictor import Predictor
+    from models.predictor_settings import predictor_arguments
     from review.measure import covariate_row
 
-    predictor = Predictor.from_settings(cfg)
-    predictor.profile = profile_label(cfg)
+    predictor = Predictor.from_checkpoint(**predictor_arguments(cfg))
+    predictor.profile = profile_label(cfg.profile, cfg)
     covariate_row(predictor, opts)
     return predictor
 
@@ -64,22 +65,22 @@ def load_predictor(cfg: DictConfig, opts: ReviewOptions) -> Predictor:
 PROFILE_KEYS = ("checkpoint", "input_size", "tta", "reliability")  # what a configs/profile/ file sets
 
 
-def profile_label(cfg: DictConfig) -> str:
-    """The profile's name, or 'accurate, modified: tta=False' when a setting given on its own overrode the profile
-    file's: the outputs say what ran, not only what was asked for."""
-    path = Path(__file__).resolve().parents[1] / "configs" / "profile" / f"{cfg.profile}.yaml"
+def profile_label(profile: str, settings: Mapping[str, Any]) -> str:
+    """The profile's name, or 'accurate, modified: tta=False' when one of ``settings`` (PROFILE_KEYS) given on its
+    own overrode the profile file's: the outputs say what ran, not only what was asked for."""
+    path = Path(__file__).resolve().parents[1] / "configs" / "profile" / f"{profile}.yaml"
     if not path.is_file():
-        return str(cfg.profile)
+        return str(profile)
     chosen = OmegaConf.load(path)
 
     def same(k: str) -> bool:  # a checkpoint named another way (absolute, trailing slash) is the same file
         if k == "checkpoint":  # both load relative to the working folder
-            return Path(str(cfg[k])).resolve() == Path(str(chosen[k])).resolve()
-        return cfg[k] == chosen[k]
+            return Path(str(settings[k])).resolve() == Path(str(chosen[k])).resolve()
+        return settings[k] == chosen[k]
 
-    shown = lambda k: Path(str(cfg[k])).name if k == "checkpoint" else cfg[k]  # noqa: E731
+    shown = lambda k: Path(str(settings[k])).name if k == "checkpoint" else settings[k]  # noqa: E731
     changed = [f"{k}={shown(k)}" for k in PROFILE_KEYS if k in chosen and not same(k)]
-    return f"{cfg.profile}, modified: {', '.join(changed)}" if changed else str(cfg.profile)
+    return f"{profile}, modified: {', '.join(changed)}" if changed else str(profile)
 
 
 def review_to_out_dir(cfg: DictConfig, *, overrides: Sequence[str]) -> list[str]:

@@ -87,5 +87,5 @@ def test_the_profile_label_names_what_was_changed_not_how_it_was_spelled():
     with initialize_config_dir(os.path.abspath("configs"), version_base=None):
         same = compose("infer", overrides=[f"checkpoint={SHIPPED}/"])  # the profile's checkpoint, spelled absolute
         other = compose("infer", overrides=["profile=fast", "checkpoint=/models/other", "reliability=true"])
-    assert profile_label(same) == "accurate"
-    assert profile_label(other) == "fast, modified: checkpoint=other, reliability=True"
+    assert profile_label(same.profile, same) == "accurate"
+    assert profile_label(other.profile, other) == "fast, modified: checkpoint=other, reliability=True"
