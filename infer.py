@@ -19,31 +19,33 @@ from omegaconf import DictConfig, OmegaConf
 
 from core.cli import run_cli
 from core.errors import guard_task
-from core.settings import check_settings
-from review.options import INFER, INFER_WHERE
+from review.options import INFER, INFER_WHERE, read_infer_settings
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="infer")
 @guard_task
 def main(cfg: DictConfig) -> None:
-    """Check the settings, then review into out_dir (review/runs.py) or, with out_root, an archive of case folders
-    (review/batch.py). torch and the model are imported only once the settings have passed, so that a mistyped
-    setting is answered in about a second."""
+    """Check the settings and build them typed (review/options.py InferSettings, all the review code takes), then
+    review into out_dir (review/runs.py) or, with out_root, an archive of case folders (review/batch.py). torch and
+    the model are imported only once the settings have passed, so that a mistyped setting is answered in about a
+    second."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    check_settings(OmegaConf.to_container(cfg, resolve=True), INFER, closed=True, where=INFER_WHERE)
+    settings = read_infer_settings(OmegaConf.to_container(cfg, resolve=True))
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
-    if cfg.out_root is not None:
+    if settings.out_root is not None:
         from review.batch import review_archive
 
         multirun = hydra_cfg.mode == RunMode.MULTIRUN
-        code = review_archive(cfg, overrides=overrides, multirun=multirun, job_dir=Path(hydra_cfg.runtime.output_dir))
+        code = review_archive(
+            settings, overrides=overrides, multirun=multirun, job_dir=Path(hydra_cfg.runtime.output_dir)
+        )
     else:
         from review.runs import review_to_out_dir
 
-        code = 2 if review_to_out_dir(cfg, overrides=overrides) else 0
+        code = 2 if review_to_out_dir(settings, overrides=overrides) else 0
     if code:
         sys.exit(code)
 

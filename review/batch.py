@@ -38,18 +38,20 @@ import json
 import re
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from core.errors import UserError
 from core.files import write_json_atomic
 from review.batch_inputs import expand_inputs, job_items, write_frozen
 from review.case_ids import FAILURES, derived_case_id
 from review.cases import Outcome, check_out_root, model_save_id, review_case, settings_digest
+from review.options import InferSettings, read_infer_settings, settings_dict
 from review.runs import setting_name
 
 OUTCOME = "outcome.json"  # in a job's Hydra output folder (<sweep dir>/<job number>/): what the job did
@@ -58,7 +60,7 @@ LOCAL_JOBS = 2  # submitit_local: inputs reviewed at a time unless hydra.sweeper
 JOB_KEYS = ("input", "inputs", "inputs_row", "case")  # what names a job's input: replaced in its case's config.yaml
 
 
-def review_archive(cfg: DictConfig, *, overrides: Sequence[str], multirun: bool, job_dir: Path | None) -> int:
+def review_archive(settings: InferSettings, *, overrides: Sequence[str], multirun: bool, job_dir: Path | None) -> int:
     """infer.py with out_root=DIR: each input into DIR/<case id>/, skipping those with a complete result
     (resume=true), a failed input listed without stopping the others, the case index rebuilt after each.
     ``overrides``: the command line's settings. In a sweep (``multirun``, infer.py -m) a job always returns 0,
@@ -68,51 +70,49 @@ def review_archive(cfg: DictConfig, *, overrides: Sequence[str], multirun: bool,
 
     given = {setting_name(o) for o in overrides}
     if "review.original_video" not in given:  # an archive's default: the review app's blind mode shows it, and
-        cfg = OmegaConf.merge(cfg, {"review": {"original_video": True}})  # its export takes clean frames from it
-    settings = OmegaConf.to_container(cfg, resolve=True)
-    out_root = Path(cfg.out_root)
+        settings = replace(settings, review=replace(settings.review, original_video=True))  # its export takes
+    out_root = Path(settings.out_root)  # clean frames from it
     try:
-        items = job_items(input=settings["input"], inputs=cfg.inputs, inputs_row=cfg.inputs_row, case=cfg.case)
-        if cfg.inputs is not None and "input" in given:
+        items = job_items(
+            input=settings.input, inputs=settings.inputs, inputs_row=settings.inputs_row, case=settings.case
+        )
+        if settings.inputs is not None and "input" in given:
             raise UserError("give the inputs either as input= or as inputs=SPEC (a folder, a glob, a manifest)")
         check_out_root(out_root)
         out_root.mkdir(parents=True, exist_ok=True)
-        save_id = model_save_id(cfg.checkpoint)
+        save_id = model_save_id(settings.checkpoint)
     except UserError as e:
         if not multirun:
             raise
         print(f"error: {e}", file=sys.stderr)  # in a sweep: this job's outcome, never a dead job
         write_outcomes(job_dir, [Outcome(None, "failed", [str(e)])])
         return 0
-    from review.options import ReviewOptions
-
-    opts = ReviewOptions(**settings["review"])
+    opts = settings.review
     loaded: list = []
 
     def predictor():
         if not loaded:  # once per process, and only when a case has work to do
-            loaded.append(load_predictor(cfg, opts))
+            loaded.append(load_predictor(settings))
         return loaded[0]
 
     def review_one_case(path: Path, folder: Path, case: str) -> list[str]:
-        case_cfg = OmegaConf.merge(cfg, {"input": str(path), "case": case, "inputs": None, "inputs_row": None})
+        case_settings = replace(settings, input=str(path), case=case, inputs=None, inputs_row=None)
         shared = [o for o in overrides if setting_name(o) not in JOB_KEYS]
         return review_into_folder(
             folder,
-            cfg=case_cfg,
+            settings=case_settings,
             paths=[path],
             predictor=predictor,
-            opts=opts,
             overrides=[*shared, f"input={path}", f"case={case}"],
             list_failed=True,
         )
 
-    digest = settings_digest(settings)
+    digest = settings_digest(settings_dict(settings))
     outcomes = [
         review_case(
             item,
             out_root=out_root,
-            resume=cfg.resume,
+            resume=settings.resume,
             save_id=save_id,
             settings=digest,
             anonymise=opts.anonymise_names,
@@ -157,15 +157,11 @@ class BatchCallback(Callback):
     an input failed)."""
 
     def on_multirun_start(self, config, **kwargs: Any) -> None:
-        from core.settings import check_settings
-        from review.options import INFER, INFER_WHERE
-
         try:
             mine = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-            plain = OmegaConf.to_container(mine, resolve=True)
-            check_settings(plain, INFER, closed=True, where=INFER_WHERE)
-            if plain.get("out_root") is not None:
-                check_out_root(Path(plain["out_root"]))
+            settings = read_infer_settings(OmegaConf.to_container(mine, resolve=True))
+            if settings.out_root is not None:
+                check_out_root(Path(settings.out_root))
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)

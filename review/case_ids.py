@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import os
+import uuid
 import re
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,7 @@ def claim_case(out_root: Path, *, base: str, source: str) -> str:
         if is_case_folder(folder):  # outputs of a run that did not claim it (a plain infer.py out_dir=...): not ours
             continue
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f"case.partial-{os.getpid()}.json"
+        tmp = folder / f"case.partial-{uuid.uuid4().hex}.json"  # one per claim: threads share a pid
         tmp.write_text(json.dumps({"case": case, "source": source, "status": "claimed"}), encoding="utf-8")
         try:
             os.link(tmp, folder / CASE_RECORD)

@@ -10,9 +10,23 @@ infer.py checks its settings before torch loads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
 
-from core.settings import Bool, Choice, Num, NumberMap, Size, Text, check_object, rules_of, section, setting
+from core.settings import (
+    Bool,
+    Choice,
+    Num,
+    NumberMap,
+    Size,
+    Text,
+    check_object,
+    check_settings,
+    rules_of,
+    section,
+    setting,
+)
 from models.predictor_settings import PredictorSettings
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
@@ -87,3 +101,18 @@ class InferSettings(PredictorSettings):
 
 INFER = rules_of(InferSettings)
 INFER_WHERE = "configs/infer.yaml"  # named in the message for an unknown setting
+
+
+def read_infer_settings(resolved: Mapping[str, Any]) -> InferSettings:
+    """infer.py's door: its resolved configuration (plain dicts and lists) checked against INFER (an unknown key, a
+    wrong type or a value out of range: one UserError naming it) and built into InferSettings, which is all the
+    review code below infer.py takes."""
+    check_settings(resolved, INFER, closed=True, where=INFER_WHERE)
+    fields = dict(resolved)
+    review = ReviewOptions(**fields.pop("review"))
+    return InferSettings(**fields, review=review)
+
+
+def settings_dict(settings: InferSettings) -> dict[str, Any]:
+    """The settings as plain dicts and lists (config.yaml, the archive's settings digest, the predictor's keywords)."""
+    return asdict(settings)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from core.errors import UserError
 from core.files import (
@@ -29,7 +29,7 @@ from data.io import require_input
 # mistyped setting or path in about a second, not after the five seconds those imports take.
 if TYPE_CHECKING:
     from models.predictor import Predictor
-    from review.options import ReviewOptions
+    from review.options import InferSettings, ReviewOptions
 
 ANONYMISED = "<anonymised>"  # what config.yaml and case.json say instead of input paths with review.anonymise_names
 
@@ -39,26 +39,18 @@ def setting_name(override: str) -> str:
     return override.lstrip("+").split("=", 1)[0]
 
 
-def review_options(cfg: DictConfig) -> ReviewOptions:
-    """The ``review.*`` settings as ReviewOptions; a key it does not know is a user error."""
-    from review.options import ReviewOptions
-
-    try:
-        return ReviewOptions(**OmegaConf.to_container(cfg.review, resolve=True))
-    except TypeError as e:
-        raise UserError(f"unknown review setting: {e}") from None
-
-
-def load_predictor(cfg: DictConfig, opts: ReviewOptions) -> Predictor:
+def load_predictor(settings: InferSettings) -> Predictor:
     """The model the settings name (checkpoint, device, precision, tta, backend, reliability, input size);
-    covariates it does not read are refused here, before anything is written."""
+    covariates it does not read (review.covariates) are refused here, before anything is written."""
     from models.predictor import Predictor
     from models.predictor_settings import predictor_arguments
     from review.measure import covariate_row
+    from review.options import settings_dict
 
-    predictor = Predictor.from_checkpoint(**predictor_arguments(cfg))
-    predictor.profile = profile_label(cfg.profile, cfg)
-    covariate_row(predictor, opts)
+    plain = settings_dict(settings)
+    predictor = Predictor.from_checkpoint(**predictor_arguments(plain))
+    predictor.profile = profile_label(settings.profile, plain)
+    covariate_row(predictor, settings.review)
     return predictor
 
 
@@ -83,33 +75,31 @@ def profile_label(profile: str, settings: Mapping[str, Any]) -> str:
     return f"{profile}, modified: {', '.join(changed)}" if changed else str(profile)
 
 
-def review_to_out_dir(cfg: DictConfig, *, overrides: Sequence[str]) -> list[str]:
+def review_to_out_dir(settings: InferSettings, *, overrides: Sequence[str]) -> list[str]:
     """infer.py without out_root: ``input`` (a path or a list) into ``out_dir``, the model loaded only once some input
     exists. ``overrides``: the command line's settings, for config.yaml. Returns the error messages (exit code 2
     when there are any)."""
     for key in ("inputs", "inputs_row", "case"):
-        if cfg[key] is not None:
+        if getattr(settings, key) is not None:
             raise UserError(f"{key}= names the inputs or a case of an archive: give out_root=DIR too")
-    inputs = cfg.input if OmegaConf.is_list(cfg.input) else [cfg.input]
+    inputs = list(settings.input) if isinstance(settings.input, (list, tuple)) else [settings.input]
     if not inputs or any(i is None or str(i) == "" for i in inputs):
         raise UserError("input is empty: give input=PATH (image, folder or video) or input=[A,B]")
     paths = [Path(str(i)) for i in inputs]
     if not any(p.exists() for p in paths):  # nothing to do: say so before loading torch and the model
         require_input(paths[0])
-    opts = review_options(cfg)
-    predictor = load_predictor(cfg, opts)
+    predictor = load_predictor(settings)
     return review_into_folder(
-        Path(cfg.out_dir), cfg=cfg, paths=paths, predictor=lambda: predictor, opts=opts, overrides=overrides
+        Path(settings.out_dir), settings=settings, paths=paths, predictor=lambda: predictor, overrides=overrides
     )
 
 
 def review_into_folder(
     out_root: Path,
     *,
-    cfg: DictConfig,
+    settings: InferSettings,
     paths: list[Path],
     predictor: Callable[[], Predictor],
-    opts: ReviewOptions,
     overrides: Sequence[str],
     list_failed: bool = False,
 ) -> list[str]:
@@ -117,11 +107,12 @@ def review_into_folder(
     journaled and listed at the end. ``predictor``: a function that returns the model (an archive's case loads it
     only when it has work to do). ``list_failed``: an input that fails writes errors.jsonl even when alone (an
     archive's case). Returns the error messages."""
+    opts = settings.review
     with output_lock(out_root):
         clean_stale_partials(out_root)
         forget_previous_run(out_root)  # an earlier run's files never mix with this one's
         with recording_outputs(journal=out_root) as written:
-            write_run_config(out_root, cfg, overrides=overrides)
+            write_run_config(out_root, settings, overrides=overrides)
             try:
                 try:
                     model = predictor()
@@ -137,18 +128,20 @@ def review_into_folder(
                     predictor=model,
                     out_root=out_root,
                     opts=opts,
-                    frames_as_video=cfg.frames_as_video,
+                    frames_as_video=settings.frames_as_video,
                     list_failed=list_failed,
                 )
             finally:
                 list_run_outputs(out_root, written)
 
 
-def write_run_config(out_root: Path, cfg: DictConfig, *, overrides: Sequence[str]) -> None:
+def write_run_config(out_root: Path, settings: InferSettings, *, overrides: Sequence[str]) -> None:
     """config.yaml: the command line's overrides and the resolved settings this run used (with
     review.anonymise_names, without the input paths: a file name often holds the patient's name)."""
     overrides = list(overrides)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    from review.options import settings_dict
+
+    resolved = settings_dict(settings)
     if resolved["review"].get("anonymise_names"):
         overrides = [f"input={ANONYMISED}" if setting_name(o) == "input" else o for o in overrides]
         resolved["input"] = ANONYMISED

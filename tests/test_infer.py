@@ -18,9 +18,14 @@ from tests.conftest import ROOT, html_tags, run_script
 def infer_settings(*overrides: str):
     """The settings infer.py runs with for these command-line overrides, composed by Hydra as infer.py's are."""
     from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from review.options import read_infer_settings
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose(config_name="infer", overrides=list(overrides))
+        return read_infer_settings(
+            OmegaConf.to_container(compose(config_name="infer", overrides=list(overrides)), resolve=True)
+        )
 
 
 def infer_in_process(*overrides: str) -> list[str]:
