@@ -7,8 +7,8 @@ import hashlib
 import hmac
 import json
 import os
-import uuid
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
