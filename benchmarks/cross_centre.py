@@ -161,7 +161,10 @@ def collect(root: Path) -> str:
     for path in sorted(root.glob("*/summary*.json")):
         s = json.loads(path.read_text())
         row = {"recipe": s["recipe"] + (f" @{s['tag']}" if s.get("tag") else "")}
-        row["settings"] = " ".join(s.get("overrides", []) + s.get("eval_overrides", [])) or "(shipped recipe)"
+        command = ["--recipe", s["recipe"]]
+        command += ["--overrides", *s["overrides"]] if s.get("overrides") else []
+        command += ["--tag", s["tag"], "--eval-overrides", *s["eval_overrides"]] if s.get("tag") else []
+        row["command (benchmarks/cross_centre.py ...)"] = f"`{shlex.join(command)}`"
         for d, test in DIRECTIONS.items():
             r = s["directions"].get(d) or {}
             vs = r.get("vs_baseline") or {}
@@ -171,8 +174,9 @@ def collect(root: Path) -> str:
                 f"{vs['diff']:+.3f} [{vs['ci95'][0]:+.3f}, {vs['ci95'][1]:+.3f}]" if vs.get("ci95") else ""
             )
             row[f"{label} small recall"] = short(r.get("small_recall"))
-        hours = [r.get("train_hours") for r in s["directions"].values() if r.get("train_hours")]
-        row["train h (both)"] = f"{sum(hours):.2f}" if hours and not s.get("tag") else ""
+        hours = [s["directions"].get(d, {}).get("train_hours") for d in DIRECTIONS]
+        shown = " + ".join(f"{h:.2f}" if h else "?" for h in hours)
+        row["train h (kvasir + clinicdb)"] = "" if s.get("tag") or not any(hours) else shown
         rows.append(row)
     return markdown_table(rows) if rows else "no summaries under " + str(root)
 

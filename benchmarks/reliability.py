@@ -4,10 +4,12 @@ trained on (the cross-centre protocol, README "Cross-centre accuracy").
     python benchmarks/reliability.py --checkpoint outputs/xc/baseline/kvasir/checkpoints/best \\
         --data xc_kvasir --set clinicdb_all --out outputs/xc/reliability_kvasir
 
-For every test frame: Dice@0.5 at the frame's resolution, and each candidate score (higher = more reliable):
-``flip`` (agreement with the mirrored view), ``scale`` (with the view at 1.25x the input size), ``flip_scale`` (mean
-pairwise agreement of the three views), ``soft`` (models.reliability.soft_confidence, no extra pass) and ``max_prob``
-(the lesion probability itself, the naive baseline). Reports each score's AUROC for "Dice < 0.5" (a failure) with a
+For every test frame: Dice@0.5 at the frame's resolution of the mask profile=accurate writes with the score (the
+mean of the frame's and its mirror's maps; ``--judge plain``: the single view, profile=fast's), and each candidate
+score (higher = more reliable): ``flip`` (agreement with the mirrored view), ``scale`` (with the view at 1.25x the
+input size), ``flip_scale`` (mean pairwise agreement of the three views), ``soft``
+(models.reliability.soft_confidence, no extra pass) and ``max_prob`` (the lesion probability itself, the naive
+baseline). Reports each score's AUROC for "Dice < 0.5" (a failure) with a
 95% interval resampling whole groups (CVC-ClinicDB sequences), and the worst frames by the chosen score. Writes
 per_frame.csv, reliability.json, reliability.md and worst.png under --out.
 """
@@ -148,6 +150,13 @@ def main() -> None:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--choose", default="flip", choices=SCORES, help="the score whose worst frames are shown")
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument(
+        "--judge",
+        default="tta",
+        choices=("tta", "plain"),
+        help="the mask a frame's Dice is measured on: tta (the mean of the two views, what profile=accurate writes "
+        "with the score) or plain (the single view, what profile=fast writes)",
+    )
     ap.add_argument("--limit", type=int, default=None, help="first N frames only (a quick look)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -158,7 +167,8 @@ def main() -> None:
         raw = load_raw(rec)
         v = views(pred, raw["image"])
         h, w = raw["mask"].shape
-        full = cv2.resize(v["base"], (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5
+        judged = v["base"] if args.judge == "plain" else (v["base"] + v["flip"]) / 2  # tta: profile=accurate's mask
+        full = cv2.resize(judged, (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5
         truth = raw["mask"].astype(bool)
         dice = 2 * (full & truth).sum() / max(1, full.sum() + truth.sum())
         rows.append({"id": rec.id, "group": rec.group, "dice": float(dice), **frame_scores(v), "_pred": full})
@@ -172,6 +182,7 @@ def main() -> None:
         "checkpoint": str(args.checkpoint),
         "data": args.data,
         "set": args.set,
+        "judged_on": args.judge,
         "frames": len(rows),
         "failures": n_fail,
         "mean_dice": float(np.mean([r["dice"] for r in rows])),
@@ -181,7 +192,8 @@ def main() -> None:
     }
     write_json_atomic(args.out / "reliability.json", summary)
     md = (
-        f"{args.set} ({len(rows)} frames, {n_fail} with Dice < {FAIL_DICE}), checkpoint {args.checkpoint}\n\n"
+        f"{args.set} ({len(rows)} frames, {n_fail} with Dice < {FAIL_DICE} on the {args.judge} mask), "
+        f"checkpoint {args.checkpoint}\n\n"
         + markdown_table(table)
         + f"\n\nMarking frames whose flip agreement is below a threshold (shipped: {LOW_RELIABILITY}):\n\n"
         + markdown_table(summary["marking"])
