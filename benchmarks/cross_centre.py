@@ -174,9 +174,9 @@ def collect(root: Path) -> str:
                 f"{vs['diff']:+.3f} [{vs['ci95'][0]:+.3f}, {vs['ci95'][1]:+.3f}]" if vs.get("ci95") else ""
             )
             row[f"{label} small recall"] = short(r.get("small_recall"))
-        hours = [s["directions"].get(d, {}).get("train_hours") for d in DIRECTIONS]
-        shown = " + ".join(f"{h:.2f}" if h else "?" for h in hours)
-        row["train h (kvasir + clinicdb)"] = "" if s.get("tag") or not any(hours) else shown
+        hours = [(s["directions"].get(d) or {}).get("train_hours") for d in DIRECTIONS]
+        shown = " + ".join("?" if h is None else f"{h:.2f}" for h in hours)
+        row["train h (kvasir + clinicdb)"] = "" if s.get("tag") or all(h is None for h in hours) else shown
         rows.append(row)
     return markdown_table(rows) if rows else "no summaries under " + str(root)
 

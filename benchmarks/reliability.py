@@ -4,8 +4,9 @@ trained on (the cross-centre protocol, README "Cross-centre accuracy").
     python benchmarks/reliability.py --checkpoint outputs/xc/baseline/kvasir/checkpoints/best \\
         --data xc_kvasir --set clinicdb_all --out outputs/xc/reliability_kvasir
 
-For every test frame: Dice@0.5 at the frame's resolution of the mask profile=accurate writes with the score (the
-mean of the frame's and its mirror's maps; ``--judge plain``: the single view, profile=fast's), and each candidate
+For every test frame: Dice@0.5 at the frame's resolution of the model's map as profile=accurate computes it with the
+score (flip TTA: the frame's and its mirror's logits averaged; ``--judge plain``: the single view, profile=fast's;
+both before review's speck removal and field-of-view mask), and each candidate
 score (higher = more reliable): ``flip`` (agreement with the mirrored view), ``scale`` (with the view at 1.25x the
 input size), ``flip_scale`` (mean pairwise agreement of the three views), ``soft``
 (models.reliability.soft_confidence, no extra pass) and ``max_prob`` (the lesion probability itself, the naive
@@ -57,9 +58,10 @@ def test_sources(data: str, test_set: str) -> list[dict]:
 
 @torch.no_grad()
 def views(pred: Predictor, image: np.ndarray, scale: float = 1.25) -> dict[str, np.ndarray]:
-    """The model's probability maps of one frame on its S x S grid: as is, mirrored back, and at ``scale`` x S."""
+    """The model's probability maps of one frame on its S x S grid: as is, mirrored back, at ``scale`` x S, and
+    ``tta``: the sigmoid of the first two's mean logits (models/predictor.py's flip TTA)."""
     s = pred.size
-    out = {}
+    out, logits_of = {}, {}
     for name, size, flip in (("base", s, False), ("flip", s, True), ("scale", int(round(s * scale / 32)) * 32, False)):
         small = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
         x = normalise_batch([small], mean=pred.mean, std=pred.std)
@@ -72,6 +74,8 @@ def views(pred: Predictor, image: np.ndarray, scale: float = 1.25) -> dict[str, 
         if size != s:
             logits = F.interpolate(logits, size=(s, s), mode="bilinear", align_corners=False)
         out[name] = torch.sigmoid(logits)[0, 0].numpy()
+        logits_of[name] = logits
+    out["tta"] = torch.sigmoid((logits_of["base"] + logits_of["flip"]) / 2)[0, 0].numpy()
     return out
 
 
@@ -167,7 +171,7 @@ def main() -> None:
         raw = load_raw(rec)
         v = views(pred, raw["image"])
         h, w = raw["mask"].shape
-        judged = v["base"] if args.judge == "plain" else (v["base"] + v["flip"]) / 2  # tta: profile=accurate's mask
+        judged = v["base"] if args.judge == "plain" else v["tta"]
         full = cv2.resize(judged, (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5
         truth = raw["mask"].astype(bool)
         dice = 2 * (full & truth).sum() / max(1, full.sum() + truth.sum())

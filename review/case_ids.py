@@ -77,7 +77,8 @@ def claim_case(out_root: Path, *, base: str, source: str) -> str:
         if is_case_folder(folder):  # outputs of a run that did not claim it (a plain infer.py out_dir=...): not ours
             continue
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f"case.partial-{uuid.uuid4().hex}.json"  # one per claim: threads share a pid
+        # one per claim (threads share a pid); the pid lets core.files.clean_stale_partials remove a crashed one's
+        tmp = folder / f"case.partial-{os.getpid()}.{uuid.uuid4().hex}.json"
         tmp.write_text(json.dumps({"case": case, "source": source, "status": "claimed"}), encoding="utf-8")
         try:
             os.link(tmp, folder / CASE_RECORD)

@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from core.errors import UserError
 from core.settings import (
+    HYDRA_KEYS,
     Bool,
     Choice,
     Num,
@@ -108,9 +110,15 @@ def read_infer_settings(resolved: Mapping[str, Any]) -> InferSettings:
     wrong type or a value out of range: one UserError naming it) and built into InferSettings, which is all the
     review code below infer.py takes."""
     check_settings(resolved, INFER, closed=True, where=INFER_WHERE)
-    fields = dict(resolved)
-    review = ReviewOptions(**fields.pop("review"))
-    return InferSettings(**fields, review=review)
+    fields = {k: v for k, v in resolved.items() if k not in HYDRA_KEYS}  # Hydra keys: allowed, not settings
+    review = fields.pop("review", None)
+    if not isinstance(review, Mapping):
+        raise UserError(f"review={review!r} is invalid: give review.KEY=VALUE settings ({INFER_WHERE} lists them)")
+    try:
+        review = ReviewOptions(**{k: v for k, v in review.items() if k not in HYDRA_KEYS})
+        return InferSettings(**fields, review=review)
+    except TypeError as e:  # a required setting missing (a hand-made config without one)
+        raise UserError(f"{INFER_WHERE}: {e}") from None
 
 
 def settings_dict(settings: InferSettings) -> dict[str, Any]:

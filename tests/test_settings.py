@@ -189,3 +189,18 @@ def test_review_options_check_themselves():
         ReviewOptions(deid_check="never")
     assert ReviewOptions(smoothing=1.0, overlay_size=(192, 144)).smoothing == 1.0
     assert all(INFER[f"review.{f.name}"] is f.metadata["rule"] for f in fields(ReviewOptions))
+
+
+def test_infer_settings_are_built_typed_at_the_door():
+    """infer.py hands the review code InferSettings: the composed defaults build, Hydra's own keys are let through
+    without becoming settings, and a configuration without a review group is one UserError, not a traceback."""
+    from review.options import InferSettings, ReviewOptions, read_infer_settings
+
+    s = read_infer_settings(_compose("infer", ["review.threshold=0.4", "+_target_=x", "+review._target_=x"]))
+    assert isinstance(s, InferSettings) and isinstance(s.review, ReviewOptions) and s.review.threshold == 0.4
+    with pytest.raises(UserError, match="review=None is invalid"):
+        read_infer_settings(_compose("infer", ["review=null"]))
+    partial = _compose("infer", [])
+    del partial["out_dir"]
+    with pytest.raises(UserError, match="configs/infer.yaml: .*out_dir"):
+        read_infer_settings(partial)
