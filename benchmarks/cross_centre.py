@@ -3,6 +3,8 @@
     python benchmarks/cross_centre.py --recipe baseline                      # the shipped recipe, both directions
     python benchmarks/cross_centre.py --recipe domain --overrides augment=domain   # a candidate, compared to it
     python benchmarks/cross_centre.py --recipe baseline --tag tta --eval-overrides tta=true   # inference settings
+    python benchmarks/cross_centre.py --recipe baseline --tag ens --eval-overrides \
+        'ensemble=[outputs/xc/domain/{direction}/checkpoints/best]'     # {direction}: kvasir, then clinicdb
     python benchmarks/cross_centre.py --collect        # every recipe's summary, one row each (README's table)
 
 Direction ``kvasir``: train on all 1000 Kvasir-SEG images (configs/data/xc_kvasir.yaml), test on all 612 CVC-ClinicDB
@@ -73,7 +75,7 @@ def evaluate(direction: str, out: Path, tag: str = "", overrides: list[str] = ()
     if not (eval_dir / "metrics.json").is_file():
         ckpt = out / direction / "checkpoints" / "best"
         cmd = [sys.executable, "evaluate.py", "profile=fast", f"checkpoint={ckpt}", f"data=xc_{direction}"]
-        cmd += [*overrides, f"out_dir={eval_dir}"]
+        cmd += [o.replace("{direction}", direction) for o in overrides] + [f"out_dir={eval_dir}"]
         run(cmd, out / f"evaluate_{direction}{'@' + tag if tag else ''}.log")
     return eval_dir
 

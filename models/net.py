@@ -34,6 +34,11 @@ class EndoNet(nn.Module):
         self.seg.eval()
         return self
 
+    def mask_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The mask logits alone (B x 1 x H x W), without the heads: an ensemble member's share of a prediction."""
+        self.seg.check_input_shape(x)
+        return self.seg.segmentation_head(self.seg.decoder(self.seg.encoder(x)))
+
     def train(self, mode: bool = True) -> EndoNet:
         super().train(mode)
         if self.segmentation_frozen:

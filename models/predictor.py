@@ -45,8 +45,11 @@ class Predictor:
         channels_last: bool = True,
         reliability: bool = False,
         input_size: int | None = None,
+        members: Sequence[tuple[Any, ModelCard]] = (),
     ) -> None:
         """model: an EndoNet, or a models.onnx.OrtModel (ONNX Runtime; fp32 on the CPU, no autocast).
+        members: more (EndoNet, card) pairs whose mask logits are averaged with the model's (an ensemble), each
+        trained on the same input size and normalisation (checked); the heads come from ``model`` alone.
         reliability: also score each frame's reliability (models.reliability.RELIABILITY_VIEWS: one more model pass
         per view; the mirrored view is shared with flip TTA).
         input_size: run the network's mask at S x S instead of the card's training size (a multiple of 32; a model
@@ -73,6 +76,13 @@ class Predictor:
         self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.members, self.member_names = [], []
+        for member, member_card in members:
+            check_member(member_card, card, onnx=self.onnx)
+            member = member.to(device).eval()
+            fold_batchnorm(member)
+            self.members.append(member.to(memory_format=torch.channels_last) if channels_last else member)
+            self.member_names.append(member_card.name)
 
     @classmethod
     def from_checkpoint(
@@ -85,11 +95,16 @@ class Predictor:
         backend: str = "torch",
         reliability: bool = False,
         input_size: int | None = None,
+        ensemble: str | Sequence[str] | None = None,
     ) -> Predictor:
         """precision 'auto': bf16 on CPU (AMX makes it 2-4x faster), fp16 on CUDA, fp32 on MPS.
-        backend 'onnxruntime' runs NAME.onnx beside the checkpoint (python -m models.export --onnx)."""
+        backend 'onnxruntime' runs NAME.onnx beside the checkpoint (python -m models.export --onnx).
+        ensemble: more checkpoints whose mask logits are averaged with this one's (torch backend)."""
         if backend not in BACKENDS:
             raise UserError(f"backend '{backend}' is unknown: use {', '.join(BACKENDS[:-1])} or {BACKENDS[-1]}")
+        others = [ensemble] if isinstance(ensemble, (str, Path)) else list(ensemble or [])
+        if others and backend != "torch":
+            raise UserError(f"ensemble= runs with backend=torch only (backend={backend} was given)")
         if backend != "torch":
             from models.checkpoint import read_card
             from models.onnx import OrtModel
@@ -109,7 +124,14 @@ class Predictor:
         if precision == "auto":
             precision = {"cpu": "bf16", "cuda": "fp16"}.get(dev.type, "fp32")
         return cls(
-            model, card, device=dev, precision=precision, tta=tta, reliability=reliability, input_size=input_size
+            model,
+            card,
+            device=dev,
+            precision=precision,
+            tta=tta,
+            reliability=reliability,
+            input_size=input_size,
+            members=[load_checkpoint(o) for o in others],
         )
 
     @torch.no_grad()
@@ -145,13 +167,13 @@ class Predictor:
         views: list[torch.Tensor] = []  # the model's other views of the frames, mapped back to the S x S grid
         with autocast(self.device, self.precision):
             out = self.model(batch, cov)
-            logits = out["mask"].float()
+            logits = self._with_members(out["mask"].float(), batch)
             if self.heads and s != self.card.input.size:  # heads run at the size they were validated at
                 out = self.model(self._to_batch(resize_frames(images, self.card.input.size)), cov)
             head_logits = {h: out[h].float() for h in self.heads}
             if self.tta or (self.reliability and "flip" in RELIABILITY_VIEWS):
-                flipped = self.model(torch.flip(batch, dims=[3]), cov)
-                flip_logits = torch.flip(flipped["mask"].float(), dims=[3])
+                mirrored = torch.flip(batch, dims=[3])
+                flip_logits = torch.flip(self._with_members(self.model(mirrored, cov)["mask"].float(), mirrored), [3])
                 if self.reliability and "flip" in RELIABILITY_VIEWS:
                     views.append(flip_logits)
             if self.reliability and "scale" in RELIABILITY_VIEWS:
@@ -194,6 +216,7 @@ class Predictor:
             "trained_size": self.card.input.size,
             "tta": self.tta,
             "reliability": self.reliability,
+            "ensemble": list(self.member_names),  # the checkpoints averaged with this one, by name
             "backend": "onnxruntime" if self.onnx else "torch",
             "precision": self.precision,
         }
@@ -210,13 +233,31 @@ class Predictor:
         x = F.interpolate(batch, size=(big, big), mode="bilinear", align_corners=False)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = self.model(x, cov)["mask"].float()
+        out = self._with_members(self.model(x, cov)["mask"].float(), x)
         return F.interpolate(out, size=(s, s), mode="bilinear", align_corners=False)
+
+    def _with_members(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``logits`` (the model's mask logits of ``x``) averaged with the ensemble members' of the same input."""
+        if not self.members:
+            return logits
+        return torch.stack([logits, *(m.mask_logits(x).float() for m in self.members)]).mean(0)
 
 
 def resize_frames(images: Sequence[np.ndarray], size: int) -> list[np.ndarray]:
     """Frames resized to size x size with cv2.INTER_AREA, as training resizes them."""
     return [cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images]
+
+
+def check_member(member: ModelCard, card: ModelCard, *, onnx: bool) -> None:
+    """An ensemble member must see the frames as the checkpoint does: same input size, normalisation and resizing."""
+    if onnx:
+        raise UserError("ensemble= runs with backend=torch only")
+    for key in ("size", "mean", "std", "resize"):
+        if getattr(member.input, key) != getattr(card.input, key):
+            raise UserError(
+                f"ensemble member {member.name}: input {key} {getattr(member.input, key)} differs from the "
+                f"checkpoint's {getattr(card.input, key)} (members must be trained on the same input)"
+            )
 
 
 def check_input_size(wanted: int | None, trained: int, *, onnx: bool = False) -> int:

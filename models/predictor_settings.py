@@ -1,7 +1,7 @@
 """The settings of running a checkpoint (which one, on which device, at which precision, with which backend, with
-flip TTA, at which input size, scoring reliability, under which profile), shared by infer.py and evaluate.py, and
-the precisions training takes. Apart from models/predictor.py so that a script checks them before torch loads (a
-mistyped setting is answered in about a second)."""
+flip TTA, at which input size, scoring reliability, averaged with which other checkpoints, under which profile),
+shared by infer.py and evaluate.py, and the precisions training takes. Apart from models/predictor.py so that a
+script checks them before torch loads (a mistyped setting is answered in about a second)."""
 
 from __future__ import annotations
 
@@ -30,10 +30,21 @@ class PredictorSettings:
     # score each frame's reliability (the model's mirrored view compared with the frame as is; one more model pass
     # per frame, free with tta; models/reliability.py)
     reliability: bool = setting(Bool())
+    # more checkpoints whose mask logits are averaged with the checkpoint's (an ensemble: same input size and
+    # normalisation; the heads come from the checkpoint alone); null: none
+    ensemble: str | list[str] | None = setting(Text(listable=True, nullable=True))
     profile: str = setting(Choice(PROFILES))  # configs/profile/<name>.yaml chose the settings above
 
 
-PREDICTOR_KEYS = ("device", "precision", "tta", "backend", "reliability", "input_size")  # from_checkpoint's keywords
+PREDICTOR_KEYS = (
+    "device",
+    "precision",
+    "tta",
+    "backend",
+    "reliability",
+    "input_size",
+    "ensemble",
+)  # from_checkpoint's keywords
 
 
 def predictor_arguments(settings: Mapping[str, Any]) -> dict[str, Any]:

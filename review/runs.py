@@ -54,7 +54,7 @@ def load_predictor(settings: InferSettings) -> Predictor:
     return predictor
 
 
-PROFILE_KEYS = ("checkpoint", "input_size", "tta", "reliability")  # what a configs/profile/ file sets
+PROFILE_KEYS = ("checkpoint", "input_size", "tta", "reliability", "ensemble")  # what a configs/profile/ file sets
 
 
 def profile_label(profile: str, settings: Mapping[str, Any]) -> str:
@@ -65,12 +65,19 @@ def profile_label(profile: str, settings: Mapping[str, Any]) -> str:
         return str(profile)
     chosen = OmegaConf.load(path)
 
-    def same(k: str) -> bool:  # a checkpoint named another way (absolute, trailing slash) is the same file
-        if k == "checkpoint":  # both load relative to the working folder
-            return Path(str(settings[k])).resolve() == Path(str(chosen[k])).resolve()
+    def paths(v: Any) -> list[Path]:  # checkpoints named another way (absolute, trailing slash) are the same files
+        return [Path(str(x)).resolve() for x in ([] if v is None else [v] if isinstance(v, str) else v)]
+
+    def same(k: str) -> bool:  # both load relative to the working folder
+        if k in ("checkpoint", "ensemble"):
+            return paths(settings[k]) == paths(chosen[k])
         return settings[k] == chosen[k]
 
-    shown = lambda k: Path(str(settings[k])).name if k == "checkpoint" else settings[k]  # noqa: E731
+    def shown(k: str) -> Any:
+        if k in ("checkpoint", "ensemble"):
+            return "+".join(p.name for p in paths(settings[k])) or None
+        return settings[k]
+
     changed = [f"{k}={shown(k)}" for k in PROFILE_KEYS if k in chosen and not same(k)]
     return f"{profile}, modified: {', '.join(changed)}" if changed else str(profile)
 

@@ -89,3 +89,46 @@ def test_the_profile_label_names_what_was_changed_not_how_it_was_spelled():
         other = compose("infer", overrides=["profile=fast", "checkpoint=/models/other", "reliability=true"])
     assert profile_label(same.profile, same) == "accurate"
     assert profile_label(other.profile, other) == "fast, modified: checkpoint=other, reliability=True"
+
+
+def test_an_ensemble_averages_its_members_mask_logits_and_keeps_the_checkpoints_heads(tmp_path):
+    """ensemble=[...]: the mask is the sigmoid of the mean of every member's logits (each model differs here), with
+    flip TTA too; the heads are the checkpoint's alone; a member trained on another input is refused by name."""
+    import torch
+
+    from core.errors import UserError
+    from models.build import build_model
+    from models.checkpoint import save_checkpoint
+    from tests.conftest import tiny_card
+
+    heads = {"small_sessile": ["no", "yes"]}
+    paths = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        card = tiny_card(heads=heads if seed == 0 else None)
+        paths.append(tmp_path / f"m{seed}")
+        save_checkpoint(paths[-1], build_model(**card["model"]), card | {"name": f"m{seed}"})
+    frames = [synthetic_frame(np.random.default_rng(i), (70, 90))["image"] for i in range(2)]
+
+    def logit(p: np.ndarray) -> np.ndarray:
+        p = np.clip(p.astype(np.float64), 1e-6, 1 - 1e-6)
+        return np.log(p / (1 - p))
+
+    for tta in (False, True):
+        alone = [Predictor.from_checkpoint(p, device="cpu", precision="fp32", tta=tta) for p in paths]
+        ens = Predictor.from_checkpoint(paths[0], device="cpu", precision="fp32", tta=tta, ensemble=map(str, paths[1:]))
+        assert ens.run_settings()["ensemble"] == ["m1", "m2"]
+        got = ens.predict(frames, full_size=False)
+        each = [a.predict(frames, full_size=False) for a in alone]
+        for i, g in enumerate(got):
+            expected = 1 / (1 + np.exp(-np.mean([logit(e[i].prob) for e in each], axis=0)))
+            np.testing.assert_allclose(g.prob, expected, atol=1e-4)
+            assert not np.allclose(g.prob, each[0][i].prob, atol=1e-3)  # the members did change the mask
+            np.testing.assert_allclose(g.heads["small_sessile"], each[0][i].heads["small_sessile"], atol=1e-6)
+    other = tiny_card()
+    other["input"] = other["input"] | {"size": other["input"]["size"] + 32}
+    save_checkpoint(tmp_path / "big", build_model(**other["model"]), other | {"name": "big"})
+    with pytest.raises(UserError, match="ensemble member big: input size"):
+        Predictor.from_checkpoint(paths[0], device="cpu", ensemble=[str(tmp_path / "big")])
+    with pytest.raises(UserError, match="backend=torch only"):
+        Predictor.from_checkpoint(paths[0], backend="onnxruntime", ensemble=[str(paths[1])])
