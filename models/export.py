@@ -9,7 +9,8 @@ Heads trained on a shipped segmenter (trainer.freeze=segmentation), added to it 
     python -m models.export --add-heads outputs/train/<date_time>/checkpoints/best \
         --dst checkpoints/endolift_polyp_unet_mnv2 --metrics outputs/evaluate/heads/metrics.json --wall-hours 0.3
 The segmenter's weights must be bit-identical to the shipped ones (checked), so its test results still hold.
-MODEL_CARD.md is rendered from the card alone (render_model_card), so it can only describe the model it ships with.
+MODEL_CARD.md is rendered from the cards alone (render_model_card), so it can only describe the models it ships with:
+one section per checkpoint in the folder (one per profile when two ship).
 """
 
 from __future__ import annotations
@@ -241,13 +242,33 @@ def training_command(card: ModelCard) -> str:
     return card.training.get("command") or f"python train.py experiment={card.training.get('config', {}).get('name')}"
 
 
+def render_folder(dst: str | Path) -> str:
+    """MODEL_CARD.md beside ``dst``: its section, and one for every other checkpoint this command shipped into the
+    same folder (a card with ``source_checkpoint``; a training run's checkpoint lying there is not one), by name, so
+    that shipping a second checkpoint (one per profile) keeps the first's section."""
+    stem = checkpoint_stem(dst)
+    sections = []
+    for card_path in sorted(stem.parent.glob("*.json")):
+        weights = card_path.with_suffix(".safetensors")
+        if not weights.is_file():
+            continue
+        card = read_card(card_path)
+        if card_path.with_suffix("") == stem or card.extra.get("source_checkpoint"):
+            sections.append(render_model_card(card, weights.stat().st_size / 1e6))
+    return "\n".join(sections)
+
+
+def write_model_card(dst: str | Path) -> Path:
+    md_path = checkpoint_stem(dst).parent / "MODEL_CARD.md"
+    with atomic_write(md_path) as tmp:
+        tmp.write_text(render_folder(dst))
+    return md_path
+
+
 def write_outputs(dst: str, model: torch.nn.Module, card: ModelCard) -> None:
     weights = save_checkpoint(dst, model, card, dtype=torch.float16)
     size_mb = weights.stat().st_size / 1e6
-    card = read_card(dst)  # as written (date, commit, save id)
-    md_path = Path(dst).parent / "MODEL_CARD.md"
-    with atomic_write(md_path) as tmp:
-        tmp.write_text(render_model_card(card, size_mb))
+    md_path = write_model_card(dst)
     print(f"wrote {weights} ({size_mb:.1f} MB) and {md_path}")
 
 
@@ -332,11 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     a = ap.parse_args(argv)
     if a.card_only:  # after a sign-off (python -m models.approve): the card changed, the weights did not
-        card = read_card(a.dst)
-        weights = checkpoint_stem(a.dst).with_suffix(".safetensors")
-        with atomic_write(Path(a.dst).parent / "MODEL_CARD.md") as tmp:
-            tmp.write_text(render_model_card(card, weights.stat().st_size / 1e6))
-        print(f"wrote {Path(a.dst).parent / 'MODEL_CARD.md'}")
+        read_card(a.dst)  # a readable card, or one message naming it
+        print(f"wrote {write_model_card(a.dst)}")
         return None
     if a.onnx or a.onnx_int8:
         from data.io import list_images

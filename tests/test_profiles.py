@@ -75,6 +75,14 @@ def test_an_exported_checkpoint_names_the_profile_it_is_shipped_for(tmp_path):
         export_main([*args, "--profile", "fastest"])
     export_main(args)  # no profile: the card says nothing about one
     assert "profile" not in read_card(dst).extra and "Shipped for" not in (dst.parent / "MODEL_CARD.md").read_text()
+    # a second checkpoint shipped beside it, for the other profile: MODEL_CARD.md has a section for each, kept when
+    # either is exported again or re-rendered (--card-only)
+    export_main([*args[:2], "--dst", str(dst.parent / "n"), *args[4:], "--profile", "accurate"])
+    export_main([*args, "--profile", "fast"])
+    export_main(["--dst", str(dst), "--card-only"])
+    md = (dst.parent / "MODEL_CARD.md").read_text()
+    assert md.count("# Model card: ") == 2 and md.index("# Model card: m\n") < md.index("# Model card: n\n")
+    assert "Shipped for `profile=fast`" in md and "Shipped for `profile=accurate`" in md
 
 
 def test_the_profile_label_names_what_was_changed_not_how_it_was_spelled():
