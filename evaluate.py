@@ -77,6 +77,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         doc["checkpoint"] = {
             "name": pred.card.name,
             "save_id": pred.card.save_id,
+            "ensemble": [dict(m) for m in pred.member_cards],  # members averaged in: not this checkpoint's evidence
+            "tta": pred.tta,
             "locked_test_sets": [n for n in wanted if all(locked_test_source(s) for s in test_sets[n])],
         }
     table = write_run_files(out_dir, doc)

@@ -141,7 +141,7 @@ def profile_predictor(name: str, device: str) -> Predictor:
         tta=p.tta,
         reliability=p.reliability,
         input_size=p.input_size,
-        ensemble=[str(ROOT / e) for e in p.ensemble or []],
+        ensemble=[str(ROOT / e) for e in ([p.ensemble] if isinstance(p.ensemble, str) else p.ensemble or [])],
     )
     pred.profile = name
     return pred

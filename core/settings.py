@@ -121,8 +121,11 @@ class Text:
 
     def check(self, v: Any) -> str | None:
         items = v if self.listable and isinstance(v, Sequence) and not isinstance(v, str) else [v]
+        if self.listable and self.nullable and isinstance(items, Sequence) and not items:
+            return None  # [] says "none", as null does
         ok = bool(items) and all(isinstance(x, str) and x.strip() for x in items)
-        return None if ok else ("must be a path or a list of paths" if self.listable else "must be a non-empty text")
+        paths = "must be a path or a list of paths" + (", or null" if self.nullable else "")
+        return None if ok else (paths if self.listable else "must be a non-empty text")
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,8 @@ def load_evidence(
         ck = d.get("checkpoint") or {}
         if save_id is not None and ck.get("save_id") != save_id:
             raise UserError(f"{path} was not computed with this checkpoint (save id differs): run evaluate.py on it")
+        if ck.get("ensemble"):
+            raise UserError(f"{path} was computed with other checkpoints averaged in (ensemble=): evaluate it alone")
         sets = d["results"]
         name = test_set or (next(iter(sets)) if len(sets) == 1 else None)
         if name not in sets:

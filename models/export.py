@@ -265,7 +265,18 @@ def write_model_card(dst: str | Path) -> Path:
     return md_path
 
 
+def evaluated_results(metrics: str | None) -> dict[str, Any]:
+    """evaluate.py's results for the card (``--metrics``), refused when other checkpoints were averaged in."""
+    if not metrics:
+        return {}
+    doc = json.loads(Path(metrics).read_text())
+    if (doc.get("checkpoint") or {}).get("ensemble"):
+        raise UserError(f"{metrics} was computed with other checkpoints averaged in (ensemble=): evaluate it alone")
+    return doc["results"]
+
+
 def write_outputs(dst: str, model: torch.nn.Module, card: ModelCard) -> None:
+    render_folder(dst)  # every card beside it must read before anything is written (one message naming it)
     weights = save_checkpoint(dst, model, card, dtype=torch.float16)
     size_mb = weights.stat().st_size / 1e6
     md_path = write_model_card(dst)
@@ -284,7 +295,7 @@ def add_heads(a: argparse.Namespace) -> None:
             f"{a.add_heads}: its segmenter differs from {a.dst}'s ({(changed or ['missing keys'])[0]}); "
             "train the heads with trainer.init_from=<the shipped checkpoint> trainer.freeze=segmentation"
         )
-    results = json.loads(Path(a.metrics).read_text())["results"] if a.metrics else {}
+    results = evaluated_results(a.metrics)
     card = base  # the shipped segmenter's card, its heads replaced by the new run's
     card.model = dict(base.model, **{k: v for k, v in head_card.model.items() if k != "weights"})
     card.heads = head_card.heads
@@ -347,7 +358,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None, help="CPU threads training used (default: from the card)")
     ap.add_argument("--notes", default="")
     ap.add_argument("--profile", choices=PROFILES, default=None, help="the profile this checkpoint is shipped for")
-    ap.add_argument("--card-only", action="store_true", help="re-render MODEL_CARD.md from --dst's card only")
+    ap.add_argument(
+        "--card-only",
+        action="store_true",
+        help="re-render MODEL_CARD.md from the cards (--dst's and those beside it)",
+    )
     ap.add_argument(
         "--command", default=None, help="the training command line, for a run whose card predates recording it"
     )
@@ -372,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (a.src and a.train_log):
         ap.error("--src and --train-log are required unless --add-heads is given")
     model, card = load_checkpoint(a.src)
-    results = json.loads(Path(a.metrics).read_text())["results"] if a.metrics else {}
+    results = evaluated_results(a.metrics)
     with open(a.train_log) as f:
         log = list(csv.DictReader(f))
     card.resume = None

@@ -76,13 +76,14 @@ class Predictor:
         self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.members, self.member_names = [], []
+        self.members: list[Any] = []
+        self.member_cards: list[dict[str, Any]] = []  # what ran: each member's card name, save id and path
         for member, member_card in members:
             check_member(member_card, card, onnx=self.onnx)
             member = member.to(device).eval()
             fold_batchnorm(member)
             self.members.append(member.to(memory_format=torch.channels_last) if channels_last else member)
-            self.member_names.append(member_card.name)
+            self.member_cards.append({"name": member_card.name, "save_id": member_card.save_id})
 
     @classmethod
     def from_checkpoint(
@@ -123,7 +124,7 @@ class Predictor:
         model, card = load_checkpoint(path)
         if precision == "auto":
             precision = {"cpu": "bf16", "cuda": "fp16"}.get(dev.type, "fp32")
-        return cls(
+        predictor = cls(
             model,
             card,
             device=dev,
@@ -131,8 +132,11 @@ class Predictor:
             tta=tta,
             reliability=reliability,
             input_size=input_size,
-            members=[load_checkpoint(o) for o in others],
+            members=[load_member(o) for o in others],
         )
+        for entry, other in zip(predictor.member_cards, others):
+            entry["path"] = str(other)
+        return predictor
 
     @torch.no_grad()
     def predict(
@@ -216,7 +220,7 @@ class Predictor:
             "trained_size": self.card.input.size,
             "tta": self.tta,
             "reliability": self.reliability,
-            "ensemble": list(self.member_names),  # the checkpoints averaged with this one, by name
+            "ensemble": [dict(m) for m in self.member_cards],  # the checkpoints averaged with this one
             "backend": "onnxruntime" if self.onnx else "torch",
             "precision": self.precision,
         }
@@ -246,6 +250,14 @@ class Predictor:
 def resize_frames(images: Sequence[np.ndarray], size: int) -> list[np.ndarray]:
     """Frames resized to size x size with cv2.INTER_AREA, as training resizes them."""
     return [cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images]
+
+
+def load_member(path: str | Path) -> tuple[Any, ModelCard]:
+    """An ensemble member's network and card; a missing or unreadable one is named as a member."""
+    try:
+        return load_checkpoint(path)
+    except UserError as e:
+        raise UserError(f"ensemble member {path}: {e}") from None
 
 
 def check_member(member: ModelCard, card: ModelCard, *, onnx: bool) -> None:

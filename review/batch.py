@@ -80,7 +80,9 @@ def review_archive(settings: InferSettings, *, overrides: Sequence[str], multiru
             raise UserError("give the inputs either as input= or as inputs=SPEC (a folder, a glob, a manifest)")
         check_out_root(out_root)
         out_root.mkdir(parents=True, exist_ok=True)
-        save_id = model_save_id(settings.checkpoint)
+        members = [settings.ensemble] if isinstance(settings.ensemble, str) else settings.ensemble or []
+        # the model is the checkpoint and its ensemble members: a member retrained in place is a new model
+        save_id = "+".join(model_save_id(c) for c in [settings.checkpoint, *members])
     except UserError as e:
         if not multirun:
             raise

@@ -25,9 +25,9 @@ from review.runs import ANONYMISED
 STATE = ".batch"  # in OUT_ROOT: the lock of FAILURES
 # settings that change how fast a case is reviewed, never what is written: a change of them redoes nothing
 PERFORMANCE_ONLY = ("device", "review.batch_size", "review.queue_depth", "review.streaming", "review.png_level")
-# settings that say where, not how: the input, the folders, the case id, resume itself, the checkpoint's path (the
-# model is compared by its save_id)
-WHERE_KEYS = ("input", "inputs", "inputs_row", "case", "out_dir", "out_root", "resume", "checkpoint")
+# settings that say where, not how: the input, the folders, the case id, resume itself, the checkpoint's and the
+# ensemble members' paths (the models are compared by their save_ids: review.batch's save_id holds them all)
+WHERE_KEYS = ("input", "inputs", "inputs_row", "case", "out_dir", "out_root", "resume", "checkpoint", "ensemble")
 
 
 def content_sha256(path: Path, *, chunk: int = 1 << 20) -> str:

@@ -54,6 +54,14 @@ def load_predictor(settings: InferSettings) -> Predictor:
     return predictor
 
 
+def settings_path(p: Path) -> Path:
+    """``p`` relative to the working folder when under it (how a command line names it), else as is."""
+    try:
+        return p.relative_to(Path.cwd())
+    except ValueError:
+        return p
+
+
 PROFILE_KEYS = ("checkpoint", "input_size", "tta", "reliability", "ensemble")  # what a configs/profile/ file sets
 
 
@@ -74,8 +82,10 @@ def profile_label(profile: str, settings: Mapping[str, Any]) -> str:
         return settings[k] == chosen[k]
 
     def shown(k: str) -> Any:
-        if k in ("checkpoint", "ensemble"):
-            return "+".join(p.name for p in paths(settings[k])) or None
+        if k == "checkpoint":
+            return paths(settings[k])[0].name
+        if k == "ensemble":
+            return "[" + ",".join(str(settings_path(p)) for p in paths(settings[k])) + "]"
         return settings[k]
 
     changed = [f"{k}={shown(k)}" for k in PROFILE_KEYS if k in chosen and not same(k)]

@@ -128,8 +128,11 @@ def run_line(run: dict[str, Any]) -> str:
         size += f" (trained at {run['trained_size']})"
     parts = [size, "flip TTA" if run.get("tta") else "no TTA"]
     parts.append("reliability scored" if run.get("reliability") else "reliability not scored")
-    if run.get("ensemble"):  # names from checkpoint cards: the report escapes them where it writes this line
-        parts.append(f"averaged with {', '.join(run['ensemble'])}")
+    if run.get("ensemble"):  # paths and card names: the report escapes them where it writes this line
+        members = [
+            f"{m.get('path') or m['name']} ({m['name']}, save {str(m.get('save_id'))[:8]})" for m in run["ensemble"]
+        ]
+        parts.append(f"averaged with {'; '.join(members)}")
     if run.get("backend") and run["backend"] != "torch":
         parts.append(run["backend"])
     return f"profile {run.get('profile') or 'custom'}: " + ", ".join(parts)

@@ -273,14 +273,15 @@ def test_export_writes_no_wording_that_a_heads_card_does_not_hold(tmp_path, monk
 
 def test_the_shipped_model_card_is_what_export_renders_from_the_shipped_card(monkeypatch):
     from models.checkpoint import read_card
-    from models.export import render_model_card
+    from models.export import render_folder, render_model_card
 
     shipped = ROOT / "checkpoints" / "endolift_polyp_unet_mnv2"
     if not shipped.with_suffix(".json").is_file():
         pytest.skip(f"shipped model not found: {shipped}.json")
     fake_gate(monkeypatch, lambda card, head: True)
     size_mb = shipped.with_suffix(".safetensors").stat().st_size / 1e6
-    assert render_model_card(read_card(shipped), size_mb) == (shipped.parent / "MODEL_CARD.md").read_text()
+    assert render_folder(shipped) == (shipped.parent / "MODEL_CARD.md").read_text()
+    assert render_folder(shipped).startswith(render_model_card(read_card(shipped), size_mb))
 
 
 def test_research_heads_is_off_by_default_and_only_a_real_bool_turns_it_on():

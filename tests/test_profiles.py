@@ -125,7 +125,9 @@ def test_an_ensemble_averages_its_members_mask_logits_and_keeps_the_checkpoints_
     for tta in (False, True):
         alone = [Predictor.from_checkpoint(p, device="cpu", precision="fp32", tta=tta) for p in paths]
         ens = Predictor.from_checkpoint(paths[0], device="cpu", precision="fp32", tta=tta, ensemble=map(str, paths[1:]))
-        assert ens.run_settings()["ensemble"] == ["m1", "m2"]
+        ran = ens.run_settings()["ensemble"]
+        assert [(m["name"], m["path"]) for m in ran] == [("m1", str(paths[1])), ("m2", str(paths[2]))]
+        assert all(m["save_id"] for m in ran)  # what ran, told apart from other checkpoints of the same name
         got = ens.predict(frames, full_size=False)
         each = [a.predict(frames, full_size=False) for a in alone]
         for i, g in enumerate(got):
@@ -140,3 +142,26 @@ def test_an_ensemble_averages_its_members_mask_logits_and_keeps_the_checkpoints_
         Predictor.from_checkpoint(paths[0], device="cpu", ensemble=[str(tmp_path / "big")])
     with pytest.raises(UserError, match="backend=torch only"):
         Predictor.from_checkpoint(paths[0], backend="onnxruntime", ensemble=[str(paths[1])])
+    with pytest.raises(UserError, match=f"ensemble member {tmp_path / 'gone'}: checkpoint card not found"):
+        Predictor.from_checkpoint(paths[0], device="cpu", ensemble=[str(tmp_path / "gone")])
+    assert Predictor.from_checkpoint(paths[0], device="cpu", ensemble=[]).members == []  # [] is none, as null
+
+
+def test_the_profile_label_names_ensemble_members_by_path():
+    from review.runs import profile_label
+
+    settings = {"checkpoint": str(SHIPPED), "input_size": None, "tta": True, "reliability": True}
+    assert profile_label("accurate", settings | {"ensemble": []}) == "accurate"
+    got = profile_label("accurate", settings | {"ensemble": ["outputs/xc/domain/kvasir/checkpoints/best"]})
+    assert got == "accurate, modified: ensemble=[outputs/xc/domain/kvasir/checkpoints/best]"
+
+
+def test_the_report_line_names_each_ensemble_member_with_its_save_id():
+    from review.summary import run_line
+
+    run = {"profile": "accurate", "input_size": 288, "trained_size": 288, "tta": True, "reliability": True}
+    member = {"name": "polyp_pranet", "save_id": "0123456789abcdef", "path": "outputs/full/domain/checkpoints/best"}
+    assert run_line(run) == "profile accurate: input 288 px, flip TTA, reliability scored"
+    assert run_line(run | {"ensemble": [member]}).endswith(
+        "averaged with outputs/full/domain/checkpoints/best (polyp_pranet, save 01234567)"
+    )
