@@ -10,9 +10,10 @@ both before review's speck removal and field-of-view mask), and each candidate
 score (higher = more reliable): ``flip`` (agreement with the mirrored view), ``scale`` (with the view at 1.25x the
 input size), ``flip_scale`` (mean pairwise agreement of the three views), ``soft``
 (models.reliability.soft_confidence, no extra pass) and ``max_prob`` (the lesion probability itself, the naive
-baseline). Reports each score's AUROC for "Dice < 0.5" (a failure) with a
-95% interval resampling whole groups (CVC-ClinicDB sequences), and the worst frames by the chosen score. Writes
-per_frame.csv, reliability.json, reliability.md and worst.png under --out.
+baseline); with ``--ensemble CKPT ...`` every view averages the models, as ``ensemble=`` does, and ``members`` scores
+the checkpoint's mask against its members' (ensemble disagreement). Reports each score's AUROC for "Dice < 0.5" (a
+failure) with a 95% interval resampling whole groups (CVC-ClinicDB sequences), and the worst frames by the chosen
+score. Writes per_frame.csv, reliability.json, reliability.md and worst.png under --out.
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ def test_sources(data: str, test_set: str) -> list[dict]:
 @torch.no_grad()
 def views(pred: Predictor, image: np.ndarray, scale: float = 1.25) -> dict[str, np.ndarray]:
     """The model's probability maps of one frame on its S x S grid: as is, mirrored back, at ``scale`` x S, and
-    ``tta``: the sigmoid of the first two's mean logits (models/predictor.py's flip TTA)."""
+    ``tta``: the sigmoid of the first two's mean logits (models/predictor.py's flip TTA). With ensemble members
+    (``pred.members``) each view averages every model's logits, as the predictor does, and ``own`` / ``others`` are
+    the checkpoint's and the members' (mean) maps of the frame as is."""
     s = pred.size
     out, logits_of = {}, {}
     for name, size, flip in (("base", s, False), ("flip", s, True), ("scale", int(round(s * scale / 32)) * 32, False)):
@@ -67,8 +70,14 @@ def views(pred: Predictor, image: np.ndarray, scale: float = 1.25) -> dict[str, 
         x = normalise_batch([small], mean=pred.mean, std=pred.std)
         if flip:
             x = torch.flip(x, dims=[3])
+        x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=pred.precision == "bf16"):
-            logits = pred.model(x.contiguous(memory_format=torch.channels_last), None)["mask"].float()
+            own = pred.model(x, None)["mask"].float()
+            others = [m.mask_logits(x).float() for m in pred.members]
+        logits = torch.stack([own, *others]).mean(0)
+        if name == "base" and others:
+            out["own"] = torch.sigmoid(own)[0, 0].numpy()
+            out["others"] = torch.sigmoid(torch.stack(others).mean(0))[0, 0].numpy()
         if flip:
             logits = torch.flip(logits, dims=[3])
         if size != s:
@@ -80,20 +89,23 @@ def views(pred: Predictor, image: np.ndarray, scale: float = 1.25) -> dict[str, 
 
 
 def frame_scores(v: dict[str, np.ndarray]) -> dict[str, float]:
-    return {
+    scores = {
         "flip": mask_agreement(v["base"], v["flip"]),
         "scale": mask_agreement(v["base"], v["scale"]),
         "flip_scale": view_agreement([v["base"], v["flip"], v["scale"]]),
         "soft": soft_confidence(v["base"]),
         "max_prob": float(v["base"].max()),
     }
+    if "own" in v:  # ensemble disagreement: the checkpoint's mask against its members'
+        scores["members"] = mask_agreement(v["own"], v["others"])
+    return scores
 
 
 def auroc_table(rows: list[dict], n_boot: int) -> list[dict]:
     fail = np.array([r["dice"] < FAIL_DICE for r in rows])
     groups = [r["group"] for r in rows]
     table = []
-    for s in SCORES:
+    for s in [k for k in (*SCORES, "members") if k in rows[0]]:
         risk = -np.array([r[s] for r in rows])  # low reliability = high risk of failure
         point = binary_auroc(risk, fail)
         boots = [binary_auroc(risk[i], fail[i]) for i in case_resamples(groups, n_boot)]
@@ -152,7 +164,9 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="a configs/data name, e.g. xc_kvasir")
     ap.add_argument("--set", required=True, help="one of that config's test_sets")
     ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--choose", default="flip", choices=SCORES, help="the score whose worst frames are shown")
+    ap.add_argument(
+        "--choose", default="flip", choices=(*SCORES, "members"), help="the score whose worst frames are shown"
+    )
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument(
         "--judge",
@@ -161,10 +175,13 @@ def main() -> None:
         help="the mask a frame's Dice is measured on: tta (the mean of the two views, what profile=accurate writes "
         "with the score) or plain (the single view, what profile=fast writes)",
     )
+    ap.add_argument(
+        "--ensemble", nargs="+", default=None, help="checkpoints averaged with --checkpoint (scores 'members' too)"
+    )
     ap.add_argument("--limit", type=int, default=None, help="first N frames only (a quick look)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    pred = Predictor.from_checkpoint(args.checkpoint, device="cpu", precision="bf16")
+    pred = Predictor.from_checkpoint(args.checkpoint, device="cpu", precision="bf16", ensemble=args.ensemble)
     records = records_from_sources(test_sources(args.data, args.set))[: args.limit]
     rows = []
     for i, rec in enumerate(records):
@@ -184,6 +201,7 @@ def main() -> None:
     n_fail = sum(r["dice"] < FAIL_DICE for r in rows)
     summary = {
         "checkpoint": str(args.checkpoint),
+        "ensemble": args.ensemble,
         "data": args.data,
         "set": args.set,
         "judged_on": args.judge,
