@@ -77,7 +77,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         doc["checkpoint"] = {
             "name": pred.card.name,
             "save_id": pred.card.save_id,
-            "ensemble": [dict(m) for m in pred.member_cards],  # members averaged in: not this checkpoint's evidence
+            "ensemble": pred.run_settings()["ensemble"],  # members averaged in: not this checkpoint's evidence
             "tta": pred.tta,
             "locked_test_sets": [n for n in wanted if all(locked_test_source(s) for s in test_sets[n])],
         }

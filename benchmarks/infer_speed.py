@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from data.video import VideoWriter, read_frames  # noqa: E402
 from models.predictor import Predictor  # noqa: E402
+from models.predictor_settings import as_paths  # noqa: E402
 from models.runtime import autocast  # noqa: E402
 from review.options import ReviewOptions  # noqa: E402
 from review.pipeline import process_input  # noqa: E402
@@ -141,7 +142,7 @@ def profile_predictor(name: str, device: str) -> Predictor:
         tta=p.tta,
         reliability=p.reliability,
         input_size=p.input_size,
-        ensemble=[str(ROOT / e) for e in ([p.ensemble] if isinstance(p.ensemble, str) else p.ensemble or [])],
+        ensemble=[str(ROOT / e) for e in as_paths(p.ensemble)],
     )
     pred.profile = name
     return pred

@@ -24,7 +24,7 @@ from typing import Any
 
 from core.errors import UserError
 from models.checkpoint import bind_gate, checkpoint_stem, read_card
-from models.gate import GateRule, digest, evidence_from_results, evidence_refusals
+from models.gate import GateRule, digest, evidence_from_results, evidence_refusals, refuse_ensemble_results
 
 
 def load_evidence(
@@ -39,8 +39,7 @@ def load_evidence(
         ck = d.get("checkpoint") or {}
         if save_id is not None and ck.get("save_id") != save_id:
             raise UserError(f"{path} was not computed with this checkpoint (save id differs): run evaluate.py on it")
-        if ck.get("ensemble"):
-            raise UserError(f"{path} was computed with other checkpoints averaged in (ensemble=): evaluate it alone")
+        refuse_ensemble_results(d, path)
         sets = d["results"]
         name = test_set or (next(iter(sets)) if len(sets) == 1 else None)
         if name not in sets:

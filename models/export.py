@@ -270,8 +270,7 @@ def evaluated_results(metrics: str | None) -> dict[str, Any]:
     if not metrics:
         return {}
     doc = json.loads(Path(metrics).read_text())
-    if (doc.get("checkpoint") or {}).get("ensemble"):
-        raise UserError(f"{metrics} was computed with other checkpoints averaged in (ensemble=): evaluate it alone")
+    gate.refuse_ensemble_results(doc, metrics)
     return doc["results"]
 
 

@@ -27,6 +27,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from core.errors import UserError
 from models.card import HeadCard, ModelCard
 
 
@@ -88,6 +89,13 @@ def evidence_from_results(res: dict[str, Any], *, source: str, where: str, rule:
         "degenerate": case.get("degenerate"),
         "rule": asdict(rule),
     }
+
+
+def refuse_ensemble_results(doc: dict[str, Any], where: Any) -> None:
+    """evaluate.py's metrics.json computed with other checkpoints averaged in (ensemble=) is no checkpoint's own
+    evidence: not its card's test results (models.export --metrics), not a head's sign-off (models.approve)."""
+    if (doc.get("checkpoint") or {}).get("ensemble"):
+        raise UserError(f"{where} was computed with other checkpoints averaged in (ensemble=): evaluate it alone")
 
 
 def evidence_refusals(info: HeadCard, evidence: dict[str, Any] | None) -> list[str]:

@@ -19,7 +19,7 @@ from models.card import ModelCard
 from models.checkpoint import load_checkpoint
 from models.heads import head_probabilities, parse_heads
 from models.net import fold_batchnorm
-from models.predictor_settings import BACKENDS
+from models.predictor_settings import BACKENDS, as_paths
 from models.reliability import RELIABILITY_VIEWS, SCALE_VIEW, frame_reliability
 from models.runtime import autocast, pick_device
 
@@ -45,10 +45,10 @@ class Predictor:
         channels_last: bool = True,
         reliability: bool = False,
         input_size: int | None = None,
-        members: Sequence[tuple[Any, ModelCard]] = (),
+        members: Sequence[tuple[Any, ModelCard, str | None]] = (),
     ) -> None:
         """model: an EndoNet, or a models.onnx.OrtModel (ONNX Runtime; fp32 on the CPU, no autocast).
-        members: more (EndoNet, card) pairs whose mask logits are averaged with the model's (an ensemble), each
+        members: more (EndoNet, card, path) triples whose mask logits are averaged with the model's (an ensemble), each
         trained on the same input size and normalisation (checked); the heads come from ``model`` alone.
         reliability: also score each frame's reliability (models.reliability.RELIABILITY_VIEWS: one more model pass
         per view; the mirrored view is shared with flip TTA).
@@ -78,12 +78,12 @@ class Predictor:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.members: list[Any] = []
         self.member_cards: list[dict[str, Any]] = []  # what ran: each member's card name, save id and path
-        for member, member_card in members:
+        for member, member_card, member_path in members:
             check_member(member_card, card, onnx=self.onnx)
             member = member.to(device).eval()
             fold_batchnorm(member)
             self.members.append(member.to(memory_format=torch.channels_last) if channels_last else member)
-            self.member_cards.append({"name": member_card.name, "save_id": member_card.save_id})
+            self.member_cards.append({"name": member_card.name, "save_id": member_card.save_id, "path": member_path})
 
     @classmethod
     def from_checkpoint(
@@ -103,9 +103,10 @@ class Predictor:
         ensemble: more checkpoints whose mask logits are averaged with this one's (torch backend)."""
         if backend not in BACKENDS:
             raise UserError(f"backend '{backend}' is unknown: use {', '.join(BACKENDS[:-1])} or {BACKENDS[-1]}")
-        others = [ensemble] if isinstance(ensemble, (str, Path)) else list(ensemble or [])
-        if others and backend != "torch":
-            raise UserError(f"ensemble= runs with backend=torch only (backend={backend} was given)")
+        member_paths = as_paths(ensemble)
+        if member_paths and backend != "torch":  # before the ONNX file or any member is loaded
+            raise UserError(ONNX_ALONE)
+        members = [load_member(p) for p in member_paths]
         if backend != "torch":
             from models.checkpoint import read_card
             from models.onnx import OrtModel
@@ -124,7 +125,7 @@ class Predictor:
         model, card = load_checkpoint(path)
         if precision == "auto":
             precision = {"cpu": "bf16", "cuda": "fp16"}.get(dev.type, "fp32")
-        predictor = cls(
+        return cls(
             model,
             card,
             device=dev,
@@ -132,11 +133,8 @@ class Predictor:
             tta=tta,
             reliability=reliability,
             input_size=input_size,
-            members=[load_member(o) for o in others],
+            members=members,
         )
-        for entry, other in zip(predictor.member_cards, others):
-            entry["path"] = str(other)
-        return predictor
 
     @torch.no_grad()
     def predict(
@@ -252,10 +250,13 @@ def resize_frames(images: Sequence[np.ndarray], size: int) -> list[np.ndarray]:
     return [cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images]
 
 
-def load_member(path: str | Path) -> tuple[Any, ModelCard]:
-    """An ensemble member's network and card; a missing or unreadable one is named as a member."""
+ONNX_ALONE = "ensemble= runs with backend=torch only (an ONNX file runs alone)"
+
+
+def load_member(path: str) -> tuple[Any, ModelCard, str]:
+    """An ensemble member's network, card and path; a missing or unreadable one is named as a member."""
     try:
-        return load_checkpoint(path)
+        return (*load_checkpoint(path), path)
     except UserError as e:
         raise UserError(f"ensemble member {path}: {e}") from None
 
@@ -263,7 +264,7 @@ def load_member(path: str | Path) -> tuple[Any, ModelCard]:
 def check_member(member: ModelCard, card: ModelCard, *, onnx: bool) -> None:
     """An ensemble member must see the frames as the checkpoint does: same input size, normalisation and resizing."""
     if onnx:
-        raise UserError("ensemble= runs with backend=torch only")
+        raise UserError(ONNX_ALONE)
     for key in ("size", "mean", "std", "resize"):
         if getattr(member.input, key) != getattr(card.input, key):
             raise UserError(

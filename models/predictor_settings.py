@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from core.settings import Bool, Choice, Num, Text, setting
@@ -45,6 +46,13 @@ PREDICTOR_KEYS = (
     "input_size",
     "ensemble",
 )  # from_checkpoint's keywords
+
+
+def as_paths(value: Any) -> list[str]:
+    """A setting that takes one path, a list of them or null (``ensemble``) as a list of paths."""
+    if value is None:
+        return []
+    return [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value]
 
 
 def predictor_arguments(settings: Mapping[str, Any]) -> dict[str, Any]:

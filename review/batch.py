@@ -48,6 +48,7 @@ from omegaconf import OmegaConf
 
 from core.errors import UserError
 from core.files import write_json_atomic
+from models.predictor_settings import as_paths
 from review.batch_inputs import expand_inputs, job_items, write_frozen
 from review.case_ids import FAILURES, derived_case_id
 from review.cases import Outcome, check_out_root, model_save_id, review_case, settings_digest
@@ -80,9 +81,8 @@ def review_archive(settings: InferSettings, *, overrides: Sequence[str], multiru
             raise UserError("give the inputs either as input= or as inputs=SPEC (a folder, a glob, a manifest)")
         check_out_root(out_root)
         out_root.mkdir(parents=True, exist_ok=True)
-        members = [settings.ensemble] if isinstance(settings.ensemble, str) else settings.ensemble or []
         # the model is the checkpoint and its ensemble members: a member retrained in place is a new model
-        save_id = "+".join(model_save_id(c) for c in [settings.checkpoint, *members])
+        save_id = "+".join(model_save_id(c) for c in [settings.checkpoint, *as_paths(settings.ensemble)])
     except UserError as e:
         if not multirun:
             raise

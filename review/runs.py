@@ -24,6 +24,7 @@ from core.files import (
     write_jsonl,
 )
 from data.io import require_input
+from models.predictor_settings import as_paths
 
 # torch, the model and the pipeline are imported only when there is work to do, so that infer.py answers a
 # mistyped setting or path in about a second, not after the five seconds those imports take.
@@ -74,7 +75,7 @@ def profile_label(profile: str, settings: Mapping[str, Any]) -> str:
     chosen = OmegaConf.load(path)
 
     def paths(v: Any) -> list[Path]:  # checkpoints named another way (absolute, trailing slash) are the same files
-        return [Path(str(x)).resolve() for x in ([] if v is None else [v] if isinstance(v, str) else v)]
+        return [Path(x).resolve() for x in as_paths(v)]
 
     def same(k: str) -> bool:  # both load relative to the working folder
         if k in ("checkpoint", "ensemble"):
