@@ -79,6 +79,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "save_id": pred.card.save_id,
             "ensemble": pred.run_settings()["ensemble"],  # members averaged in: not this checkpoint's evidence
             "tta": pred.tta,
+            "tta_views": pred.tta_views,
             "locked_test_sets": [n for n in wanted if all(locked_test_source(s) for s in test_sets[n])],
         }
     table = write_run_files(out_dir, doc)

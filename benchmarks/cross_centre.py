@@ -16,9 +16,9 @@ and small lesions, metrics/lesions.py), Dice on small-lesion frames and, for Kva
 subset, with 95% intervals; a recipe other than the baseline is compared with it image by image
 (``python -m metrics.compare``, paired, resampling sequences). Writes outputs/xc/<recipe>/summary.{json,md}.
 Models are chosen on these numbers, never on the standard test lists. ``--tag T --eval-overrides ...`` scores a
-recipe's trained models again with other inference settings (evaluate.py overrides: tta, input_size), into
-outputs/xc/<recipe>/eval_<direction>@T and summary@T.{json,md}, compared with the recipe's plain scoring. The plain
-scoring runs profile=fast (the checkpoint's training size, no TTA, one pass a frame).
+recipe's trained models again with other inference settings (evaluate.py overrides: tta, tta_views, input_size,
+ensemble), into outputs/xc/<recipe>/eval_<direction>@T and summary@T.{json,md}, compared with the recipe's plain
+scoring. The plain scoring runs profile=fast (the checkpoint's training size, no TTA, one pass a frame).
 """
 
 from __future__ import annotations

@@ -140,6 +140,7 @@ def profile_predictor(name: str, device: str) -> Predictor:
         ROOT / p.checkpoint,
         device=device,
         tta=p.tta,
+        tta_views=p.get("tta_views", "h"),
         reliability=p.reliability,
         input_size=p.input_size,
         ensemble=[str(ROOT / e) for e in as_paths(p.ensemble)],

@@ -19,7 +19,7 @@ from models.card import ModelCard
 from models.checkpoint import load_checkpoint
 from models.heads import head_probabilities, parse_heads
 from models.net import fold_batchnorm
-from models.predictor_settings import BACKENDS, as_paths
+from models.predictor_settings import BACKENDS, TTA_VIEWS, as_paths
 from models.reliability import RELIABILITY_VIEWS, SCALE_VIEW, frame_reliability
 from models.runtime import autocast, pick_device
 
@@ -42,6 +42,7 @@ class Predictor:
         device: torch.device,
         precision: str = "fp32",
         tta: bool = False,
+        tta_views: str = "h",
         channels_last: bool = True,
         reliability: bool = False,
         input_size: int | None = None,
@@ -63,6 +64,9 @@ class Predictor:
             fold_batchnorm(model)
         self.model, self.card, self.device = model, card, device
         self.precision, self.tta, self.reliability = precision, tta, reliability
+        if tta_views not in TTA_VIEWS:
+            raise UserError(f"tta_views={tta_views!r}: use {' or '.join(TTA_VIEWS)}")
+        self.tta_views = tta_views
         self.size = check_input_size(input_size, card.input.size, onnx=self.onnx)
         self.profile: str | None = None  # the settings profile that chose this predictor (configs/profile/), if any
         self.mean, self.std = card.input.mean, card.input.std
@@ -93,6 +97,7 @@ class Predictor:
         device: str = "auto",
         precision: str = "auto",
         tta: bool = False,
+        tta_views: str = "h",
         backend: str = "torch",
         reliability: bool = False,
         input_size: int | None = None,
@@ -118,6 +123,7 @@ class Predictor:
                 device=torch.device("cpu"),
                 precision="fp32",
                 tta=tta,
+                tta_views=tta_views,
                 reliability=reliability,
                 input_size=input_size,
             )
@@ -131,6 +137,7 @@ class Predictor:
             device=dev,
             precision=precision,
             tta=tta,
+            tta_views=tta_views,
             reliability=reliability,
             input_size=input_size,
             members=members,
@@ -174,18 +181,19 @@ class Predictor:
                 out = self.model(self._to_batch(resize_frames(images, self.card.input.size)), cov)
             head_logits = {h: out[h].float() for h in self.heads}
             if self.tta or (self.reliability and "flip" in RELIABILITY_VIEWS):
-                mirrored = torch.flip(batch, dims=[3])
-                flip_logits = torch.flip(self._with_members(self.model(mirrored, cov)["mask"].float(), mirrored), [3])
+                flip_logits = self._flipped_logits(batch, cov, [3])
                 if self.reliability and "flip" in RELIABILITY_VIEWS:
                     views.append(flip_logits)
             if self.reliability and "scale" in RELIABILITY_VIEWS:
                 views.append(self._rescaled_view(batch, cov))
+            if self.tta and self.tta_views == "hv":  # upside down, and upside down mirrored (rotated 180 degrees)
+                flipped = [self._flipped_logits(batch, cov, dims) for dims in ([2], [2, 3])]
         agreement: list[float | None] = [None] * len(images)
         if views:
             agreement = list(frame_reliability(torch.sigmoid(logits), [torch.sigmoid(v) for v in views]))
         if self.tta:  # horizontal flip: average the mask logits. The heads keep the frame's own view: their
             # temperatures were fitted on it (training/finish.py), and their sign-off evidence was measured on it
-            logits = (logits + flip_logits) / 2
+            logits = (logits + flip_logits) / 2 if self.tta_views == "h" else (logits + flip_logits + sum(flipped)) / 4
         probs = torch.sigmoid(logits)
         head_probs = {
             h: head_probabilities(v, self.kinds[h], self.temperatures[h]).cpu().numpy() for h, v in head_logits.items()
@@ -217,6 +225,7 @@ class Predictor:
             "input_size": self.size,
             "trained_size": self.card.input.size,
             "tta": self.tta,
+            "tta_views": self.tta_views if self.tta else None,
             "reliability": self.reliability,
             "ensemble": [dict(m) for m in self.member_cards],  # the checkpoints averaged with this one
             "backend": "onnxruntime" if self.onnx else "torch",
@@ -237,6 +246,11 @@ class Predictor:
             x = x.contiguous(memory_format=torch.channels_last)
         out = self._with_members(self.model(x, cov)["mask"].float(), x)
         return F.interpolate(out, size=(s, s), mode="bilinear", align_corners=False)
+
+    def _flipped_logits(self, batch: torch.Tensor, cov: torch.Tensor | None, dims: list[int]) -> torch.Tensor:
+        """Mask logits of the frames flipped along ``dims`` (2: upside down, 3: mirrored), flipped back."""
+        x = torch.flip(batch, dims=dims)
+        return torch.flip(self._with_members(self.model(x, cov)["mask"].float(), x), dims)
 
     def _with_members(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``logits`` (the model's mask logits of ``x``) averaged with the ensemble members' of the same input."""

@@ -1,7 +1,8 @@
 """The settings of running a checkpoint (which one, on which device, at which precision, with which backend, with
-flip TTA, at which input size, scoring reliability, averaged with which other checkpoints, under which profile),
-shared by infer.py and evaluate.py, and the precisions training takes. Apart from models/predictor.py so that a
-script checks them before torch loads (a mistyped setting is answered in about a second)."""
+flip TTA and which views, at which input size, scoring reliability, averaged with which other checkpoints, under
+which profile), shared by infer.py and evaluate.py, and the precisions training takes. Apart from
+models/predictor.py so that a script checks them before torch loads (a mistyped setting is answered in about a
+second)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from core.settings import Bool, Choice, Num, Text, setting
 PRECISIONS = ("fp32", "bf16", "fp16")  # models.runtime.autocast's; fp16 needs CUDA
 BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")  # Predictor.from_checkpoint's
 PROFILES = ("accurate", "fast")  # configs/profile/<name>.yaml
+TTA_VIEWS = ("h", "hv")  # Predictor's flip TTA views: mirrored; mirrored, upside down and both
 
 
 @dataclass(kw_only=True)
@@ -25,6 +27,9 @@ class PredictorSettings:
     device: str = setting(Text())  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
     precision: str = setting(Choice(("auto",) + PRECISIONS))  # auto: bf16 on CPU, fp16 on CUDA, fp32 on MPS
     tta: bool = setting(Bool())
+    # the views flip TTA averages: h (the frame and its mirror image, 2 passes) or hv (also upside down and both, 4
+    # passes; training flips both ways, so all four are views the model knows)
+    tta_views: str = setting(Choice(TTA_VIEWS))
     backend: str = setting(Choice(BACKENDS))
     # the network's input side (a multiple of 32); null: the size the checkpoint was trained at
     input_size: int | None = setting(Num(64, 2048, integer=True, nullable=True, multiple_of=32))
@@ -41,6 +46,7 @@ PREDICTOR_KEYS = (
     "device",
     "precision",
     "tta",
+    "tta_views",
     "backend",
     "reliability",
     "input_size",

@@ -63,7 +63,8 @@ def settings_path(p: Path) -> Path:
         return p
 
 
-PROFILE_KEYS = ("checkpoint", "input_size", "tta", "reliability", "ensemble")  # what a configs/profile/ file sets
+# what a configs/profile/ file sets
+PROFILE_KEYS = ("checkpoint", "input_size", "tta", "tta_views", "reliability", "ensemble")
 
 
 def profile_label(profile: str, settings: Mapping[str, Any]) -> str:
@@ -89,7 +90,7 @@ def profile_label(profile: str, settings: Mapping[str, Any]) -> str:
             return "[" + ",".join(str(settings_path(p)) for p in paths(settings[k])) + "]"
         return settings[k]
 
-    changed = [f"{k}={shown(k)}" for k in PROFILE_KEYS if k in chosen and not same(k)]
+    changed = [f"{k}={shown(k)}" for k in PROFILE_KEYS if k in chosen and k in settings and not same(k)]
     return f"{profile}, modified: {', '.join(changed)}" if changed else str(profile)
 
 

@@ -126,7 +126,8 @@ def run_line(run: dict[str, Any]) -> str:
     size = f"input {run['input_size']} px"
     if run.get("trained_size") and run["trained_size"] != run["input_size"]:
         size += f" (trained at {run['trained_size']})"
-    parts = [size, "flip TTA" if run.get("tta") else "no TTA"]
+    tta = "flip TTA (mirrored, upside down and both)" if run.get("tta_views") == "hv" else "flip TTA"
+    parts = [size, tta if run.get("tta") else "no TTA"]
     parts.append("reliability scored" if run.get("reliability") else "reliability not scored")
     if run.get("ensemble"):  # paths and card names: the report escapes them where it writes this line
         members = [

@@ -147,6 +147,50 @@ def test_an_ensemble_averages_its_members_mask_logits_and_keeps_the_checkpoints_
     assert Predictor.from_checkpoint(paths[0], device="cpu", ensemble=[]).members == []  # [] is none, as null
 
 
+def test_tta_views_hv_averages_the_four_flips_of_every_member(tmp_path):
+    """tta_views=hv: the mask is the sigmoid of the mean logits of the frame as is, mirrored, upside down and both
+    (each mapped back), over the ensemble's members too; the heads keep the frame's own view; a bad value is named."""
+    import torch
+
+    from core.errors import UserError
+    from models.build import build_model
+    from models.checkpoint import save_checkpoint
+    from tests.conftest import tiny_card
+
+    paths = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        card = tiny_card(heads={"small_sessile": ["no", "yes"]} if seed == 0 else None)
+        paths.append(tmp_path / f"m{seed}")
+        save_checkpoint(paths[-1], build_model(**card["model"]), card | {"name": f"m{seed}"})
+    frames = [synthetic_frame(np.random.default_rng(i), (70, 90))["image"] for i in range(2)]
+    flips = [lambda f: f, lambda f: f[:, ::-1], lambda f: f[::-1], lambda f: f[::-1, ::-1]]  # each its own inverse
+
+    def logit(p: np.ndarray) -> np.ndarray:
+        p = np.clip(p.astype(np.float64), 1e-6, 1 - 1e-6)
+        return np.log(p / (1 - p))
+
+    alone = [Predictor.from_checkpoint(p, device="cpu", precision="fp32") for p in paths]
+    ens = Predictor.from_checkpoint(
+        paths[0], device="cpu", precision="fp32", tta=True, tta_views="hv", ensemble=[str(paths[1])]
+    )
+    hflip = Predictor.from_checkpoint(paths[0], device="cpu", precision="fp32", tta=True, ensemble=[str(paths[1])])
+    got, two = ens.predict(frames, full_size=False), hflip.predict(frames, full_size=False)
+    for i, frame in enumerate(frames):
+        seen = []  # every member's logits of every flipped view, flipped back
+        for a in alone:
+            for f in flips:
+                seen.append(f(logit(a.predict([np.ascontiguousarray(f(frame))], full_size=False)[0].prob)))
+        expected = 1 / (1 + np.exp(-np.mean(seen, axis=0)))
+        np.testing.assert_allclose(got[i].prob, expected, atol=1e-4)
+        assert not np.allclose(got[i].prob, two[i].prob, atol=1e-3)  # the upside-down views did count
+        own = alone[0].predict([frame], full_size=False)[0].heads["small_sessile"]
+        np.testing.assert_allclose(got[i].heads["small_sessile"], own, atol=1e-6)
+    assert ens.run_settings()["tta_views"] == "hv" and alone[0].run_settings()["tta_views"] is None
+    with pytest.raises(UserError, match="tta_views='v': use h or hv"):
+        Predictor.from_checkpoint(paths[0], device="cpu", tta=True, tta_views="v")
+
+
 def test_the_profile_label_names_ensemble_members_by_path():
     from review.runs import profile_label
 
@@ -162,6 +206,8 @@ def test_the_report_line_names_each_ensemble_member_with_its_save_id():
     run = {"profile": "accurate", "input_size": 288, "trained_size": 288, "tta": True, "reliability": True}
     member = {"name": "polyp_pranet", "save_id": "0123456789abcdef", "path": "outputs/full/domain/checkpoints/best"}
     assert run_line(run) == "profile accurate: input 288 px, flip TTA, reliability scored"
+    hv = run_line(run | {"tta_views": "hv"})
+    assert hv == "profile accurate: input 288 px, flip TTA (mirrored, upside down and both), reliability scored"
     assert run_line(run | {"ensemble": [member]}).endswith(
         "averaged with outputs/full/domain/checkpoints/best (polyp_pranet, save 01234567)"
     )
