@@ -29,7 +29,7 @@ from metrics.evaluation import (
     write_set_files,
 )
 from models.predictor import Predictor
-from models.predictor_settings import predictor_arguments
+from models.predictor_settings import partnered_ensemble, predictor_arguments
 
 
 def locked_test_source(source: dict[str, Any]) -> bool:
@@ -59,7 +59,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         unknown = [s for s in wanted if s not in test_sets]
         if unknown:
             raise UserError(f"sets {unknown} are not in data.test_sets ({list(test_sets)})")
-        pred = Predictor.from_checkpoint(**predictor_arguments(cfg))
+        # another checkpoint runs without the profile's ensemble members (models/predictor_settings.py)
+        pred = Predictor.from_checkpoint(
+            **predictor_arguments(partnered_ensemble(OmegaConf.to_container(cfg, resolve=True)))
+        )
         classes = {h: v.classes for h, v in pred.card.heads.items()}
         # every set's files are found before any is scored: a missing dataset stops the run before it writes
         records = {n: records_from_sources(test_sets[n], heads=classes, covariates=pred.covariates) for n in wanted}

@@ -61,6 +61,39 @@ def as_paths(value: Any) -> list[str]:
     return [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value]
 
 
+PROFILE_DIR = Path(__file__).resolve().parents[1] / "configs" / "profile"
+
+
+def profile_file(profile: str) -> dict[str, Any] | None:
+    """configs/profile/<profile>.yaml's settings (None for a name without a file)."""
+    from omegaconf import OmegaConf
+
+    path = PROFILE_DIR / f"{profile}.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else None
+
+
+def same_paths(a: Any, b: Any) -> bool:
+    """Two checkpoint settings (a path, a list of them or null) name the same files, however written (relative to
+    the working folder, absolute, with a trailing slash)."""
+    return [Path(x).resolve() for x in as_paths(a)] == [Path(x).resolve() for x in as_paths(b)]
+
+
+def partnered_ensemble(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` with the profile's ``ensemble`` dropped when ``checkpoint`` names another model than the profile's:
+    a profile's ensemble members were trained and measured as partners of its checkpoint (and must share its input
+    size), so ``checkpoint=MY_MODEL`` on its own runs MY_MODEL alone. An ensemble given on the command line that
+    differs from the profile's is kept. The outputs then say "modified: checkpoint=..., ensemble=[]"."""
+    chosen = profile_file(str(settings.get("profile")))
+    if (
+        chosen is None
+        or not as_paths(chosen.get("ensemble"))
+        or not same_paths(settings.get("ensemble"), chosen.get("ensemble"))
+        or same_paths(settings.get("checkpoint"), chosen.get("checkpoint"))
+    ):
+        return dict(settings)
+    return {**settings, "ensemble": None}
+
+
 def predictor_arguments(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Predictor.from_checkpoint's keyword arguments (checkpoint first as ``path``) from a script's settings."""
     return {"path": settings["checkpoint"], **{k: settings[k] for k in PREDICTOR_KEYS}}

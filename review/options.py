@@ -29,7 +29,7 @@ from core.settings import (
     section,
     setting,
 )
-from models.predictor_settings import PredictorSettings
+from models.predictor_settings import PredictorSettings, partnered_ensemble
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
@@ -111,6 +111,7 @@ def read_infer_settings(resolved: Mapping[str, Any]) -> InferSettings:
     review code below infer.py takes."""
     check_settings(resolved, INFER, closed=True, where=INFER_WHERE)
     fields = {k: v for k, v in resolved.items() if k not in HYDRA_KEYS}  # Hydra keys: allowed, not settings
+    fields = partnered_ensemble(fields)  # another checkpoint runs without the profile's ensemble members
     review = fields.pop("review", None)
     if not isinstance(review, Mapping):
         raise UserError(f"review={review!r} is invalid: give review.KEY=VALUE settings ({INFER_WHERE} lists them)")

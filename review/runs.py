@@ -24,7 +24,7 @@ from core.files import (
     write_jsonl,
 )
 from data.io import require_input
-from models.predictor_settings import as_paths
+from models.predictor_settings import as_paths, profile_file, same_paths
 
 # torch, the model and the pipeline are imported only when there is work to do, so that infer.py answers a
 # mistyped setting or path in about a second, not after the five seconds those imports take.
@@ -70,17 +70,16 @@ PROFILE_KEYS = ("checkpoint", "input_size", "tta", "tta_views", "reliability", "
 def profile_label(profile: str, settings: Mapping[str, Any]) -> str:
     """The profile's name, or 'accurate, modified: tta=False' when one of ``settings`` (PROFILE_KEYS) given on its
     own overrode the profile file's: the outputs say what ran, not only what was asked for."""
-    path = Path(__file__).resolve().parents[1] / "configs" / "profile" / f"{profile}.yaml"
-    if not path.is_file():
+    chosen = profile_file(profile)
+    if chosen is None:
         return str(profile)
-    chosen = OmegaConf.load(path)
 
-    def paths(v: Any) -> list[Path]:  # checkpoints named another way (absolute, trailing slash) are the same files
+    def paths(v: Any) -> list[Path]:
         return [Path(x).resolve() for x in as_paths(v)]
 
     def same(k: str) -> bool:  # both load relative to the working folder
         if k in ("checkpoint", "ensemble"):
-            return paths(settings[k]) == paths(chosen[k])
+            return same_paths(settings[k], chosen[k])
         return settings[k] == chosen[k]
 
     def shown(k: str) -> Any:

@@ -1,6 +1,8 @@
 """Profiles (configs/profile/): one name picks how the model runs (checkpoint, input size, flip TTA, reliability);
 the outputs say what ran, and heads run at the size they were validated at whatever the mask's size."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -211,3 +213,24 @@ def test_the_report_line_names_each_ensemble_member_with_its_save_id():
     assert run_line(run | {"ensemble": [member]}).endswith(
         "averaged with outputs/full/domain/checkpoints/best (polyp_pranet, save 01234567)"
     )
+
+
+def test_another_checkpoint_runs_without_the_profiles_ensemble_members(tmp_path, monkeypatch):
+    """A profile's ensemble members are its checkpoint's partners: checkpoint=OTHER alone drops them (OTHER may not
+    even share their input size); an ensemble given with it, or the profile's own checkpoint however spelled, keeps
+    them; a profile without members is left alone."""
+    import models.predictor_settings as ps
+
+    (tmp_path / "accurate.yaml").write_text("checkpoint: ck/main\nensemble: [ck/partner]\ntta: true\n")
+    (tmp_path / "fast.yaml").write_text("checkpoint: ck/main\nensemble: null\n")
+    monkeypatch.setattr(ps, "PROFILE_DIR", tmp_path)
+    base = {"profile": "accurate", "checkpoint": "ck/main", "ensemble": ["ck/partner"], "tta": True}
+    assert ps.partnered_ensemble(base) == base
+    assert ps.partnered_ensemble(base | {"checkpoint": str(Path("ck/main/").resolve())})["ensemble"] == ["ck/partner"]
+    assert ps.partnered_ensemble(base | {"checkpoint": "mine"}) == base | {"checkpoint": "mine", "ensemble": None}
+    assert ps.partnered_ensemble(base | {"checkpoint": "mine", "ensemble": "ck/partner"})["ensemble"] is None
+    chosen = base | {"checkpoint": "mine", "ensemble": ["other"]}
+    assert ps.partnered_ensemble(chosen) == chosen  # members asked for with it are kept
+    fast = base | {"profile": "fast", "checkpoint": "mine", "ensemble": None}
+    assert ps.partnered_ensemble(fast) == fast
+    assert ps.partnered_ensemble(base | {"profile": "nope", "checkpoint": "mine"})["ensemble"] == ["ck/partner"]
