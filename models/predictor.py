@@ -17,6 +17,7 @@ from core.errors import UserError
 from data.transforms import normalise_batch
 from models.card import ModelCard
 from models.checkpoint import load_checkpoint
+from models.ensemble import ONNX_ALONE, check_member, load_member
 from models.heads import head_probabilities, parse_heads
 from models.net import fold_batchnorm
 from models.predictor_settings import BACKENDS, TTA_VIEWS, as_paths
@@ -262,29 +263,6 @@ class Predictor:
 def resize_frames(images: Sequence[np.ndarray], size: int) -> list[np.ndarray]:
     """Frames resized to size x size with cv2.INTER_AREA, as training resizes them."""
     return [cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images]
-
-
-ONNX_ALONE = "ensemble= runs with backend=torch only (an ONNX file runs alone)"
-
-
-def load_member(path: str) -> tuple[Any, ModelCard, str]:
-    """An ensemble member's network, card and path; a missing or unreadable one is named as a member."""
-    try:
-        return (*load_checkpoint(path), path)
-    except UserError as e:
-        raise UserError(f"ensemble member {path}: {e}") from None
-
-
-def check_member(member: ModelCard, card: ModelCard, *, onnx: bool) -> None:
-    """An ensemble member must see the frames as the checkpoint does: same input size, normalisation and resizing."""
-    if onnx:
-        raise UserError(ONNX_ALONE)
-    for key in ("size", "mean", "std", "resize"):
-        if getattr(member.input, key) != getattr(card.input, key):
-            raise UserError(
-                f"ensemble member {member.name}: input {key} {getattr(member.input, key)} differs from the "
-                f"checkpoint's {getattr(card.input, key)} (members must be trained on the same input)"
-            )
 
 
 def check_input_size(wanted: int | None, trained: int, *, onnx: bool = False) -> int:

@@ -75,7 +75,9 @@ def test_submitit_local_two_inputs_two_jobs_then_resume_skips_and_redoes_a_chang
         folder = root / case
         rec = json.loads((folder / "case.json").read_text())
         assert rec["status"] == "done" and rec["input"] == str(src_file) and len(rec["sha256"]) == 64
-        assert rec["save_id"] == cases.model_save_id(ROOT / "checkpoints" / "endolift_polyp_unet_mnv2")
+        # the default profile's model: the shipped checkpoint and its ensemble member
+        shipped = [ROOT / "checkpoints" / n for n in ("endolift_polyp_unet_mnv2", "endolift_polyp_unet_mnv2_domain")]
+        assert rec["save_id"] == "+".join(cases.model_save_id(p) for p in shipped)
         assert (folder / "summary.json").is_file() and (folder / "masks" / f"{case}.png").is_file()
         assert cases.listing_complete(folder)
         # config.yaml names this case's input and id: the command that redoes this one case

@@ -197,7 +197,9 @@ def test_the_profile_label_names_ensemble_members_by_path():
     from review.runs import profile_label
 
     settings = {"checkpoint": str(SHIPPED), "input_size": None, "tta": True, "reliability": True}
-    assert profile_label("accurate", settings | {"ensemble": []}) == "accurate"
+    shipped = [str(SHIPPED.parent / "endolift_polyp_unet_mnv2_domain")]  # the profile's member, spelled absolute
+    assert profile_label("accurate", settings | {"ensemble": shipped}) == "accurate"
+    assert profile_label("accurate", settings | {"ensemble": []}) == "accurate, modified: ensemble=[]"
     got = profile_label("accurate", settings | {"ensemble": ["outputs/xc/domain/kvasir/checkpoints/best"]})
     assert got == "accurate, modified: ensemble=[outputs/xc/domain/kvasir/checkpoints/best]"
 

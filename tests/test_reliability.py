@@ -53,7 +53,9 @@ def test_review_writes_reliability_where_a_reviewer_sees_it(tmp_path, tiny_check
     assert rel["low_frame_indices"] == low and rel["threshold"] == LOW_RELIABILITY
     assert rel["min"] == pytest.approx(min(r["reliability"] for r in records), abs=1e-4)
     run = summary["model"]["run"]
-    assert run["profile"] == f"accurate, modified: checkpoint={tiny_checkpoint.name}"  # the profile's, with our model
+    # the profile's settings with our model, alone: the profile's ensemble member partners the shipped checkpoint
+    assert run["profile"] == f"accurate, modified: checkpoint={tiny_checkpoint.name}, ensemble=[]"
+    assert run["ensemble"] == []
     assert run["tta"] is True and run["reliability"] is True
     html = (out / "report.html").read_text()
     assert f"{len(low)} of 12 frames below {LOW_RELIABILITY}" in html and "agreement of the model&#39;s views" in html
