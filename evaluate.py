@@ -46,7 +46,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_settings(OmegaConf.to_container(cfg, resolve=True), EVALUATE, closed=True, where=EVALUATE_WHERE)
     out_dir = Path(cfg.out_dir)
     results: dict[str, Any] = {}
-    doc: dict[str, Any] = {"config": OmegaConf.to_container(cfg, resolve=True), "results": results}
+    # the settings that ran: another checkpoint or backend runs without the profile's ensemble
+    settings = partnered_ensemble(OmegaConf.to_container(cfg, resolve=True))
+    doc: dict[str, Any] = {"config": settings, "results": results}
     if cfg.pred_dir:
         result = score_prediction_folder(
             cfg.pred_dir, cfg.gt_dir, gt_list=cfg.gt_list, name=cfg.name, nsd_tolerance=cfg.nsd_tolerance
@@ -59,10 +61,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         unknown = [s for s in wanted if s not in test_sets]
         if unknown:
             raise UserError(f"sets {unknown} are not in data.test_sets ({list(test_sets)})")
-        # another checkpoint runs without the profile's ensemble members (models/predictor_settings.py)
-        pred = Predictor.from_checkpoint(
-            **predictor_arguments(partnered_ensemble(OmegaConf.to_container(cfg, resolve=True)))
-        )
+        pred = Predictor.from_checkpoint(**predictor_arguments(settings))
         classes = {h: v.classes for h, v in pred.card.heads.items()}
         # every set's files are found before any is scored: a missing dataset stops the run before it writes
         records = {n: records_from_sources(test_sets[n], heads=classes, covariates=pred.covariates) for n in wanted}
@@ -82,7 +81,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "save_id": pred.card.save_id,
             "ensemble": pred.run_settings()["ensemble"],  # members averaged in: not this checkpoint's evidence
             "tta": pred.tta,
-            "tta_views": pred.tta_views,
+            "tta_views": pred.run_settings()["tta_views"],
             "locked_test_sets": [n for n in wanted if all(locked_test_source(s) for s in test_sets[n])],
         }
     table = write_run_files(out_dir, doc)

@@ -266,11 +266,17 @@ def write_model_card(dst: str | Path) -> Path:
 
 
 def evaluated_results(metrics: str | None) -> dict[str, Any]:
-    """evaluate.py's results for the card (``--metrics``), refused when other checkpoints were averaged in."""
+    """evaluate.py's results for the card (``--metrics``), refused when other checkpoints were averaged in or flip TTA
+    ran: a card's test results are one pass of the checkpoint, as profile=fast runs it."""
     if not metrics:
         return {}
     doc = json.loads(Path(metrics).read_text())
     gate.refuse_ensemble_results(doc, metrics)
+    if (doc.get("checkpoint") or {}).get("tta"):
+        raise UserError(
+            f"{metrics} was computed with flip TTA: a card's test results are one pass of the checkpoint "
+            "(evaluate.py profile=fast)"
+        )
     return doc["results"]
 
 

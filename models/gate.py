@@ -95,7 +95,10 @@ def refuse_ensemble_results(doc: dict[str, Any], where: Any) -> None:
     """evaluate.py's metrics.json computed with other checkpoints averaged in (ensemble=) is no checkpoint's own
     evidence: not its card's test results (models.export --metrics), not a head's sign-off (models.approve)."""
     if (doc.get("checkpoint") or {}).get("ensemble"):
-        raise UserError(f"{where} was computed with other checkpoints averaged in (ensemble=): evaluate it alone")
+        raise UserError(
+            f"{where} was computed with other checkpoints averaged in (ensemble=): evaluate the checkpoint alone "
+            "(evaluate.py profile=fast, or ensemble=null)"
+        )
 
 
 def evidence_refusals(info: HeadCard, evidence: dict[str, Any] | None) -> list[str]:

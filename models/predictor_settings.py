@@ -79,16 +79,22 @@ def same_paths(a: Any, b: Any) -> bool:
 
 
 def partnered_ensemble(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """``settings`` with the profile's ``ensemble`` dropped when ``checkpoint`` names another model than the profile's:
-    a profile's ensemble members were trained and measured as partners of its checkpoint (and must share its input
-    size), so ``checkpoint=MY_MODEL`` on its own runs MY_MODEL alone. An ensemble given on the command line that
-    differs from the profile's is kept. The outputs then say "modified: checkpoint=..., ensemble=[]"."""
+    """``settings`` with the profile's ``ensemble`` dropped when ``checkpoint`` names another model than the profile's,
+    or the backend is not torch: a profile's ensemble members were trained and measured as partners of its checkpoint
+    (and must share its input size), so ``checkpoint=MY_MODEL`` on its own runs MY_MODEL alone, and
+    ``backend=onnxruntime`` runs the ONNX file alone. An ensemble given on the command line that differs from the
+    profile's is kept (the profile's own list given again cannot be told from the profile's: to average its members
+    with another checkpoint, start from a profile without members, e.g. ``profile=fast tta=true 'ensemble=[...]'``).
+    The outputs then say "modified: ..., ensemble=[]"."""
     chosen = profile_file(str(settings.get("profile")))
     if (
         chosen is None
         or not as_paths(chosen.get("ensemble"))
         or not same_paths(settings.get("ensemble"), chosen.get("ensemble"))
-        or same_paths(settings.get("checkpoint"), chosen.get("checkpoint"))
+        or (
+            same_paths(settings.get("checkpoint"), chosen.get("checkpoint"))
+            and settings.get("backend", "torch") == "torch"
+        )
     ):
         return dict(settings)
     return {**settings, "ensemble": None}

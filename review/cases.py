@@ -80,6 +80,8 @@ def settings_digest(settings: dict[str, Any]) -> str:
     """A digest of the settings that change what a case's outputs hold (all but WHERE_KEYS and PERFORMANCE_ONLY)."""
     ignored = WHERE_KEYS + PERFORMANCE_ONLY
     kept = {k: v for k, v in flat_settings(settings) if k not in ignored and not k.startswith("hydra")}
+    if not kept.get("tta"):  # which flips TTA would average changes nothing while it is off
+        kept.pop("tta_views", None)
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -384,6 +384,9 @@ def test_the_settings_digest_ignores_paths_and_speed_but_not_what_is_written():
     assert cases.settings_digest(base | {"review": {"threshold": 0.5, "batch_size": 32}}) == d
     assert cases.settings_digest(base | {"review": {"threshold": 0.4, "batch_size": 8}}) != d
     assert cases.settings_digest(base | {"tta": True}) != d
+    # which flips TTA averages counts only while TTA is on
+    assert cases.settings_digest(base | {"tta_views": "hv"}) == d
+    assert cases.settings_digest(base | {"tta": True, "tta_views": "hv"}) != cases.settings_digest(base | {"tta": True})
 
 
 def test_content_hash_is_streamed_and_covers_a_folders_frame_names(tmp_path):

@@ -185,7 +185,12 @@ def test_evaluate_checkpoint_mode_scores_heads(tmp_path, tiny_checkpoint):
         f"out_dir={tmp_path / 'o'}",
         "+data.test_sets.again=${data.test_sets.synthetic}",
     )
-    results = json.loads((tmp_path / "o" / "metrics.json").read_text())["results"]
+    doc = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    # the default profile with another checkpoint: its ensemble member (the shipped model's partner) did not run,
+    # and metrics.json's settings say so
+    assert doc["config"]["ensemble"] is None and doc["checkpoint"]["ensemble"] == []
+    assert doc["checkpoint"]["tta"] is True and doc["checkpoint"]["tta_views"] == "h"
+    results = doc["results"]
     assert results["again"]["heads"]["fibrosis"]["frame"]["n"] == 16
     res = results["synthetic"]
     assert res["segmentation"]["n_images"] == 16

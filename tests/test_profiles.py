@@ -236,3 +236,31 @@ def test_another_checkpoint_runs_without_the_profiles_ensemble_members(tmp_path,
     fast = base | {"profile": "fast", "checkpoint": "mine", "ensemble": None}
     assert ps.partnered_ensemble(fast) == fast
     assert ps.partnered_ensemble(base | {"profile": "nope", "checkpoint": "mine"})["ensemble"] == ["ck/partner"]
+    onnx = base | {"backend": "onnxruntime"}  # an ONNX file runs alone, the profile's own checkpoint too
+    assert ps.partnered_ensemble(onnx) == onnx | {"ensemble": None}
+    assert ps.partnered_ensemble(base | {"backend": "torch"})["ensemble"] == ["ck/partner"]
+
+
+def test_a_cards_test_results_are_one_pass_of_the_checkpoint_alone(tmp_path):
+    """models.export --metrics (and models.approve's evidence) refuse evaluate.py results computed with other
+    checkpoints averaged in; export also refuses flip TTA results, naming the file and the command to run."""
+    import json
+
+    from core.errors import UserError
+    from models.export import evaluated_results
+
+    results = {"kvasir": {"segmentation": {"dice@0.5": 0.9}}}
+    cases = {
+        "plain": {"checkpoint": {"ensemble": [], "tta": False}},
+        "ens": {"checkpoint": {"ensemble": [{"name": "m1", "path": "m1"}], "tta": False}},
+        "tta": {"checkpoint": {"ensemble": [], "tta": True}},
+    }
+    paths = {}
+    for name, doc in cases.items():
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(doc | {"results": results}))
+    assert evaluated_results(str(paths["plain"])) == results
+    with pytest.raises(UserError, match=r"ens\.json was computed with other checkpoints averaged in.*profile=fast"):
+        evaluated_results(str(paths["ens"]))
+    with pytest.raises(UserError, match=r"tta\.json was computed with flip TTA.*evaluate\.py profile=fast"):
+        evaluated_results(str(paths["tta"]))
