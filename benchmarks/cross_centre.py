@@ -166,6 +166,7 @@ def collect(root: Path) -> str:
         command = ["--recipe", s["recipe"]]
         command += ["--overrides", *s["overrides"]] if s.get("overrides") else []
         command += ["--tag", s["tag"], "--eval-overrides", *s["eval_overrides"]] if s.get("tag") else []
+        command += ["--directions", *s["directions"]] if set(s["directions"]) != set(DIRECTIONS) else []
         row["command (benchmarks/cross_centre.py ...)"] = f"`{shlex.join(command)}`"
         for d, test in DIRECTIONS.items():
             r = s["directions"].get(d) or {}
