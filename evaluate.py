@@ -43,11 +43,12 @@ def locked_test_source(source: dict[str, Any]) -> bool:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """The run evaluate.py makes of its settings: score the folder (pred_dir) or the checkpoint on each wanted
     test set, write every set's files and the run's; returns set -> {"segmentation", "heads"}."""
-    check_settings(OmegaConf.to_container(cfg, resolve=True), EVALUATE, closed=True, where=EVALUATE_WHERE)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    check_settings(resolved, EVALUATE, closed=True, where=EVALUATE_WHERE)
     out_dir = Path(cfg.out_dir)
     results: dict[str, Any] = {}
     # the settings that ran: another checkpoint or backend runs without the profile's ensemble
-    settings = partnered_ensemble(OmegaConf.to_container(cfg, resolve=True))
+    settings = partnered_ensemble(resolved)
     doc: dict[str, Any] = {"config": settings, "results": results}
     if cfg.pred_dir:
         result = score_prediction_folder(
@@ -76,12 +77,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 write_set_files(out_dir / name, name, result, cfg.gallery)
             results[name] = {"segmentation": result.segmentation, "heads": result.heads}
         # what models.approve needs to accept these results as a locked test split's evidence
+        run = pred.run_settings()
         doc["checkpoint"] = {
             "name": pred.card.name,
             "save_id": pred.card.save_id,
-            "ensemble": pred.run_settings()["ensemble"],  # members averaged in: not this checkpoint's evidence
-            "tta": pred.tta,
-            "tta_views": pred.run_settings()["tta_views"],
+            "ensemble": run["ensemble"],  # members averaged in: not this checkpoint's evidence
+            "tta": run["tta"],
+            "tta_views": run["tta_views"],
             "locked_test_sets": [n for n in wanted if all(locked_test_source(s) for s in test_sets[n])],
         }
     table = write_run_files(out_dir, doc)

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from data.video import VideoWriter, read_frames  # noqa: E402
 from models.predictor import Predictor  # noqa: E402
-from models.predictor_settings import as_paths  # noqa: E402
+from models.predictor_settings import PROFILE_KEYS, as_paths, profile_file  # noqa: E402
 from models.runtime import autocast  # noqa: E402
 from review.options import ReviewOptions  # noqa: E402
 from review.pipeline import process_input  # noqa: E402
@@ -132,19 +132,11 @@ def bench(
 
 
 def profile_predictor(name: str, device: str) -> Predictor:
-    """The predictor configs/profile/<name>.yaml describes (its checkpoint relative to the repository)."""
-    from omegaconf import OmegaConf
-
-    p = OmegaConf.load(ROOT / "configs" / "profile" / f"{name}.yaml")
-    pred = Predictor.from_checkpoint(
-        ROOT / p.checkpoint,
-        device=device,
-        tta=p.tta,
-        tta_views=p.get("tta_views", "h"),
-        reliability=p.reliability,
-        input_size=p.input_size,
-        ensemble=[str(ROOT / e) for e in as_paths(p.ensemble)],
-    )
+    """The predictor configs/profile/<name>.yaml describes (its checkpoints relative to the repository)."""
+    p = profile_file(name)
+    how = {k: p[k] for k in PROFILE_KEYS if k not in ("checkpoint", "ensemble")}
+    ensemble = [str(ROOT / e) for e in as_paths(p["ensemble"])]
+    pred = Predictor.from_checkpoint(ROOT / p["checkpoint"], device=device, ensemble=ensemble, **how)
     pred.profile = name
     return pred
 

@@ -187,14 +187,16 @@ class Predictor:
                     views.append(flip_logits)
             if self.reliability and "scale" in RELIABILITY_VIEWS:
                 views.append(self._rescaled_view(batch, cov))
-            if self.tta and self.tta_views == "hv":  # upside down, and upside down mirrored (rotated 180 degrees)
-                flipped = [self._flipped_logits(batch, cov, dims) for dims in ([2], [2, 3])]
+            if self.tta:  # the mirror, and with hv upside down and upside down mirrored (rotated 180 degrees)
+                tta_logits = [flip_logits]
+                if self.tta_views == "hv":
+                    tta_logits += [self._flipped_logits(batch, cov, dims) for dims in ([2], [2, 3])]
         agreement: list[float | None] = [None] * len(images)
         if views:
             agreement = list(frame_reliability(torch.sigmoid(logits), [torch.sigmoid(v) for v in views]))
-        if self.tta:  # horizontal flip: average the mask logits. The heads keep the frame's own view: their
-            # temperatures were fitted on it (training/finish.py), and their sign-off evidence was measured on it
-            logits = (logits + flip_logits) / 2 if self.tta_views == "h" else (logits + flip_logits + sum(flipped)) / 4
+        if self.tta:  # average the views' mask logits. The heads keep the frame's own view: their temperatures
+            # were fitted on it (training/finish.py), and their sign-off evidence was measured on it
+            logits = torch.stack([logits, *tta_logits]).mean(0)
         probs = torch.sigmoid(logits)
         head_probs = {
             h: head_probabilities(v, self.kinds[h], self.temperatures[h]).cpu().numpy() for h, v in head_logits.items()

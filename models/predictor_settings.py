@@ -62,6 +62,7 @@ def as_paths(value: Any) -> list[str]:
 
 
 PROFILE_DIR = Path(__file__).resolve().parents[1] / "configs" / "profile"
+PROFILE_KEYS = ("checkpoint", "input_size", "tta", "tta_views", "reliability", "ensemble")  # what a profile file sets
 
 
 def profile_file(profile: str) -> dict[str, Any] | None:

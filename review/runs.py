@@ -24,7 +24,7 @@ from core.files import (
     write_jsonl,
 )
 from data.io import require_input
-from models.predictor_settings import as_paths, profile_file, same_paths
+from models.predictor_settings import PROFILE_KEYS, as_paths, profile_file, same_paths
 
 # torch, the model and the pipeline are imported only when there is work to do, so that infer.py answers a
 # mistyped setting or path in about a second, not after the five seconds those imports take.
@@ -61,10 +61,6 @@ def settings_path(p: Path) -> Path:
         return p.relative_to(Path.cwd())
     except ValueError:
         return p
-
-
-# what a configs/profile/ file sets
-PROFILE_KEYS = ("checkpoint", "input_size", "tta", "tta_views", "reliability", "ensemble")
 
 
 def profile_label(profile: str, settings: Mapping[str, Any]) -> str:
