@@ -24,6 +24,8 @@ from models.predictor_settings import BACKENDS, TTA_VIEWS, as_paths
 from models.reliability import RELIABILITY_VIEWS, SCALE_VIEW, frame_reliability
 from models.runtime import autocast, pick_device
 
+TTA_SCALES = (0.75, 1.25)  # tta_views=hs: the other input sizes, as factors of the model's (288 px: 224 and 352)
+
 
 @dataclass
 class Prediction:
@@ -182,15 +184,21 @@ class Predictor:
                 out = self.model(self._to_batch(resize_frames(images, self.card.input.size)), cov)
             head_logits = {h: out[h].float() for h in self.heads}
             if self.tta or (self.reliability and "flip" in RELIABILITY_VIEWS):
-                flip_logits = self._flipped_logits(batch, cov, [3])
+                flip_logits = self._view_logits(batch, cov, dims=[3])
                 if self.reliability and "flip" in RELIABILITY_VIEWS:
                     views.append(flip_logits)
             if self.reliability and "scale" in RELIABILITY_VIEWS:
-                views.append(self._rescaled_view(batch, cov))
+                views.append(self._view_logits(batch, cov, size=scaled_sizes(s, [SCALE_VIEW])[0]))
             if self.tta:  # the mirror, and with hv upside down and upside down mirrored (rotated 180 degrees)
                 tta_logits = [flip_logits]
                 if self.tta_views == "hv":
-                    tta_logits += [self._flipped_logits(batch, cov, dims) for dims in ([2], [2, 3])]
+                    tta_logits += [self._view_logits(batch, cov, dims=dims) for dims in ([2], [2, 3])]
+                if self.tta_views == "hs":  # the frame and its mirror at each other scale too
+                    tta_logits += [
+                        self._view_logits(batch, cov, size=size, dims=dims)
+                        for size in scaled_sizes(s, TTA_SCALES)
+                        for dims in ([], [3])
+                    ]
         agreement: list[float | None] = [None] * len(images)
         if views:
             agreement = list(frame_reliability(torch.sigmoid(logits), [torch.sigmoid(v) for v in views]))
@@ -240,26 +248,31 @@ class Predictor:
         batch = normalise_batch(small, mean=self.mean, std=self.std).to(self.device)
         return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
 
-    def _rescaled_view(self, batch: torch.Tensor, cov: torch.Tensor | None) -> torch.Tensor:
-        """Mask logits of the frames seen at SCALE_VIEW x the input size (a multiple of 32), resized back to S x S."""
-        s = self.size
-        big = int(round(s * SCALE_VIEW / 32)) * 32
-        x = F.interpolate(batch, size=(big, big), mode="bilinear", align_corners=False)
+    def _view_logits(
+        self, batch: torch.Tensor, cov: torch.Tensor | None, *, size: int | None = None, dims: Sequence[int] = ()
+    ) -> torch.Tensor:
+        """Mask logits of the frames resized to ``size`` x ``size`` (None: as they are) and flipped along ``dims``
+        (2: upside down, 3: mirrored), mapped back to the S x S grid of ``batch``."""
+        s = batch.shape[-1]
+        same = size in (None, s)
+        x = batch if same else F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False)
+        x = torch.flip(x, dims=list(dims)) if dims else x
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         out = self._with_members(self.model(x, cov)["mask"].float(), x)
-        return F.interpolate(out, size=(s, s), mode="bilinear", align_corners=False)
-
-    def _flipped_logits(self, batch: torch.Tensor, cov: torch.Tensor | None, dims: list[int]) -> torch.Tensor:
-        """Mask logits of the frames flipped along ``dims`` (2: upside down, 3: mirrored), flipped back."""
-        x = torch.flip(batch, dims=dims)
-        return torch.flip(self._with_members(self.model(x, cov)["mask"].float(), x), dims)
+        out = torch.flip(out, dims=list(dims)) if dims else out
+        return out if same else F.interpolate(out, size=(s, s), mode="bilinear", align_corners=False)
 
     def _with_members(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``logits`` (the model's mask logits of ``x``) averaged with the ensemble members' of the same input."""
         if not self.members:
             return logits
         return torch.stack([logits, *(m.mask_logits(x).float() for m in self.members)]).mean(0)
+
+
+def scaled_sizes(size: int, scales: Sequence[float]) -> list[int]:
+    """``size`` times each of ``scales``, each rounded to a multiple of 32 (what the encoder's strides need)."""
+    return [max(32, int(round(size * f / 32)) * 32) for f in scales]
 
 
 def resize_frames(images: Sequence[np.ndarray], size: int) -> list[np.ndarray]:

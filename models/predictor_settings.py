@@ -16,7 +16,9 @@ from core.settings import Bool, Choice, Num, Text, setting
 PRECISIONS = ("fp32", "bf16", "fp16")  # models.runtime.autocast's; fp16 needs CUDA
 BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")  # Predictor.from_checkpoint's
 PROFILES = ("accurate", "fast")  # configs/profile/<name>.yaml
-TTA_VIEWS = ("h", "hv")  # Predictor's flip TTA views: mirrored; mirrored, upside down and both
+# Predictor's TTA views: h, the mirror; hv, the mirror, upside down and both; hs, the frame and its mirror each also
+# at TTA_SCALES x the input size (multi-scale)
+TTA_VIEWS = ("h", "hv", "hs")
 
 
 @dataclass(kw_only=True)

@@ -120,13 +120,19 @@ def summarise(
     }
 
 
+TTA_WORDS = {
+    "hv": "flip TTA (mirrored, upside down and both)",
+    "hs": "flip and multi-scale TTA (mirrored; also at 0.75x and 1.25x the input size)",
+}
+
+
 def run_line(run: dict[str, Any]) -> str:
     """How the model ran, in the report's words: 'profile accurate: input 352 px (trained at 288), flip TTA,
     reliability scored'."""
     size = f"input {run['input_size']} px"
     if run.get("trained_size") and run["trained_size"] != run["input_size"]:
         size += f" (trained at {run['trained_size']})"
-    tta = "flip TTA (mirrored, upside down and both)" if run.get("tta_views") == "hv" else "flip TTA"
+    tta = TTA_WORDS.get(run.get("tta_views"), "flip TTA")
     parts = [size, tta if run.get("tta") else "no TTA"]
     parts.append("reliability scored" if run.get("reliability") else "reliability not scored")
     if run.get("ensemble"):  # paths and card names: the report escapes them where it writes this line

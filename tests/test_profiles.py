@@ -149,12 +149,10 @@ def test_an_ensemble_averages_its_members_mask_logits_and_keeps_the_checkpoints_
     assert Predictor.from_checkpoint(paths[0], device="cpu", ensemble=[]).members == []  # [] is none, as null
 
 
-def test_tta_views_hv_averages_the_four_flips_of_every_member(tmp_path):
-    """tta_views=hv: the mask is the sigmoid of the mean logits of the frame as is, mirrored, upside down and both
-    (each mapped back), over the ensemble's members too; the heads keep the frame's own view; a bad value is named."""
+def two_models_and_frames(tmp_path):
+    """Two tiny checkpoints (the first with a head) and two synthetic frames, for the TTA and ensemble tests."""
     import torch
 
-    from core.errors import UserError
     from models.build import build_model
     from models.checkpoint import save_checkpoint
     from tests.conftest import tiny_card
@@ -166,6 +164,15 @@ def test_tta_views_hv_averages_the_four_flips_of_every_member(tmp_path):
         paths.append(tmp_path / f"m{seed}")
         save_checkpoint(paths[-1], build_model(**card["model"]), card | {"name": f"m{seed}"})
     frames = [synthetic_frame(np.random.default_rng(i), (70, 90))["image"] for i in range(2)]
+    return paths, frames
+
+
+def test_tta_views_hv_averages_the_four_flips_of_every_member(tmp_path):
+    """tta_views=hv: the mask is the sigmoid of the mean logits of the frame as is, mirrored, upside down and both
+    (each mapped back), over the ensemble's members too; the heads keep the frame's own view; a bad value is named."""
+    from core.errors import UserError
+
+    paths, frames = two_models_and_frames(tmp_path)
     flips = [lambda f: f, lambda f: f[:, ::-1], lambda f: f[::-1], lambda f: f[::-1, ::-1]]  # each its own inverse
 
     def logit(p: np.ndarray) -> np.ndarray:
@@ -189,8 +196,45 @@ def test_tta_views_hv_averages_the_four_flips_of_every_member(tmp_path):
         own = alone[0].predict([frame], full_size=False)[0].heads["small_sessile"]
         np.testing.assert_allclose(got[i].heads["small_sessile"], own, atol=1e-6)
     assert ens.run_settings()["tta_views"] == "hv" and alone[0].run_settings()["tta_views"] is None
-    with pytest.raises(UserError, match="tta_views='v': use h or hv"):
+    with pytest.raises(UserError, match="tta_views='v': use h or hv or hs"):
         Predictor.from_checkpoint(paths[0], device="cpu", tta=True, tta_views="v")
+
+
+def test_tta_views_hs_averages_the_frame_and_its_mirror_at_three_scales_over_every_member(tmp_path):
+    """tta_views=hs: the mean logits of the frame and its mirror at the input size S and at 0.75 S and 1.25 S
+    (multiples of 32), each mapped back to S x S, over the ensemble's members; the heads keep the frame's own view."""
+    import torch
+    import torch.nn.functional as F
+
+    from data.transforms import normalise_batch
+    from models.predictor import resize_frames, scaled_sizes
+
+    assert scaled_sizes(288, [0.75, 1.25]) == [224, 352] and scaled_sizes(128, [0.75, 1.25]) == [96, 160]
+    paths, frames = two_models_and_frames(tmp_path)
+    kw = {"device": "cpu", "precision": "fp32", "input_size": 128}
+    alone = [Predictor.from_checkpoint(p, **kw) for p in paths]
+    hs = Predictor.from_checkpoint(paths[0], tta=True, tta_views="hs", ensemble=[str(paths[1])], **kw)
+    h = Predictor.from_checkpoint(paths[0], tta=True, ensemble=[str(paths[1])], **kw)
+    got, mirror_only = hs.predict(frames, full_size=False), h.predict(frames, full_size=False)
+    card = alone[0].card
+    x = normalise_batch(resize_frames(frames, 128), mean=card.input.mean, std=card.input.std)
+    seen = []
+    with torch.no_grad():
+        for a in alone:
+            for size in (128, 96, 160):
+                for mirror in (False, True):
+                    v = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+                    v = v.flip(3) if mirror else v
+                    out = a.model(v, None)["mask"].float()
+                    out = out.flip(3) if mirror else out
+                    seen.append(F.interpolate(out, size=(128, 128), mode="bilinear", align_corners=False))
+    expected = torch.sigmoid(torch.stack(seen).mean(0))[:, 0].numpy()
+    for i, frame in enumerate(frames):
+        np.testing.assert_allclose(got[i].prob, expected[i], atol=1e-4)
+        assert not np.allclose(got[i].prob, mirror_only[i].prob, atol=1e-3)  # the other scales did count
+        own = alone[0].predict([frame], full_size=False)[0].heads["small_sessile"]
+        np.testing.assert_allclose(got[i].heads["small_sessile"], own, atol=1e-6)
+    assert hs.run_settings()["tta_views"] == "hs"
 
 
 def test_the_profile_label_names_ensemble_members_by_path():
@@ -212,6 +256,8 @@ def test_the_report_line_names_each_ensemble_member_with_its_save_id():
     assert run_line(run) == "profile accurate: input 288 px, flip TTA, reliability scored"
     hv = run_line(run | {"tta_views": "hv"})
     assert hv == "profile accurate: input 288 px, flip TTA (mirrored, upside down and both), reliability scored"
+    hs = run_line(run | {"tta_views": "hs"})
+    assert "flip and multi-scale TTA (mirrored; also at 0.75x and 1.25x the input size)" in hs
     assert run_line(run | {"ensemble": [member]}).endswith(
         "averaged with outputs/full/domain/checkpoints/best (polyp_pranet, save 01234567)"
     )

@@ -28,7 +28,7 @@ BAD = [  # (script, override, text the message must contain)
     ("infer", "review.abstain_below=1.5", "review.abstain_below=1.5"),
     ("infer", "precision=fp64", "precision='fp64' is invalid: it must be one of auto, fp32, bf16, fp16"),
     ("infer", "tta=maybe", "tta='maybe' is invalid: it must be true or false"),
-    ("evaluate", "tta_views=v", "tta_views='v' is invalid: it must be one of h, hv"),
+    ("evaluate", "tta_views=v", "tta_views='v' is invalid: it must be one of h, hv, hs"),
     ("train", "data.resize=nope", "data.resize='nope' is invalid: it must be one of stretch, letterbox"),
     ("train", "data.batch_size=0", "data.batch_size=0 is invalid"),
     ("train", "data.size=100", "a multiple of 32"),
