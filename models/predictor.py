@@ -59,6 +59,12 @@ class Predictor:
         input_size: run the network's mask at S x S instead of the card's training size (a multiple of 32; a model
         trained with multi-scale batches serves several sizes; ONNX files keep the size they were exported at). Heads
         still run at the card's size, in a pass of their own: their calibration and sign-off were measured there."""
+        if card.input.resize != "stretch":  # frames reach the network resized straight to S x S, nothing else
+            raise UserError(
+                f"checkpoint {card.name} was trained with data.resize={card.input.resize}, which inference does not "
+                "support: frames are resized straight to the input size (the PraNet protocol); retrain it with "
+                "data.resize=stretch"
+            )
         self.onnx = not isinstance(model, torch.nn.Module)
         if self.onnx:
             device, precision, channels_last = torch.device("cpu"), "fp32", False

@@ -310,3 +310,18 @@ def test_a_cards_test_results_are_one_pass_of_the_checkpoint_alone(tmp_path):
         evaluated_results(str(paths["ens"]))
     with pytest.raises(UserError, match=r"tta\.json was computed with flip TTA.*evaluate\.py profile=fast"):
         evaluated_results(str(paths["tta"]))
+
+
+def test_a_checkpoint_trained_on_letterboxed_frames_is_refused_not_run_stretched(tmp_path):
+    """Inference resizes frames straight to S x S; a checkpoint trained with data.resize=letterbox (aspect kept,
+    padded) would see other geometry than it learnt on, so it is refused by name instead of silently misread."""
+    from core.errors import UserError
+    from models.build import build_model
+    from models.checkpoint import save_checkpoint
+    from tests.conftest import tiny_card
+
+    card = tiny_card()
+    card["input"] = dict(card["input"], resize="letterbox")
+    save_checkpoint(tmp_path / "lb", build_model(**card["model"]), card | {"name": "lb_model"})
+    with pytest.raises(UserError, match="lb_model was trained with data.resize=letterbox.*data.resize=stretch"):
+        Predictor.from_checkpoint(tmp_path / "lb", device="cpu")
