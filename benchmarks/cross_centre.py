@@ -155,6 +155,17 @@ def short(v: dict | None) -> str:
     return f"{v['value']:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{v['value']:.3f}"
 
 
+def earlier_directions(path: Path, summary: dict) -> dict:
+    """The directions an earlier call of the same recipe and settings summarised into ``path`` (one direction at a
+    time, e.g. ``--directions clinicdb`` then ``--directions kvasir``), so that each call adds to the summary; {}
+    when there is none or its settings differ."""
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    same = all(earlier.get(k) == summary.get(k) for k in ("recipe", "overrides", "tag", "eval_overrides"))
+    return dict(earlier.get("directions") or {}) if same else {}
+
+
 def collect(root: Path) -> str:
     """One row per summary under outputs/xc/ (a recipe, or a rescoring of one): both directions' Dice@0.5, the
     paired difference with its reference (a recipe: the baseline recipe; a rescoring: the same models scored
@@ -208,6 +219,8 @@ def main() -> None:
     summary: dict = {"recipe": args.recipe, "overrides": args.overrides, "directions": {}}
     if args.tag:
         summary.update(tag=args.tag, eval_overrides=args.eval_overrides)
+    name = f"summary@{args.tag}" if args.tag else "summary"
+    summary["directions"] = earlier_directions(out / f"{name}.json", summary)
     for d in args.directions:
         t0 = time.time()
         train(args.recipe, d, args.overrides, out)
@@ -223,10 +236,11 @@ def main() -> None:
             b = read_per_image(eval_dir / test_set / "per_image.csv", "dice")
             s["vs_baseline"] = compare_set(a, b, groups_of(sorted(a), load_sequences()), n_boot=args.n_boot)
         summary["directions"][d] = s
-    name = f"summary@{args.tag}" if args.tag else "summary"
     write_json_atomic(out / f"{name}.json", summary)
     table = []
     for d, s in summary["directions"].items():
+        if d not in args.directions:
+            continue
         vs = s.get("vs_baseline") or {}
         table.append(
             {

@@ -81,3 +81,21 @@ def test_cli_table_and_refusals(tmp_path, capsys):
     assert "has no 'hd95' column" in capsys.readouterr().err
     assert main([str(a), str(tmp_path / "missing")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_cross_centre_summaries_add_up_over_one_direction_calls(tmp_path):
+    """benchmarks/cross_centre.py run one direction at a time keeps the other direction's summary when the recipe and
+    settings are the same, and starts afresh when they differ."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("cross_centre", "benchmarks/cross_centre.py")
+    cross_centre = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cross_centre)
+    path = tmp_path / "summary@ms.json"
+    now = {"recipe": "baseline", "overrides": [], "tag": "ms", "eval_overrides": ["tta=true"], "directions": {}}
+    assert cross_centre.earlier_directions(path, now) == {}
+    path.write_text(json.dumps(now | {"directions": {"clinicdb": {"dice@0.5": 0.84}}}))
+    assert cross_centre.earlier_directions(path, now) == {"clinicdb": {"dice@0.5": 0.84}}
+    other = now | {"eval_overrides": ["tta=true", "tta_views=hs"]}
+    assert cross_centre.earlier_directions(path, other) == {}
