@@ -20,11 +20,9 @@ from models.checkpoint import load_checkpoint
 from models.ensemble import ONNX_ALONE, check_member, load_member
 from models.heads import head_probabilities, parse_heads
 from models.net import fold_batchnorm
-from models.predictor_settings import BACKENDS, TTA_VIEWS, as_paths
+from models.predictor_settings import BACKENDS, TTA_SCALES, TTA_VIEWS, as_paths, check_input_size, scaled_sizes
 from models.reliability import RELIABILITY_VIEWS, SCALE_VIEW, frame_reliability
 from models.runtime import autocast, pick_device
-
-TTA_SCALES = (0.75, 1.25)  # tta_views=hs: the other input sizes, as factors of the model's (288 px: 224 and 352)
 
 
 @dataclass
@@ -276,27 +274,9 @@ class Predictor:
         return torch.stack([logits, *(m.mask_logits(x).float() for m in self.members)]).mean(0)
 
 
-def scaled_sizes(size: int, scales: Sequence[float]) -> list[int]:
-    """``size`` times each of ``scales``, each rounded to a multiple of 32 (what the encoder's strides need)."""
-    return [max(32, int(round(size * f / 32)) * 32) for f in scales]
-
-
 def resize_frames(images: Sequence[np.ndarray], size: int) -> list[np.ndarray]:
     """Frames resized to size x size with cv2.INTER_AREA, as training resizes them."""
     return [cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images]
-
-
-def check_input_size(wanted: int | None, trained: int, *, onnx: bool = False) -> int:
-    """The network's input side: ``trained`` (the card's) unless ``wanted`` names another multiple of 32."""
-    if wanted is None or int(wanted) == int(trained):
-        return int(trained)
-    if int(wanted) % 32 or not 64 <= int(wanted) <= 2048:
-        raise UserError(f"input_size={wanted}: give a multiple of 32 from 64 to 2048, or null for the card's {trained}")
-    if onnx:
-        raise UserError(
-            f"input_size={wanted}: an ONNX file runs at the size it was exported at ({trained}); use backend=torch"
-        )
-    return int(wanted)
 
 
 def _finite_or_none(v: float) -> float | None:

@@ -6,11 +6,12 @@ second)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.errors import UserError
 from core.settings import Bool, Choice, Num, Text, setting
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # models.runtime.autocast's; fp16 needs CUDA
@@ -19,6 +20,7 @@ PROFILES = ("accurate", "fast")  # configs/profile/<name>.yaml
 # Predictor's TTA views: h, the mirror; hv, the mirror, upside down and both; hs, the frame and its mirror each also
 # at TTA_SCALES x the input size (multi-scale)
 TTA_VIEWS = ("h", "hv", "hs")
+TTA_SCALES = (0.75, 1.25)  # tta_views=hs: the other input sizes, as factors of the model's (288 px: 224 and 352)
 
 
 @dataclass(kw_only=True)
@@ -106,3 +108,21 @@ def partnered_ensemble(settings: Mapping[str, Any]) -> dict[str, Any]:
 def predictor_arguments(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Predictor.from_checkpoint's keyword arguments (checkpoint first as ``path``) from a script's settings."""
     return {"path": settings["checkpoint"], **{k: settings[k] for k in PREDICTOR_KEYS}}
+
+
+def scaled_sizes(size: int, scales: Sequence[float]) -> list[int]:
+    """``size`` times each of ``scales``, each rounded to a multiple of 32 (what the encoder's strides need)."""
+    return [max(32, int(round(size * f / 32)) * 32) for f in scales]
+
+
+def check_input_size(wanted: int | None, trained: int, *, onnx: bool = False) -> int:
+    """The network's input side: ``trained`` (the card's) unless ``wanted`` names another multiple of 32."""
+    if wanted is None or int(wanted) == int(trained):
+        return int(trained)
+    if int(wanted) % 32 or not 64 <= int(wanted) <= 2048:
+        raise UserError(f"input_size={wanted}: give a multiple of 32 from 64 to 2048, or null for the card's {trained}")
+    if onnx:
+        raise UserError(
+            f"input_size={wanted}: an ONNX file runs at the size it was exported at ({trained}); use backend=torch"
+        )
+    return int(wanted)

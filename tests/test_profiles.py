@@ -207,7 +207,8 @@ def test_tta_views_hs_averages_the_frame_and_its_mirror_at_three_scales_over_eve
     import torch.nn.functional as F
 
     from data.transforms import normalise_batch
-    from models.predictor import resize_frames, scaled_sizes
+    from models.predictor import resize_frames
+    from models.predictor_settings import scaled_sizes
 
     assert scaled_sizes(288, [0.75, 1.25]) == [224, 352] and scaled_sizes(128, [0.75, 1.25]) == [96, 160]
     paths, frames = two_models_and_frames(tmp_path)
