@@ -216,11 +216,11 @@ def main() -> None:
         raise SystemExit("--tag and --eval-overrides go together: a rescoring needs a name and its settings")
     out = ROOT / "outputs" / "xc" / args.recipe
     out.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"recipe": args.recipe, "overrides": args.overrides, "directions": {}}
+    summary: dict = {"recipe": args.recipe, "overrides": args.overrides}
     if args.tag:
         summary.update(tag=args.tag, eval_overrides=args.eval_overrides)
     name = f"summary@{args.tag}" if args.tag else "summary"
-    summary["directions"] = earlier_directions(out / f"{name}.json", summary)
+    summary["directions"] = earlier_directions(out / f"{name}.json", summary)  # a one-direction call adds to them
     for d in args.directions:
         t0 = time.time()
         train(args.recipe, d, args.overrides, out)

@@ -72,8 +72,9 @@ def resolve_weights(
         return p
     name = KNOWN_FILES.get(encoder)
     dirs = search_dirs(weights_dirs)
-    if package_dir(encoder) is not None:
-        dirs.append(package_dir(encoder))
+    wheel_dir = package_dir(encoder)
+    if wheel_dir is not None:
+        dirs.append(wheel_dir)
     if name is None:
         raise UserError(f"no known ImageNet file name for encoder '{encoder}': set model.weights_path to a local file")
     for d in dirs:

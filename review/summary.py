@@ -18,6 +18,7 @@ import numpy as np
 from models import gate
 from models.card import ModelCard
 from models.heads import aggregate_case
+from models.predictor_settings import TTA_SCALES
 from models.reliability import reliability_summary
 from review.options import ReviewOptions
 from review.segments import GAP_S, lesion_segments
@@ -120,9 +121,9 @@ def summarise(
     }
 
 
-TTA_WORDS = {
+TTA_WORDS = {  # the report's words for each tta_views (models/predictor_settings.py), "flip TTA" for h
     "hv": "flip TTA (mirrored, upside down and both)",
-    "hs": "flip and multi-scale TTA (mirrored; also at 0.75x and 1.25x the input size)",
+    "hs": f"flip and multi-scale TTA (mirrored; also at {' and '.join(f'{f}x' for f in TTA_SCALES)} the input size)",
 }
 
 
