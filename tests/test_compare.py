@@ -99,3 +99,56 @@ def test_cross_centre_summaries_add_up_over_one_direction_calls(tmp_path):
     assert cross_centre.earlier_directions(path, now) == {"clinicdb": {"dice@0.5": 0.84}}
     other = now | {"eval_overrides": ["tta=true", "tta_views=hs"]}
     assert cross_centre.earlier_directions(path, other) == {}
+
+
+def test_adapt_bn_recomputes_batchnorm_statistics_on_target_images_and_keeps_the_original(tmp_path, tiny_checkpoint):
+    """benchmarks/adapt_bn.py (the AdaBN probe of the cross-centre protocol): the copy's BatchNorm statistics are the
+    plain average over the target images, blend keeps a share of the old ones, nothing else changes, the original
+    checkpoint is untouched, and the copy's card says what it was adapted on."""
+    import importlib.util
+
+    import cv2
+    import torch
+
+    from models.checkpoint import load_checkpoint
+
+    spec = importlib.util.spec_from_file_location("adapt_bn", "benchmarks/adapt_bn.py")
+    adapt_bn = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(adapt_bn)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = torch.nn.BatchNorm2d(3)
+
+        def mask_logits(self, x):
+            return self.bn(x)
+
+    net = Net().eval()
+    batches = [torch.full((2, 3, 4, 4), 1.0), torch.full((2, 3, 4, 4), 3.0)]
+    assert adapt_bn.adapt_batchnorm(net, batches) == 1
+    assert not net.training and net.bn.momentum == 0.1
+    assert torch.allclose(net.bn.running_mean, torch.full((3,), 2.0))  # both batches alike, not the last one's
+    net2 = Net().eval()  # starts at mean 0, variance 1
+    adapt_bn.adapt_batchnorm(net2, [torch.full((2, 3, 4, 4), 4.0)], blend=0.25)
+    assert torch.allclose(net2.bn.running_mean, torch.full((3,), 3.0))
+    assert torch.allclose(net2.bn.running_var, torch.full((3,), 0.25))
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        cv2.imwrite(str(images / f"{i}.png"), rng.integers(0, 255, (40, 56, 3), dtype=np.uint8))
+    before = {k: v.clone() for k, v in load_checkpoint(tiny_checkpoint)[0].state_dict().items()}
+    out = tmp_path / "adapted" / "best"
+    assert adapt_bn.main(["--checkpoint", str(tiny_checkpoint), "--images", str(images), "--out", str(out)]) == 0
+    original, _ = load_checkpoint(tiny_checkpoint)
+    adapted, card = load_checkpoint(out)
+    assert all(torch.equal(v, before[k]) for k, v in original.state_dict().items())
+    changed = {k for k, v in adapted.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in changed)
+    assert card.extra["batchnorm_adapted"]["count"] == 3
+    with pytest.raises(SystemExit, match="original is kept"):
+        adapt_bn.main(["--checkpoint", str(tiny_checkpoint), "--images", str(images), "--out", str(tiny_checkpoint)])
+    with pytest.raises(SystemExit, match="no images"):
+        adapt_bn.main(["--checkpoint", str(tiny_checkpoint), "--images", str(tmp_path / "adapted"), "--out", str(out)])
