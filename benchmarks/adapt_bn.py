@@ -23,6 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from core.errors import UserError  # noqa: E402
 from data.io import list_images, read_image  # noqa: E402
 from data.transforms import normalise_batch  # noqa: E402
 from models.checkpoint import checkpoint_stem, load_checkpoint, save_checkpoint  # noqa: E402
@@ -66,7 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--blend={args.blend}: give a share between 0 and 1")
     if checkpoint_stem(args.out).resolve() == checkpoint_stem(args.checkpoint).resolve():
         raise SystemExit("--out is the checkpoint itself; give another path so the original is kept")
-    model, card = load_checkpoint(args.checkpoint)
+    if not args.images.is_dir():
+        raise SystemExit(f"--images {args.images}: not a folder; give the folder of the target centre's images")
+    try:
+        model, card = load_checkpoint(args.checkpoint)
+    except UserError as e:
+        raise SystemExit(f"--checkpoint {args.checkpoint}: {e}") from None
     paths = sorted(list_images(args.images).values())
     if not paths:
         raise SystemExit(f"--images {args.images}: no images found")

@@ -150,5 +150,9 @@ def test_adapt_bn_recomputes_batchnorm_statistics_on_target_images_and_keeps_the
     assert card.extra["batchnorm_adapted"]["count"] == 3
     with pytest.raises(SystemExit, match="original is kept"):
         adapt_bn.main(["--checkpoint", str(tiny_checkpoint), "--images", str(images), "--out", str(tiny_checkpoint)])
+    with pytest.raises(SystemExit, match="not a folder"):
+        adapt_bn.main(["--checkpoint", str(tiny_checkpoint), "--images", str(tmp_path / "nowhere"), "--out", str(out)])
+    with pytest.raises(SystemExit, match="card not found"):
+        adapt_bn.main(["--checkpoint", str(tmp_path / "nothing"), "--images", str(images), "--out", str(out)])
     with pytest.raises(SystemExit, match="no images"):
         adapt_bn.main(["--checkpoint", str(tiny_checkpoint), "--images", str(tmp_path / "adapted"), "--out", str(out)])
