@@ -30,16 +30,12 @@ from models.checkpoint import checkpoint_stem, load_checkpoint, save_checkpoint 
 from models.predictor import resize_frames  # noqa: E402
 
 
-def batchnorms(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-
-
 @torch.no_grad()
 def adapt_batchnorm(model: torch.nn.Module, batches, blend: float = 0.0) -> int:
     """Recompute every BatchNorm layer's running statistics over ``batches`` (normalised B x 3 x H x W tensors) as
     a plain average, then keep ``blend`` of the old ones. Returns the number of layers adapted; the model is left in
     eval mode."""
-    layers = batchnorms(model)
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     old = [(b.running_mean.clone(), b.running_var.clone(), b.momentum) for b in layers]
     for b in layers:
         b.reset_running_stats()
@@ -89,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     doc["notes"] = (doc.get("notes") or "") + (
         f" BatchNorm statistics re-estimated on {len(paths)} unlabelled images of {args.images} (blend {args.blend})."
     )
-    for key in ("save_id", "date", "git_commit"):
+    for key in ("date", "git_commit"):  # the copy's own (save_checkpoint fills them, and a fresh save_id)
         doc.pop(key, None)
     print(f"{n} BatchNorm layers adapted on {len(paths)} images -> {save_checkpoint(args.out, model, doc)}")
     return 0

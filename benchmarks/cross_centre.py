@@ -238,9 +238,8 @@ def main() -> None:
         summary["directions"][d] = s
     write_json_atomic(out / f"{name}.json", summary)
     table = []
-    for d, s in summary["directions"].items():
-        if d not in args.directions:
-            continue
+    for d in args.directions:  # this call's directions; the summary may hold earlier ones too
+        s = summary["directions"][d]
         vs = s.get("vs_baseline") or {}
         table.append(
             {

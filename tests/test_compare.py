@@ -83,15 +83,22 @@ def test_cli_table_and_refusals(tmp_path, capsys):
     assert "is not a folder" in capsys.readouterr().err
 
 
+def benchmark(name: str):
+    """A script under benchmarks/ (not a package) loaded as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, f"benchmarks/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_cross_centre_summaries_add_up_over_one_direction_calls(tmp_path):
     """benchmarks/cross_centre.py run one direction at a time keeps the other direction's summary when the recipe and
     settings are the same, and starts afresh when they differ."""
-    import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location("cross_centre", "benchmarks/cross_centre.py")
-    cross_centre = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cross_centre)
+    cross_centre = benchmark("cross_centre")
     path = tmp_path / "summary@ms.json"
     now = {"recipe": "baseline", "overrides": [], "tag": "ms", "eval_overrides": ["tta=true"], "directions": {}}
     assert cross_centre.earlier_directions(path, now) == {}
@@ -105,16 +112,12 @@ def test_adapt_bn_recomputes_batchnorm_statistics_on_target_images_and_keeps_the
     """benchmarks/adapt_bn.py (the AdaBN probe of the cross-centre protocol): the copy's BatchNorm statistics are the
     plain average over the target images, blend keeps a share of the old ones, nothing else changes, the original
     checkpoint is untouched, and the copy's card says what it was adapted on."""
-    import importlib.util
-
     import cv2
     import torch
 
     from models.checkpoint import load_checkpoint
 
-    spec = importlib.util.spec_from_file_location("adapt_bn", "benchmarks/adapt_bn.py")
-    adapt_bn = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(adapt_bn)
+    adapt_bn = benchmark("adapt_bn")
 
     class Net(torch.nn.Module):
         def __init__(self):
